@@ -1,0 +1,3 @@
+"""simsiam-hub: SimSiam pretraining, Hub-ready ResNet-50 backbones and detection transfer."""
+
+__version__ = "0.1.0"

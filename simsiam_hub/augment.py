@@ -1,0 +1,82 @@
+"""Augmentations: the MoCo v2 two-crop recipe that SimSiam pretrains with, and eval transforms.
+
+Reference: facebookresearch/simsiam `main_simsiam.py` and `simsiam/loader.py`.
+"""
+
+from __future__ import annotations
+
+import random
+
+from PIL import ImageFilter
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Eval-time resize: the shorter side goes to size / CROP_PCT, then a centre crop (256 -> 224).
+CROP_PCT = 0.875
+
+
+class GaussianBlur:
+    """PIL Gaussian blur with sigma drawn uniformly from ``sigma`` (SimCLR / MoCo v2)."""
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = tuple(sigma)
+
+    def __call__(self, img):
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+    def __repr__(self):
+        return f"{type(self).__name__}(sigma={self.sigma})"
+
+
+class TwoCropsTransform:
+    """Two independent draws of ``base`` on one image: the query and key views."""
+
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, img):
+        return [self.base(img), self.base(img)]
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.base!r})"
+
+
+def moco_v2_augmentation(
+    size: int = 224,
+    *,
+    min_scale: float = 0.2,
+    blur_prob: float = 0.5,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+):
+    """One view of the MoCo v2 recipe: crop, colour jitter (p=0.8), grayscale (p=0.2),
+    blur (p=0.5, sigma in [0.1, 2]), flip, then a normalised float tensor (3, size, size)."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(min_scale, 1.0)),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([GaussianBlur((0.1, 2.0))], p=blur_prob),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def two_crop_augmentation(size: int = 224, **kwargs) -> TwoCropsTransform:
+    """The pretraining transform: two independent MoCo v2 views of each image."""
+    return TwoCropsTransform(moco_v2_augmentation(size, **kwargs))
+
+
+def eval_transform(size: int = 224, *, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Resize the shorter side to size/0.875 (256 for 224), centre-crop, normalise."""
+    return T.Compose(
+        [
+            T.Resize(round(size / CROP_PCT), interpolation=T.InterpolationMode.BILINEAR),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
