@@ -54,13 +54,11 @@ COMMANDS = [_add_pretrain]
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .data import DatasetError
-    from .engine import CheckpointError, NonFiniteLossError
+    from .errors import SimsiamHubError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLossError, FileNotFoundError) as err:
+    except SimsiamHubError as err:
         print(f"simsiam-hub {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -14,10 +14,12 @@ from typing import Any, Optional, TypeVar
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .errors import SimsiamHubError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(SimsiamHubError, ValueError):
     """A config file or override that does not fit its schema."""
 
 

@@ -14,6 +14,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, Subset
 
+from .errors import SimsiamHubError
+
 DATASETS = ("imagefolder", "fashion_mnist", "synthetic")
 # Where Debian's `dataset-fashion-mnist` package puts the idx files.
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
@@ -23,7 +25,7 @@ FASHION_MNIST_CLASSES = (
 )  # fmt: skip
 
 
-class DatasetError(ValueError):
+class DatasetError(SimsiamHubError, ValueError):
     """A dataset path that is missing, empty or not in the expected layout."""
 
 

@@ -33,6 +33,7 @@ from .distributed import (
     convert_sync_batchnorm,
     setup_distributed,
 )
+from .errors import SimsiamHubError
 from .evaluate import autocast_context, extract_features, knn_accuracy
 from .fileio import atomic_torch_save, atomic_write_text
 from .models import PooledFeatures, SimSiam, simsiam_loss
@@ -47,11 +48,11 @@ STEP_FIELDS = ["step", "epoch", "loss", "lr", "z_std", "z_std_ratio", "images_pe
 EPOCH_FIELDS = ["step", "epoch", "loss", "z_std", "z_std_ratio", "knn_top1", "knn_top5", "images_per_s", "seconds"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(SimsiamHubError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(SimsiamHubError, ValueError):
     """A file that is not a simsiam-hub training checkpoint, or of another model."""
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .errors import SimsiamHubError
 from .fileio import atomic_write_text
 
 RESULTS_FORMAT = "simsiam-hub/eval-results"
@@ -20,7 +21,7 @@ RESULTS_VERSION = 1
 TASKS = ("knn", "linear", "detection", "instance-segmentation")
 
 
-class ResultsError(ValueError):
+class ResultsError(SimsiamHubError, ValueError):
     """A results file that is not one, or holds malformed entries."""
 
 
