@@ -65,8 +65,16 @@ def moco_v2_augmentation(
     )
 
 
-def two_crop_augmentation(size: int = 224, **kwargs) -> TwoCropsTransform:
-    """The pretraining transform: two independent MoCo v2 views of each image."""
+def two_crop_augmentation(size: int = 224, *, fast: bool = False, **kwargs):
+    """The pretraining transform: two independent MoCo v2 views of each image.
+
+    ``fast=True``: :class:`simsiam_hub.fast_augment.FastTwoCropsTransform`, the same random
+    draws from the same generators, with the pixels computed faster (see that module).
+    """
+    if fast:
+        from .fast_augment import FastTwoCropsTransform
+
+        return FastTwoCropsTransform(size, **kwargs)
     return TwoCropsTransform(moco_v2_augmentation(size, **kwargs))
 
 
@@ -76,6 +84,19 @@ def eval_transform(size: int = 224, *, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         [
             T.Resize(round(size / CROP_PCT), interpolation=T.InterpolationMode.BILINEAR),
             T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(mean, std),
+        ]
+    )
+
+
+def linear_train_transform(size: int = 224, *, min_scale: float = 0.08, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The linear-evaluation training transform (reference ``main_lincls.py``):
+    RandomResizedCrop(size) at torchvision's default scale (0.08, 1), horizontal flip, normalise."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, scale=(min_scale, 1.0)),
+            T.RandomHorizontalFlip(),
             T.ToTensor(),
             T.Normalize(mean, std),
         ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from . import __version__
@@ -38,6 +39,273 @@ def _run_pretrain(args) -> int:
     return 0
 
 
+def _add_convert_detectron2(sub) -> None:
+    p = sub.add_parser(
+        "convert-detectron2",
+        help="convert a ResNet-50 backbone into Detectron2 R50-C4 weights (.pkl)",
+        description="Convert a ResNet-50 backbone into the .pkl that Detectron2 loads as MODEL.WEIGHTS "
+        "for the R50-C4 detection transfer (configs/detection/, transfer/train_net.py). "
+        "SOURCE: a Hub repo id, a model folder, a .safetensors file, or a training, official "
+        "SimSiam/MoCo or torchvision checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", metavar="SOURCE", help="Hub repo id, model folder, .safetensors or checkpoint")
+    p.add_argument("--out", required=True, metavar="FILE.pkl", help="the Detectron2 weights file to write")
+    p.add_argument("--revision", help="branch, tag or commit of a Hub repo")
+    p.set_defaults(func=_run_convert_detectron2)
+
+
+def _run_convert_detectron2(args) -> int:
+    from .detectron2 import convert_source
+
+    out = convert_source(args.source, args.out, args.revision)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a model folder (model.safetensors, config.json, model card) from a checkpoint",
+        description="Write a model folder from a checkpoint: model.safetensors (the backbone, torchvision/timm "
+        "names, no fc), timm-compatible config.json, README.md (the model card, with evaluation results as "
+        "model-index), results.json, and simsiam.safetensors (the whole model) when the checkpoint has it. "
+        "CHECKPOINT: a training checkpoint (results*.json files in its folder are added to the card), an "
+        "official SimSiam or MoCo checkpoint, a torchvision state dict or a .safetensors file.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="the checkpoint to export")
+    p.add_argument("--out", required=True, metavar="DIR", help="the model folder to write")
+    p.add_argument("--results", action="append", default=[], metavar="FILE", help="a results file (simsiam_hub.results format) for the card; repeatable")
+    p.add_argument("--license", help="licence id for the card; None: the data's (CC-BY-NC-4.0 for the official weights)")
+    p.add_argument("--dataset", help="name of the pretraining data for the card; None: as the checkpoint says")
+    p.add_argument("--no-simsiam", action="store_true", help="leave out simsiam.safetensors (the whole model)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> int:
+    from .hub import export
+
+    out = export(args.checkpoint, args.out, results=args.results, license=args.license, dataset=args.dataset, with_simsiam=not args.no_simsiam)
+    print(f"wrote model folder {out}: {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))}")
+    return 0
+
+
+def _add_push(sub) -> None:
+    p = sub.add_parser(
+        "push",
+        help="upload a model folder (or a checkpoint, exported first) to a Hub repo",
+        description="Upload a model folder, or a checkpoint exported on the fly, to a Hugging Face Hub model repo "
+        "in one commit (the repo and branch are created when missing) and print the commit id. The token is "
+        "huggingface_hub's (HF_TOKEN or `hf auth login`); HF_ENDPOINT selects the Hub. --repo-id may also be a "
+        "local folder path (./hub/NAME): the files are copied there.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", metavar="CHECKPOINT_OR_DIR", help="a model folder or a checkpoint")
+    p.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="the Hub model repo (or a local folder path)")
+    p.add_argument("--revision", metavar="BRANCH", help="the branch to commit to, created from main when missing (None: main itself)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--commit-message", help="the commit message")
+    p.add_argument("--results", action="append", default=[], metavar="FILE", help="a results file to add to the model card; repeatable")
+    p.set_defaults(func=_run_push)
+
+
+def _quiet_http_logs() -> None:
+    """One INFO line per HTTP request from the Hub client's HTTP library is noise here."""
+    for name in ("httpx", "httpx2"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _run_push(args) -> int:
+    from .hub import push_to_hub
+
+    _quiet_http_logs()
+    commit = push_to_hub(
+        args.source, args.repo_id, revision=args.revision, private=args.private or None,
+        commit_message=args.commit_message, results=args.results,
+    )  # fmt: skip
+    print(commit)
+    return 0
+
+
+def _add_pull(sub) -> None:
+    p = sub.add_parser(
+        "pull",
+        help="download a model repo",
+        description="Download a model repo from the Hub (or copy a local model folder) and print the folder. "
+        "Without --out the files go into the Hub cache, where from_pretrained finds them, offline too.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("repo_id", metavar="ORG/NAME", help="the Hub model repo (or a local model folder)")
+    p.add_argument("--revision", help="branch, tag or commit id (None: main)")
+    p.add_argument("--out", metavar="DIR", help="download into this folder instead of the Hub cache")
+    p.set_defaults(func=_run_pull)
+
+
+def _run_pull(args) -> int:
+    from .hub import pull
+
+    _quiet_http_logs()
+    print(pull(args.repo_id, args.revision, args.out))
+    return 0
+
+
+def _add_list(sub) -> None:
+    p = sub.add_parser(
+        "list",
+        help="list the named model variants and what is cached",
+        description="List the registry of named variants (the official SimSiam releases and ours): Hub repo, "
+        "recipe, published linear top-1, licence, and what is already in the caches.",
+    )
+    p.set_defaults(func=_run_list)
+
+
+def _run_list(args) -> int:
+    from .registry import DEFAULT_VARIANT, cache_dir, variant_status, VARIANTS
+
+    rows = [("name", "repo id", "arch", "epochs", "batch", "top-1", "licence", "cached")]
+    for v in VARIANTS:
+        default = " (default)" if v.name == DEFAULT_VARIANT else ""
+        top1 = f"{v.top1:.1f}" if v.top1 is not None else "-"
+        rows.append((v.name + default, v.repo_id, v.arch, str(v.epochs or "-"), str(v.batch_size or "-"), top1, v.license, variant_status(v)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
+def _add_import_official(sub) -> None:
+    p = sub.add_parser(
+        "import-official",
+        help="turn an official SimSiam (or MoCo) checkpoint into a model folder",
+        description="Convert an official SimSiam checkpoint_XXXX.pth.tar (module.encoder.*, module.predictor.*), "
+        "a MoCo checkpoint (module.encoder_q.*) or a torchvision state dict into a model folder. CHECKPOINT: a "
+        "path, an http(s) URL or a registry name (`simsiam-hub list`); URLs and names are downloaded once into "
+        "the cache with a progress bar. Nothing is unpickled beyond tensors (weights_only).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint path, URL or registry name")
+    p.add_argument("--out", metavar="DIR", help="the model folder to write; None: the cache folder of a registry name")
+    p.add_argument("--variant", help="registry name whose recipe, accuracy and licence describe a local file")
+    p.set_defaults(func=_run_import_official)
+
+
+def _run_import_official(args) -> int:
+    from .hub import import_official
+
+    out = import_official(args.checkpoint, args.out, variant=args.variant)
+    print(f"wrote model folder {out}")
+    return 0
+
+
+def _add_knn(sub) -> None:
+    p = sub.add_parser(
+        "knn",
+        help="k-NN top-1/top-5 of a backbone's frozen features",
+        description="Weighted k-NN classification of a frozen backbone's global-pooled, l2-normalised features "
+        "(the SimSiam paper's monitor: k=200, temperature 0.1): the train split is the bank, the val split "
+        "(Fashion-MNIST: the test set) the queries. SOURCE: a Hub repo id, a model folder, a .safetensors file, "
+        "or a training, official SimSiam/MoCo or torchvision checkpoint. The data options default to the "
+        "pretraining data of a training checkpoint, else to an ImageFolder at --data. Writes a results file "
+        "that `export --results` (or `export` of a checkpoint beside it) puts into the model card.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", metavar="SOURCE", help="Hub repo id, model folder, .safetensors or checkpoint")
+    p.add_argument("--revision", help="branch, tag or commit of a Hub repo")
+    p.add_argument("--data", metavar="ROOT", help="dataset folder (imagefolder: ROOT/{train,val}/CLASS/*; fashion_mnist: the idx files)")
+    p.add_argument("--dataset", help="imagefolder, fashion_mnist, synthetic, ...; when unset, the source's pretraining data, else imagefolder")
+    p.add_argument("--image-size", type=int, help="eval crop size; when unset, the source's training size, else 224")
+    p.add_argument("--train-subset", type=int, metavar="N", help="bank of N training images (a seeded draw); when unset, all")
+    p.add_argument("--val-subset", type=int, metavar="N", help="classify N val images (a seeded draw); when unset, all")
+    p.add_argument("--synthetic-size", type=int, metavar="N", help="images in the synthetic train set")
+    p.add_argument("--k", type=int, default=200, help="neighbours that vote")
+    p.add_argument("--temperature", type=float, default=0.1, help="vote weight exp(cos / T)")
+    p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loader processes")
+    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast dtype of the backbone (auto: bf16 on GPUs and CPUs with bf16)")
+    p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
+    p.add_argument("--dataset-name", help="dataset name in the results; when unset, the dataset, or the ImageFolder's folder name")
+    p.add_argument("--output", metavar="FILE", help="results file; when unset, results_knn.json beside a SOURCE file, else in the current folder")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_knn)
+
+
+def _run_knn(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .engine import resolve_amp
+    from .evaluate import data_config_for, knn_evaluate, knn_results, load_source
+    from .results import write_results
+
+    source = load_source(args.source, args.revision)
+    data_cfg = data_config_for(
+        source, dataset=args.dataset, root=args.data, image_size=args.image_size, train_subset=args.train_subset,
+        synthetic_size=args.synthetic_size, num_workers=args.workers,
+    )  # fmt: skip
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = knn_evaluate(
+        source.backbone, data_cfg, k=args.k, temperature=args.temperature, val_subset=args.val_subset,
+        batch_size=args.batch_size, device=device, amp_dtype=resolve_amp(args.amp, device),
+        channels_last=not args.no_channels_last, progress=not args.no_progress,
+    )  # fmt: skip
+    source_path = Path(args.source).expanduser()
+    output = Path(args.output) if args.output else (source_path.parent if source_path.is_file() else Path(".")) / "results_knn.json"
+    write_results(knn_results(metrics, data_cfg=data_cfg, source=source, k=args.k, temperature=args.temperature, name=args.dataset_name), output)
+    print(
+        f"knn top1 {metrics['top1']:.2f}% top5 {metrics['top5']:.2f}% on {data_cfg.dataset} "
+        f"({metrics['bank_size']} bank, {metrics['query_size']} queries, k={args.k}, T={args.temperature}, "
+        f"{data_cfg.image_size} px) in {metrics['seconds']:.1f} s; results: {output}"
+    )
+    return 0
+
+
+def _add_lincls(sub) -> None:
+    p = sub.add_parser(
+        "lincls",
+        help="linear evaluation: a linear classifier on the frozen backbone",
+        description="Train a linear classifier on a frozen backbone kept in eval mode (the reference protocol, "
+        "facebookresearch/simsiam main_lincls.py: new fc normal(0, 0.01), LARS trust 0.001, batch 4096, "
+        "lr 0.1*batch/256, cosine, 90 epochs; train RandomResizedCrop+flip, val Resize+CenterCrop) and report "
+        "val top-1/top-5, last and best. Defaults: ImageNet with ResNet-50 (configs/lincls/imagenet_resnet50.yaml); "
+        "configs/lincls/fashion_mnist_cpu.yaml runs in minutes on a CPU. key=value arguments override the config "
+        "(e.g. optim.epochs=10). Under `torchrun --nproc_per_node N` it trains with DDP; optim.batch_size is the "
+        "global batch. Writes RUN/checkpoint.pt every epoch, RUN/lincls_log.csv and, at the end, "
+        "RUN/results_lincls.json (for `export --results`). SOURCE: a Hub repo id, a model folder, a .safetensors "
+        "file, or a training, official SimSiam/MoCo or torchvision checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("source", metavar="SOURCE", help="Hub repo id, model folder, .safetensors or checkpoint")
+    p.add_argument("--revision", help="branch, tag or commit of a Hub repo")
+    p.add_argument("--data", metavar="ROOT", help="dataset folder (sets data.root)")
+    p.add_argument("--config", help="YAML config (see configs/lincls/); without it, the defaults (ImageNet, the reference recipe)")
+    p.add_argument("--resume", default="auto", help="'auto': continue from run.output_dir/checkpoint.pt if there is one; a checkpoint path; or 'none'")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.set_defaults(func=_run_lincls)
+
+
+def _run_lincls(args) -> int:
+    from .config import load_config
+    from .lincls import LinclsConfig, linear_eval
+
+    cfg = load_config(LinclsConfig, args.config, args.overrides)
+    if args.data:
+        cfg.data.root = args.data
+    result = linear_eval(cfg, args.source, revision=args.revision, resume=None if args.resume == "none" else args.resume)
+    if os.environ.get("RANK", "0") == "0":
+        if result.top1 is None:
+            print(f"stopped after epoch {result.epoch} before any evaluation; checkpoint {result.checkpoint}")
+        else:
+            print(
+                f"linear top1 {result.top1:.2f}% top5 {result.top5:.2f}% after epoch {result.epoch}; best top1 "
+                f"{result.best_top1:.2f}% (epoch {result.best_epoch}); {result.seconds:.1f} s; checkpoint {result.checkpoint}"
+                + (f"; results: {result.results_file}" if result.results_file else " (results are written when all epochs are done)")
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="simsiam-hub", description=__doc__)
     parser.add_argument("--version", action="version", version=f"simsiam-hub {__version__}")
@@ -48,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # One entry per command; each registers its parser and sets `func`.
-COMMANDS = [_add_pretrain]
+COMMANDS = [_add_pretrain, _add_convert_detectron2, _add_export, _add_push, _add_pull, _add_list, _add_import_official, _add_knn, _add_lincls]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,7 @@ class DataConfig:
     num_workers: int = 8  # data-loader processes per rank (0: load in the main process)
     min_scale: float = 0.2  # RandomResizedCrop scale range is (min_scale, 1.0)
     blur_prob: float = 0.5  # probability of the Gaussian blur (the MoCo v2 recipe: 0.5)
+    fast_augment: bool = False  # the same augmentation draws, pixels computed faster (fast_augment.py)
     synthetic_size: int = 512  # images in the synthetic set (tests)
 
     def __post_init__(self):
@@ -127,6 +128,8 @@ class RunConfig:
     progress: bool = True  # tqdm progress bar on rank 0
 
     def __post_init__(self):
+        if self.amp in ("False", "false", "none"):  # YAML reads a bare `off` as false
+            self.amp = "off"
         _one_of("run.amp", self.amp, ("auto", "bf16", "fp16", "off"))
         _check(self.checkpoint_every_steps >= 0, "run.checkpoint_every_steps", self.checkpoint_every_steps, "an integer >= 0")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
@@ -148,10 +151,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
     try:
         cfg = OmegaConf.structured(schema)
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file not found: {path}")
-            cfg = OmegaConf.merge(cfg, OmegaConf.load(path))
+            cfg = OmegaConf.merge(cfg, _load_yaml_with_base(Path(path)))
         for item in overrides:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=10)")
@@ -164,6 +164,19 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         if "not in" in reason and key:
             raise ConfigError(f"unknown config key {key!r} ({reason})") from None
         raise ConfigError(f"config key {key!r}: {reason}" if key else f"bad config: {reason}") from None
+
+
+def _load_yaml_with_base(path: Path, depth: int = 0):
+    """A YAML config; a top-level ``_base_: other.yaml`` (relative to it) is loaded first."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if depth > 8:
+        raise ConfigError(f"{path}: _base_ chain deeper than 8 files (a cycle?)")
+    node = OmegaConf.load(path)
+    base = node.pop("_base_", None)
+    if base is None:
+        return node
+    return OmegaConf.merge(_load_yaml_with_base(path.parent / base, depth + 1), node)
 
 
 def to_dict(cfg: Any) -> dict:

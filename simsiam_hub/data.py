@@ -16,7 +16,7 @@ from torch.utils.data import Dataset, Subset
 
 from .errors import SimsiamHubError
 
-DATASETS = ("imagefolder", "fashion_mnist", "synthetic")
+DATASETS = ("imagefolder", "fashion_mnist", "cifar10", "synthetic")
 # Where Debian's `dataset-fashion-mnist` package puts the idx files.
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = (
@@ -153,7 +153,8 @@ def build_dataset(data_cfg, split: str, transform=None) -> Dataset:
     """The ``train`` or ``val`` split of the dataset that ``data_cfg`` names.
 
     Layouts: imagefolder ``ROOT/{train,val}/CLASS/*.jpg``; fashion_mnist the idx files
-    (val = the 10,000 test images); synthetic a generated set (val = other seeds).
+    (val = the 10,000 test images); cifar10 torchvision's files (val = test); synthetic a
+    generated set (val = other seeds).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
@@ -167,6 +168,15 @@ def build_dataset(data_cfg, split: str, transform=None) -> Dataset:
         return _image_folder(root, split, transform)
     if name == "fashion_mnist":
         return FashionMNIST(root, train=split == "train", transform=transform, download=root is not None)
+    if name == "cifar10":
+        import torchvision
+
+        if root is None:
+            raise DatasetError("data.root is required for cifar10 (a folder for torchvision's CIFAR-10 files)")
+        try:
+            return torchvision.datasets.CIFAR10(str(root), train=split == "train", transform=transform, download=True)
+        except (RuntimeError, OSError) as err:
+            raise DatasetError(f"CIFAR-10 not found in {root} and could not be downloaded: {err}") from None
     if name == "synthetic":
         n = data_cfg.synthetic_size if split == "train" else max(data_cfg.synthetic_size // 4, 16)
         return SyntheticShapes(n, image_size=max(data_cfg.image_size, 16), seed=0 if split == "train" else 1, transform=transform)

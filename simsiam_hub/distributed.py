@@ -86,12 +86,15 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
 
         channels = x.shape[1]
         reduce_dims = [0] + list(range(2, x.dim()))
-        xf = x.float()
-        count = torch.tensor([x.numel() / channels], dtype=torch.float32, device=x.device)
-        stats = all_reduce(torch.cat([xf.sum(reduce_dims), (xf * xf).sum(reduce_dims), count]))
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in >= fp32
+        count = torch.tensor([x.numel() / channels], dtype=xf.dtype, device=x.device)
+        # Two passes (mean, then squared deviations): sum(x^2) - n*mean^2 loses fp32 digits.
+        stats = all_reduce(torch.cat([xf.sum(reduce_dims), count]))
         n = stats[-1]
         mean = stats[:channels] / n
-        var = (stats[channels : 2 * channels] / n - mean * mean).clamp_min(0)
+        shape = [1, channels] + [1] * (x.dim() - 2)
+        centered = xf - mean.view(shape)
+        var = all_reduce((centered * centered).sum(reduce_dims)) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked += 1
@@ -99,8 +102,7 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 unbiased = var * n / (n - 1).clamp_min(1)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        shape = [1, channels] + [1] * (x.dim() - 2)
-        out = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        out = centered * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             out = out * self.weight.view(shape) + self.bias.view(shape)
         return out.to(x.dtype)
@@ -111,7 +113,12 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
     if device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, AllReduceBatchNorm):
-        new = AllReduceBatchNorm(module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats)
+        like = next(iter(module.parameters()), None)
+        like = like if like is not None else module.running_mean
+        new = AllReduceBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
+            device=like.device, dtype=like.dtype,
+        )  # fmt: skip
         if module.affine:
             with torch.no_grad():
                 new.weight.copy_(module.weight)

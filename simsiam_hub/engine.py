@@ -246,7 +246,9 @@ class Trainer:
 
         # Data first: a bad path fails before the model is built.
         dataset = seeded_subset(build_dataset(cfg.data, "train"), cfg.data.train_subset, seed=cfg.run.seed)
-        augmentation = two_crop_augmentation(cfg.data.image_size, min_scale=cfg.data.min_scale, blur_prob=cfg.data.blur_prob)
+        augmentation = two_crop_augmentation(
+            cfg.data.image_size, min_scale=cfg.data.min_scale, blur_prob=cfg.data.blur_prob, fast=cfg.data.fast_augment
+        )
         self.dataset = SeededViews(dataset, augmentation, cfg.run.seed)
         self.steps_per_epoch = len(dataset) // cfg.optim.batch_size
         if self.steps_per_epoch == 0:

@@ -1,4 +1,5 @@
-"""Evaluation of frozen backbones: weighted k-NN (the training monitor uses the same code).
+"""Evaluation of frozen backbones: weighted k-NN (the training monitor uses the same code),
+the sources they read, and the results files they write. Linear evaluation: :mod:`.lincls`.
 
 k-NN: features global-pooled and l2-normalised; each query votes with its k nearest
 training features, weighted by exp(cos / T) (Wu et al. 2018, as in the SimSiam paper's
@@ -8,11 +9,17 @@ monitor, k=200, T=0.1).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+
+from .errors import SimsiamHubError
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
@@ -32,11 +39,13 @@ def extract_features(
     channels_last: bool = False,
     progress: bool = False,
     desc: str = "features",
+    normalize: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """l2-normalised pooled features (N, D) in fp32 and labels (N,) of every item of ``loader``.
 
     ``backbone`` maps images to (N, D) features (a ResNet with ``fc = Identity``); it is
     put in eval mode for the pass and restored to its previous mode after.
+    ``normalize=False`` keeps the raw pooled features (what a linear classifier sees).
     """
     device = torch.device(device)
     was_training = backbone.training
@@ -49,7 +58,8 @@ def extract_features(
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast_context(device, amp_dtype):
                 out = backbone(images)
-            features.append(F.normalize(out.float().flatten(1), dim=1).cpu())
+            out = out.float().flatten(1)
+            features.append((F.normalize(out, dim=1) if normalize else out).cpu())
             labels.append(torch.as_tensor(targets).cpu())
     finally:
         backbone.train(was_training)
@@ -78,9 +88,9 @@ def knn_scores(
         sim = query_features[start : start + chunk_size] @ bank_features.T
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
-        votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype)
+        votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
         votes.scatter_add_(1, bank_labels[top_idx], weights)
-        scores.append(votes)
+        scores.append(votes.cpu())
     return torch.cat(scores)
 
 
@@ -99,3 +109,165 @@ def knn_accuracy(bank_features, bank_labels, query_features, query_labels, *, nu
         num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
     scores = knn_scores(bank_features, bank_labels, query_features, num_classes=num_classes, k=k, temperature=temperature)
     return topk_accuracy(scores, query_labels)
+
+
+# --- sources, datasets and results shared by `knn` and `lincls` ----------------------------
+
+
+class EvaluationError(SimsiamHubError, ValueError):
+    """An evaluation that cannot run as asked (a bad option, data that does not fit)."""
+
+
+@dataclass
+class LoadedSource:
+    """A frozen backbone to evaluate and what is known of it.
+
+    ``backbone``: a ResNet with ``fc = Identity`` in eval mode, no parameter requiring grad.
+    ``name``: the source as given; ``revision``: the Hub commit id it resolved to (None for
+    local files and folders). ``config``: the model's description (arch, small_stem,
+    image_size, dataset, recipe, ...: the ``simsiam`` section of its config.json).
+    """
+
+    backbone: nn.Module
+    name: str
+    revision: str | None
+    config: dict
+
+
+def load_source(source: str | Path, revision: str | None = None) -> LoadedSource:
+    """Whatever ``simsiam_hub.from_pretrained`` accepts (a Hub repo id, a model folder, a
+    ``.safetensors`` file, a training/official/MoCo/torchvision checkpoint) as a frozen backbone."""
+    from .hub import from_pretrained, is_local, resolve_model_dir
+
+    model = from_pretrained(source, revision=revision)
+    resolved = None
+    if not Path(str(source)).expanduser().is_file() and not is_local(source):
+        # A Hub repo: its cache snapshot folder is named by the commit id (huggingface_hub's layout).
+        resolved = resolve_model_dir(source, revision).name
+    model.requires_grad_(False)
+    return LoadedSource(model.eval(), str(source), resolved, dict(getattr(model, "simsiam_config", None) or {}))
+
+
+def backbone_fingerprint(backbone: nn.Module) -> str:
+    """sha256 over every tensor of ``backbone`` (names, dtypes, shapes, values): which weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(backbone.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def dataset_name(data_cfg, name: str | None = None) -> str:
+    """The dataset's name in results files: ``name``, else the ImageFolder root's folder name
+    (imagefolder), else the dataset option (fashion_mnist, ...)."""
+    if name:
+        return name
+    if data_cfg.dataset == "imagefolder" and data_cfg.root:
+        return Path(data_cfg.root).expanduser().resolve().name
+    return data_cfg.dataset
+
+
+def split_name(data_cfg) -> str:
+    """What the ``val`` split of ``build_dataset`` is: the test set where a dataset has no val."""
+    return "test" if data_cfg.dataset in ("fashion_mnist", "cifar10") else "val"
+
+
+def eval_loader(dataset, *, batch_size: int, num_workers: int, device: torch.device):
+    """An ordered, unshuffled loader for feature extraction."""
+    from torch.utils.data import DataLoader
+
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda", persistent_workers=False,
+    )  # fmt: skip
+
+
+def knn_evaluate(
+    backbone: nn.Module,
+    data_cfg,
+    *,
+    k: int = 200,
+    temperature: float = 0.1,
+    val_subset: int | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Weighted k-NN top-1/top-5 (percent) of ``backbone``'s features on ``data_cfg``'s data.
+
+    The bank is the train split (``data_cfg.train_subset`` items, the monitor's seeded draw),
+    the queries the val split (``val_subset`` items); both through the eval transform at
+    ``data_cfg.image_size``. ``backbone`` is any module mapping images to (N, D) (a ResNet
+    with ``fc = Identity``, or ``nn.Flatten()`` for raw pixels); it is moved to ``device``.
+    Returns top1, top5, bank_size, query_size, num_classes and seconds.
+    """
+    from .augment import eval_transform
+    from .data import build_dataset, seeded_subset
+
+    if k <= 0 or temperature <= 0:
+        raise EvaluationError(f"k-NN needs k > 0 and temperature > 0, found k={k}, temperature={temperature}")
+    start = time.perf_counter()
+    device = torch.device(device)
+    transform = eval_transform(data_cfg.image_size)
+    bank = seeded_subset(build_dataset(data_cfg, "train", transform), data_cfg.train_subset, seed=1)
+    query = seeded_subset(build_dataset(data_cfg, "val", transform), val_subset, seed=2)
+    backbone.to(device)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    args = dict(device=device, amp_dtype=amp_dtype, channels_last=channels_last, progress=progress)
+    loader_args = dict(batch_size=batch_size, num_workers=data_cfg.num_workers, device=device)
+    bank_x, bank_y = extract_features(backbone, eval_loader(bank, **loader_args), desc="train features", **args)
+    query_x, query_y = extract_features(backbone, eval_loader(query, **loader_args), desc="val features", **args)
+    num_classes = int(max(bank_y.max(), query_y.max())) + 1
+    if device.type == "cuda":  # the similarity search is the slow part: do it on the GPU
+        bank_x, bank_y, query_x = bank_x.to(device), bank_y.to(device), query_x.to(device)
+    metrics = knn_accuracy(bank_x, bank_y, query_x, query_y, num_classes=num_classes, k=k, temperature=temperature)
+    return dict(
+        metrics, bank_size=len(bank), query_size=len(query), num_classes=num_classes, seconds=time.perf_counter() - start
+    )
+
+
+def knn_results(metrics: dict, *, data_cfg, source: LoadedSource | str, k: int, temperature: float, name: str | None = None) -> list:
+    """``metrics`` of :func:`knn_evaluate` as results-file entries (top1 and top5)."""
+    from .results import EvalResult
+
+    recipe = {
+        "protocol": "weighted k-NN on frozen global-pooled l2-normalised features",
+        "k": k,
+        "temperature": temperature,
+        "image_size": data_cfg.image_size,
+        "bank_size": metrics["bank_size"],
+        "query_size": metrics["query_size"],
+    }
+    src, rev = (source.name, source.revision) if isinstance(source, LoadedSource) else (str(source), None)
+    common = dict(task="knn", dataset=dataset_name(data_cfg, name), split=split_name(data_cfg), source=src, source_revision=rev, recipe=recipe)
+    return [EvalResult(metric=m, value=metrics[m], **common) for m in ("top1", "top5")]
+
+
+def data_config_for(source: LoadedSource, **options):
+    """The :class:`~simsiam_hub.config.DataConfig` to evaluate ``source`` on.
+
+    Starts from the source's pretraining data when it records it (a training checkpoint:
+    dataset, root, image size) or its training image size, else ImageFolder at 224 px; then
+    ``options`` that are not None (``dataset``, ``root``, ``image_size``, ``train_subset``,
+    ``synthetic_size``, ``num_workers``) override. A dataset other than the recorded one
+    does not inherit the recorded root.
+    """
+    from .config import DataConfig
+    from .data import DATASETS
+
+    recipe = source.config.get("recipe")
+    recorded = recipe.get("data", {}) if isinstance(recipe, dict) else {}
+    values = {"dataset": "imagefolder", "image_size": source.config.get("image_size") or 224}
+    if recorded.get("dataset") in DATASETS:
+        values.update({k: recorded[k] for k in ("dataset", "root", "image_size", "synthetic_size") if recorded.get(k) is not None})
+    elif source.config.get("dataset") in DATASETS:
+        values["dataset"] = source.config["dataset"]
+    chosen = {k: v for k, v in options.items() if v is not None}
+    if chosen.get("dataset", values["dataset"]) != values["dataset"]:
+        values.pop("root", None)
+    values.update(chosen)
+    return DataConfig(**values)

@@ -113,12 +113,12 @@ def simsiam_loss(
 ) -> torch.Tensor:
     """Symmetric negative cosine similarity, D(p1, sg(z2))/2 + D(p2, sg(z1))/2, in [-1, 1].
 
-    Computed in fp32 whatever the autocast dtype. ``stop_gradient=False`` is the
+    Computed in fp32 (or fp64) whatever the autocast dtype. ``stop_gradient=False`` is the
     paper's collapse ablation (Fig. 2): the loss then falls to -1 with a constant output.
     """
     if stop_gradient:
         z1, z2 = z1.detach(), z2.detach()
-    p1, p2, z1, z2 = (t.float() for t in (p1, p2, z1, z2))
+    p1, p2, z1, z2 = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (p1, p2, z1, z2))
     return -(F.cosine_similarity(p1, z2, dim=-1).mean() + F.cosine_similarity(p2, z1, dim=-1).mean()) * 0.5
 
 

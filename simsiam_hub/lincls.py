@@ -1,0 +1,515 @@
+"""Linear evaluation: a linear classifier trained on a frozen backbone (the reference protocol).
+
+Reference: facebookresearch/simsiam ``main_lincls.py``. The backbone is frozen and kept in
+eval mode (BatchNorm uses its running statistics, which never change); a new ``fc`` is
+initialised normal(0, 0.01) with zero bias and trained with LARS (trust coefficient 0.001,
+no weight decay, momentum 0.9), batch 4096, lr 0.1 * batch / 256, cosine decay per epoch,
+90 epochs; train transform RandomResizedCrop + flip, val Resize + CenterCrop. After every
+epoch every backbone tensor is compared with its value at load: a change stops the run.
+
+Two ways to feed the classifier (``data.cache_features``):
+
+- ``false`` (the reference, the default): every training step draws augmented crops and runs
+  them through the backbone.
+- ``true``: the training images go through the backbone once, with the *val* transform
+  (no augmentation), and the classifier trains on those stored features. Because the backbone
+  is frozen and in eval mode this is exact for an un-augmented protocol, and an epoch then
+  costs a matrix product instead of a pass of the network: what makes a CPU run possible.
+  It is a different protocol from the reference (no train-time augmentation), and results
+  record which one was used.
+
+The val features are computed once in both cases: the val transform is deterministic and the
+backbone frozen, so re-running the network every epoch would give the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from . import __version__
+from .augment import eval_transform, linear_train_transform
+from .config import ConfigError, DataConfig, to_dict
+from .data import build_dataset, seeded_subset, targets_of
+from .distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
+from .errors import SimsiamHubError
+from .evaluate import (
+    LoadedSource,
+    autocast_context,
+    backbone_fingerprint,
+    dataset_name,
+    eval_loader,
+    extract_features,
+    load_source,
+    split_name,
+    topk_accuracy,
+)
+from .fileio import atomic_torch_save
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "simsiam-hub/lincls-checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_FILE = "checkpoint.pt"
+RESULTS_FILE = "results_lincls.json"
+LOG_FIELDS = ["step", "epoch", "lr", "loss", "top1", "top5", "best_top1", "seconds", "images_per_s"]
+OPTIMIZERS = ("lars", "sgd")
+
+
+class BackboneChangedError(SimsiamHubError, RuntimeError):
+    """A backbone tensor changed during linear evaluation: the protocol was broken."""
+
+
+class LinclsCheckpointError(SimsiamHubError, ValueError):
+    """A file that is not a linear-evaluation checkpoint, or one of another run."""
+
+
+# --- config --------------------------------------------------------------------------------
+
+
+def _require(ok: bool, key: str, value, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"config value {key}={value!r} is invalid: expected {expected}")
+
+
+@dataclass
+class LinclsDataConfig(DataConfig):
+    """Pretraining's data options (``blur_prob`` is unused here) plus the linear protocol's."""
+
+    min_scale: float = 0.08  # train RandomResizedCrop scale (min_scale, 1); the reference: 0.08
+    val_subset: Optional[int] = None  # evaluate on this many val images (seeded draw; None: all)
+    cache_features: bool = False  # true: train on stored un-augmented features (see the module docs)
+    name: Optional[str] = None  # dataset name in results (None: the dataset, or the ImageFolder's folder)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self.val_subset is None or self.val_subset > 0, "data.val_subset", self.val_subset, "a positive integer or null")
+
+
+@dataclass
+class LinclsOptimConfig:
+    epochs: int = 90
+    batch_size: int = 4096  # global, over all ranks
+    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
+    optimizer: str = "lars"  # lars (the reference) | sgd
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    trust_coefficient: float = 0.001  # LARS
+    warmup_epochs: float = 0.0  # linear warm-up before the cosine decay (the reference has none)
+
+    def __post_init__(self):
+        _require(self.epochs > 0, "optim.epochs", self.epochs, "a positive integer")
+        _require(self.batch_size > 0, "optim.batch_size", self.batch_size, "a positive integer")
+        _require(self.base_lr > 0, "optim.base_lr", self.base_lr, "a positive number")
+        _require(self.optimizer in OPTIMIZERS, "optim.optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
+        _require(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "a number in [0, 1)")
+        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _require(self.trust_coefficient > 0, "optim.trust_coefficient", self.trust_coefficient, "a positive number")
+        _require(0 <= self.warmup_epochs < self.epochs, "optim.warmup_epochs", self.warmup_epochs, "a number in [0, epochs)")
+
+
+@dataclass
+class LinclsRunConfig:
+    output_dir: str = "runs/lincls"
+    seed: int = 0
+    amp: str = "auto"  # backbone forward: auto (bf16 on GPU and on CPUs with native bf16) | bf16 | fp16 | off
+    channels_last: bool = True
+    eval_every_epochs: int = 1  # evaluate on val every N epochs (and always after the last)
+    eval_batch_size: int = 256  # feature extraction batch
+    stop_after_epochs: Optional[int] = None  # stop early after this many epochs in total (the schedule is unchanged)
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.amp in ("False", "false", "none"):  # YAML reads a bare `off` as false (as config.RunConfig)
+            self.amp = "off"
+        _require(self.amp in ("auto", "bf16", "fp16", "off"), "run.amp", self.amp, "one of 'auto', 'bf16', 'fp16', 'off'")
+        _require(self.eval_every_epochs > 0, "run.eval_every_epochs", self.eval_every_epochs, "a positive integer")
+        _require(self.eval_batch_size > 0, "run.eval_batch_size", self.eval_batch_size, "a positive integer")
+        _require(
+            self.stop_after_epochs is None or self.stop_after_epochs > 0,
+            "run.stop_after_epochs", self.stop_after_epochs, "a positive integer or null",
+        )  # fmt: skip
+
+
+@dataclass
+class LinclsConfig:
+    data: LinclsDataConfig = field(default_factory=LinclsDataConfig)
+    optim: LinclsOptimConfig = field(default_factory=LinclsOptimConfig)
+    run: LinclsRunConfig = field(default_factory=LinclsRunConfig)
+
+
+# --- the parts -------------------------------------------------------------------------------
+
+
+def new_classifier(num_features: int, num_classes: int) -> nn.Linear:
+    """The reference's new ``fc``: weights normal(0, 0.01), bias zero."""
+    fc = nn.Linear(num_features, num_classes)
+    nn.init.normal_(fc.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(fc.bias)
+    return fc
+
+
+def build_optimizer(fc: nn.Linear, cfg: LinclsOptimConfig) -> torch.optim.Optimizer:
+    """LARS as the reference applies it (timm's ``Lars``), or plain SGD.
+
+    The reference's LARS adapts (and decays) only parameters with ndim > 1: the weight's
+    update is scaled by trust * |w| / |g + wd * w|, the bias gets plain momentum SGD. timm's
+    ``Lars`` does the same per group: ``always_adapt`` on the weight, off with no weight decay
+    on the bias. With the recipe's weight decay of 0 the two agree exactly (up to timm's
+    eps = 1e-8 in the denominator); with weight decay timm divides by |g| + wd * |w|.
+    """
+    init_lr = cfg.base_lr * cfg.batch_size / 256
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(fc.parameters(), lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    from timm.optim import Lars
+
+    groups = [
+        {"params": [fc.weight], "always_adapt": True, "weight_decay": cfg.weight_decay},
+        {"params": [fc.bias], "always_adapt": False, "weight_decay": 0.0},
+    ]
+    return Lars(groups, lr=init_lr, momentum=cfg.momentum, trust_coeff=cfg.trust_coefficient)
+
+
+def snapshot_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of every tensor of ``module`` (parameters and buffers)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+def check_unchanged(module: nn.Module, snapshot: dict[str, torch.Tensor], what: str = "backbone") -> None:
+    """Raise :class:`BackboneChangedError` if any tensor of ``module`` differs from ``snapshot``."""
+    state = module.state_dict()
+    changed = [k for k, v in snapshot.items() if k not in state or not torch.equal(state[k].detach().cpu(), v)]
+    changed += [k for k in state if k not in snapshot]
+    if changed:
+        raise BackboneChangedError(
+            f"{len(changed)} {what} tensors changed during linear evaluation (first: {changed[:5]}): "
+            "the backbone must stay frozen and in eval mode; these results are void"
+        )
+
+
+@dataclass
+class LinclsResult:
+    output_dir: Path
+    checkpoint: Path
+    results_file: Path | None  # None until all epochs are done
+    epoch: int
+    top1: float | None
+    top5: float | None
+    best_top1: float | None
+    best_top5: float | None
+    best_epoch: int | None
+    seconds: float
+    timings: dict = field(default_factory=dict)
+
+
+class LinearEvaluation:
+    """One linear-evaluation run; :meth:`run` trains to the end (or to ``run.stop_after_epochs``)."""
+
+    def __init__(self, cfg: LinclsConfig, source: LoadedSource, *, resume: str | None = "auto"):
+        self.cfg, self.source = cfg, source
+        self.info = info = setup_distributed()
+        self.timings: dict[str, float] = {}
+        if cfg.optim.batch_size % info.world_size:
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes")
+        if cfg.data.cache_features and info.distributed:
+            raise ConfigError("data.cache_features=true runs in one process: it is for small sets and CPUs (found WORLD_SIZE > 1)")
+        self.local_batch = cfg.optim.batch_size // info.world_size
+        self.out = Path(cfg.run.output_dir)
+        self.device = info.device
+        from .engine import resolve_amp
+
+        self.amp_dtype = resolve_amp(cfg.run.amp, self.device)
+        torch.manual_seed(cfg.run.seed)
+
+        # Data first: a bad path fails before any work. Subsets use the k-NN monitor's draws.
+        size = cfg.data.image_size
+        cached = cfg.data.cache_features
+        train = seeded_subset(build_dataset(cfg.data, "train", eval_transform(size) if cached else None), cfg.data.train_subset, seed=1)
+        val = seeded_subset(build_dataset(cfg.data, "val", eval_transform(size)), cfg.data.val_subset, seed=2)
+        self.num_classes = int(max(targets_of(train).max(), targets_of(val).max())) + 1
+        self.train_size, self.val_size = len(train), len(val)
+        self.train_set = train
+        if not cached:
+            from .engine import SeededViews
+
+            self.train_set = SeededViews(train, linear_train_transform(size, min_scale=cfg.data.min_scale), cfg.run.seed)
+            self.sampler = ResumableSampler(self.train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.run.seed)
+        # Each rank evaluates its own share of val; the counts are summed.
+        self.val_set = Subset(val, list(range(info.rank, len(val), info.world_size))) if info.distributed else val
+
+        # The frozen backbone, and what it must stay.
+        backbone = source.backbone
+        backbone.requires_grad_(False)
+        backbone.eval()
+        self.snapshot = snapshot_state(backbone)
+        self.fingerprint = backbone_fingerprint(backbone)
+        backbone.to(self.device)
+        if cfg.run.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+        self.backbone = backbone
+        with torch.no_grad():
+            num_features = backbone(torch.zeros(2, 3, size, size, device=self.device)).flatten(1).shape[1]
+        self.fc = new_classifier(num_features, self.num_classes).to(self.device)
+        self.optimizer = build_optimizer(self.fc, cfg.optim)
+        self.epoch = 0
+        self.step = 0
+        self.best: dict = {}
+        self.last: dict = {}
+        self.resumed_from: Path | None = None
+        if resume:
+            self._resume(resume)
+        self.net = self.fc
+        if info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.fc, device_ids=ids)
+
+    # --- checkpoints ---------------------------------------------------------------------
+    def _compatibility(self) -> dict:
+        """What a resumed run must share with the run that wrote the checkpoint."""
+        d = self.cfg.data
+        keys = ("dataset", "image_size", "train_subset", "val_subset", "cache_features", "min_scale")
+        return {"optim": to_dict(self.cfg.optim), "data": {k: getattr(d, k) for k in keys}, "seed": self.cfg.run.seed}
+
+    def _resume(self, resume: str) -> None:
+        path = self.out / CHECKPOINT_FILE if resume == "auto" else Path(resume)
+        if resume == "auto" and not path.is_file():
+            return
+        ckpt = load_lincls_checkpoint(path)
+        if ckpt["backbone_sha256"] != self.fingerprint:
+            raise LinclsCheckpointError(
+                f"{path} was trained on another backbone (sha256 {ckpt['backbone_sha256'][:16]}..., source "
+                f"{ckpt.get('source')}); this run evaluates {self.source.name} (sha256 {self.fingerprint[:16]}...). "
+                "Use another run.output_dir or --resume none"
+            )
+        if ckpt["compatibility"] != self._compatibility():
+            raise LinclsCheckpointError(
+                f"{path} was written with other settings: {ckpt['compatibility']}; this run has {self._compatibility()}. "
+                "Use another run.output_dir or --resume none"
+            )
+        self.fc.load_state_dict(ckpt["fc"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.best, self.last = dict(ckpt["best"]), dict(ckpt["last"])
+        self.resumed_from = path
+        if self.info.is_main:
+            log.info("resumed from %s after epoch %d", path, self.epoch)
+
+    def save_checkpoint(self) -> Path:
+        path = self.out / CHECKPOINT_FILE
+        if self.info.is_main:
+            atomic_torch_save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "version": CHECKPOINT_VERSION,
+                    "library_version": __version__,
+                    "config": to_dict(self.cfg),
+                    "compatibility": self._compatibility(),
+                    "source": self.source.name,
+                    "source_revision": self.source.revision,
+                    "backbone_sha256": self.fingerprint,
+                    "epoch": self.epoch,
+                    "step": self.step,
+                    "fc": self.fc.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "best": self.best,
+                    "last": self.last,
+                },
+                path,
+            )
+        barrier()
+        return path
+
+    # --- features ------------------------------------------------------------------------
+    def _extract(self, dataset, desc: str):
+        start = time.perf_counter()
+        loader = eval_loader(dataset, batch_size=self.cfg.run.eval_batch_size, num_workers=self.cfg.data.num_workers, device=self.device)
+        x, y = extract_features(
+            self.backbone, loader, device=self.device, amp_dtype=self.amp_dtype, channels_last=self.cfg.run.channels_last,
+            progress=self.cfg.run.progress and self.info.is_main, desc=desc, normalize=False,
+        )  # fmt: skip
+        self.timings[f"{desc} seconds"] = time.perf_counter() - start
+        return x.to(self.device), y.to(self.device)
+
+    def _train_batches(self, epoch: int):
+        """(features, labels) batches of one epoch, on the device."""
+        if self.cfg.data.cache_features:
+            generator = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + epoch)
+            order = torch.randperm(self.train_x.shape[0], generator=generator).to(self.device)
+            for start in range(0, len(order), self.local_batch):
+                idx = order[start : start + self.local_batch]
+                yield self.train_x[idx], self.train_y[idx]
+            return
+        self.train_set.epoch = epoch
+        self.sampler.set_epoch(epoch)
+        loader = DataLoader(
+            self.train_set, batch_size=self.local_batch, sampler=self.sampler, num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )  # fmt: skip
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=True)
+            if self.cfg.run.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
+                features = self.backbone(images)
+            yield features.float().flatten(1), labels.to(self.device, non_blocking=True)
+
+    def _steps_per_epoch(self) -> int:
+        n = self.train_size if self.cfg.data.cache_features else len(self.sampler)
+        return math.ceil(n / self.local_batch)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """top1/top5 (percent) of the classifier on the whole val set (all ranks)."""
+        self.fc.eval()
+        logits = torch.cat([self.fc(self.val_x[i : i + 4096]) for i in range(0, self.val_x.shape[0], 4096)])
+        acc = topk_accuracy(logits.float().cpu(), self.val_y.cpu())
+        if not self.info.distributed:
+            return acc
+        n = self.val_x.shape[0]
+        sums = torch.tensor([acc["top1"] * n, acc["top5"] * n, n], dtype=torch.float64, device=self.device)
+        dist.all_reduce(sums)
+        return {"top1": (sums[0] / sums[2]).item(), "top5": (sums[1] / sums[2]).item()}
+
+    # --- training ------------------------------------------------------------------------
+    def run(self) -> LinclsResult:
+        from .engine import set_learning_rate
+        from .monitor import CSVLog
+
+        cfg, info = self.cfg, self.info
+        run_start = time.perf_counter()
+        end_epoch = cfg.optim.epochs if cfg.run.stop_after_epochs is None else min(cfg.optim.epochs, cfg.run.stop_after_epochs)
+        if info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            csv_log = CSVLog(self.out / "lincls_log.csv", LOG_FIELDS, self.step if self.resumed_from else None)
+        if self.epoch < end_epoch:
+            self.val_x, self.val_y = self._extract(self.val_set, "val features")
+            if cfg.data.cache_features:
+                self.train_x, self.train_y = self._extract(self.train_set, "train features")
+            check_unchanged(self.backbone, self.snapshot)
+        checkpoint = self.resumed_from
+        steps_per_epoch = self._steps_per_epoch()
+        bar = tqdm(
+            total=(end_epoch - self.epoch) * steps_per_epoch, disable=not (cfg.run.progress and info.is_main),
+            desc="lincls", unit="step", dynamic_ncols=True,
+        )  # fmt: skip
+        train_start = time.perf_counter()
+        while self.epoch < end_epoch:
+            epoch = self.epoch
+            epoch_start = time.perf_counter()
+            lr = set_learning_rate(self.optimizer, cfg.optim, epoch)  # per epoch, as the reference
+            self.fc.train()
+            loss_sum, seen = 0.0, 0
+            for features, labels in self._train_batches(epoch):
+                loss = F.cross_entropy(self.net(features), labels)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                self.step += 1
+                loss_sum += loss.item() * labels.shape[0]
+                seen += labels.shape[0]
+                bar.update(1)
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+            if not math.isfinite(loss_sum):
+                raise SimsiamHubError(f"the linear classifier's loss is {loss_sum} in epoch {epoch + 1}: lower optim.base_lr")
+            self.epoch = epoch + 1
+            check_unchanged(self.backbone, self.snapshot)
+            row = {"step": self.step, "epoch": self.epoch, "lr": lr, "loss": loss_sum / max(seen, 1)}
+            if self.epoch % cfg.run.eval_every_epochs == 0 or self.epoch == cfg.optim.epochs:
+                acc = self.evaluate()
+                self.last = {"top1": acc["top1"], "top5": acc["top5"], "epoch": self.epoch}
+                if not self.best or acc["top1"] > self.best["top1"]:
+                    self.best = dict(self.last)
+                row.update(acc)
+            seconds = time.perf_counter() - epoch_start
+            row.update(best_top1=self.best.get("top1"), seconds=seconds, images_per_s=seen * info.world_size / seconds)
+            checkpoint = self.save_checkpoint()
+            if info.is_main:
+                csv_log.write(row)
+                acc_text = f" top1={row['top1']:.2f}% top5={row['top5']:.2f}%" if "top1" in row else ""
+                tqdm.write(f"epoch {self.epoch}/{cfg.optim.epochs}: loss={row['loss']:.4f} lr={lr:.4g}{acc_text} ({seconds:.1f} s)")
+        bar.close()
+        self.timings["train seconds"] = time.perf_counter() - train_start
+        if checkpoint is None:
+            checkpoint = self.save_checkpoint()
+        results_file = None
+        if self.epoch >= cfg.optim.epochs and info.is_main:
+            results_file = self.write_results()
+        barrier()
+        return LinclsResult(
+            self.out, checkpoint, results_file, self.epoch, self.last.get("top1"), self.last.get("top5"),
+            self.best.get("top1"), self.best.get("top5"), self.best.get("epoch"), time.perf_counter() - run_start, dict(self.timings),
+        )  # fmt: skip
+
+    def write_results(self) -> Path:
+        """``results_lincls.json``: top1/top5 after the last epoch, and at the best epoch."""
+        from .results import EvalResult, write_results
+
+        cfg = self.cfg
+        recipe = {
+            "protocol": "linear classifier on a frozen backbone in eval mode (simsiam main_lincls)",
+            "train_features": (
+                "cached: un-augmented (val transform), computed once" if cfg.data.cache_features
+                else "online: RandomResizedCrop + flip through the backbone every step (the reference)"
+            ),
+            "epochs": cfg.optim.epochs,
+            "batch_size": cfg.optim.batch_size,
+            "lr": cfg.optim.base_lr * cfg.optim.batch_size / 256,
+            "optimizer": cfg.optim.optimizer,
+            "trust_coefficient": cfg.optim.trust_coefficient if cfg.optim.optimizer == "lars" else None,
+            "momentum": cfg.optim.momentum,
+            "weight_decay": cfg.optim.weight_decay,
+            "schedule": "cosine per epoch",
+            "image_size": cfg.data.image_size,
+            "train_size": self.train_size,
+            "val_size": self.val_size,
+            "backbone_sha256": self.fingerprint,
+        }
+        common = dict(
+            task="linear", dataset=dataset_name(cfg.data, cfg.data.name), split=split_name(cfg.data),
+            source=self.source.name, source_revision=self.source.revision,
+        )  # fmt: skip
+        results = [EvalResult(metric=m, value=self.last[m], recipe=dict(recipe, selection="last epoch"), **common) for m in ("top1", "top5")]
+        best = dict(recipe, selection=f"best val top1 over epochs (epoch {self.best['epoch']}), as the reference's model_best")
+        results += [EvalResult(metric=f"{m}_best", value=self.best[m], recipe=best, **common) for m in ("top1", "top5")]
+        return write_results(results, self.out / RESULTS_FILE)
+
+
+def load_lincls_checkpoint(path: str | Path) -> dict:
+    """Read a linear-evaluation checkpoint safely (``weights_only``) and check that it is one."""
+    path = Path(path)
+    if not path.is_file():
+        raise LinclsCheckpointError(f"linear-evaluation checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, a foreign pickle, not a zip
+        raise LinclsCheckpointError(f"{path} is not a readable checkpoint: {type(err).__name__}: {str(err)[:200]}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise LinclsCheckpointError(f"{path} is not a linear-evaluation checkpoint: expected format={CHECKPOINT_FORMAT!r}, found {found}")
+    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
+        raise LinclsCheckpointError(f"{path} has version {ckpt['version']}; this simsiam-hub reads up to {CHECKPOINT_VERSION}")
+    return ckpt
+
+
+def linear_eval(
+    cfg: LinclsConfig, source: LoadedSource | str | Path, *, revision: str | None = None, resume: str | None = "auto"
+) -> LinclsResult:
+    """Linear evaluation of ``source`` (anything ``from_pretrained`` accepts, or a
+    :class:`LoadedSource`) as ``cfg`` says; ``resume='auto'`` continues from ``run.output_dir``."""
+    try:
+        if not isinstance(source, LoadedSource):
+            source = load_source(source, revision)
+        return LinearEvaluation(cfg, source, resume=resume).run()
+    finally:
+        cleanup_distributed()

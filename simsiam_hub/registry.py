@@ -1,0 +1,146 @@
+"""Named model variants (the official SimSiam releases and ours) and the download cache.
+
+A variant names where its weights live: a Hub repo (``repo_id``, the first choice) and, for
+the official releases, the original checkpoint (``source_url``) that
+``simsiam-hub import-official`` converts when the Hub repo does not exist yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .errors import SimsiamHubError
+
+HUB_ORG = "simsiam-hub"  # the Hub organisation our model repos live under
+GITHUB_REPO = "simsiam-hub/simsiam-hub"  # this code's GitHub repo, for torch.hub.load
+OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/simsiam/models"
+OFFICIAL_CODE_URL = "https://github.com/facebookresearch/simsiam"
+PAPER_URL = "https://arxiv.org/abs/2011.10566"
+
+
+class DownloadError(SimsiamHubError, OSError):
+    """A URL that could not be downloaded."""
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    repo_id: str  # its Hub model repo
+    source_url: Optional[str]  # the original checkpoint, converted when the Hub repo is missing
+    arch: str
+    epochs: Optional[int]  # None where the run that makes it decides (see its model card)
+    batch_size: Optional[int]
+    dataset: str
+    recipe: str
+    top1: Optional[float]  # published ImageNet linear-evaluation top-1 (%), None if not measured
+    license: str
+
+
+VARIANTS = (
+    Variant(
+        name="simsiam-resnet50-100ep-bs512",
+        repo_id=f"{HUB_ORG}/simsiam-resnet50-100ep-bs512",
+        source_url=f"{OFFICIAL_BASE_URL}/100ep/pretrain/checkpoint_0099.pth.tar",
+        arch="resnet50",
+        epochs=100,
+        batch_size=512,
+        dataset="imagenet-1k",
+        recipe="official release: ImageNet-1k, 100 epochs, batch 512 on 8 GPUs with SyncBN, SGD lr 0.1 "
+        "(0.05 x 512/256), momentum 0.9, wd 1e-4, cosine, --fix-pred-lr, MoCo v2 augmentation at 224 px",
+        top1=68.1,
+        license="cc-by-nc-4.0",
+    ),
+    Variant(
+        name="simsiam-resnet50-100ep-bs256",
+        repo_id=f"{HUB_ORG}/simsiam-resnet50-100ep-bs256",
+        source_url=f"{OFFICIAL_BASE_URL}/100ep-256bs/pretrain/checkpoint_0099.pth.tar",
+        arch="resnet50",
+        epochs=100,
+        batch_size=256,
+        dataset="imagenet-1k",
+        recipe="official release: ImageNet-1k, 100 epochs, batch 256, SGD lr 0.05, momentum 0.9, wd 1e-4, "
+        "cosine, --fix-pred-lr, MoCo v2 augmentation at 224 px",
+        top1=68.3,
+        license="cc-by-nc-4.0",
+    ),
+    Variant(
+        name="simsiam-resnet18-fashion-mnist",
+        repo_id=f"{HUB_ORG}/simsiam-resnet18-fashion-mnist",
+        source_url=None,
+        arch="resnet18",
+        epochs=None,
+        batch_size=None,
+        dataset="fashion_mnist",
+        recipe="ours: `make demo` (configs/pretrain/fashion_mnist_resnet18_cpu.yaml) on 2 CPU cores",
+        top1=None,
+        license="mit",
+    ),
+)
+DEFAULT_VARIANT = "simsiam-resnet50-100ep-bs512"  # the paper's recipe; torch.hub's default
+
+
+def get_variant(name_or_repo_id: str) -> Variant | None:
+    """The variant with this name or Hub repo id, or None."""
+    for variant in VARIANTS:
+        if name_or_repo_id in (variant.name, variant.repo_id):
+            return variant
+    return None
+
+
+def cache_dir() -> Path:
+    """``$SIMSIAM_HUB_CACHE``, else ``$XDG_CACHE_HOME/simsiam_hub`` (``~/.cache/simsiam_hub``)."""
+    if os.environ.get("SIMSIAM_HUB_CACHE"):
+        return Path(os.environ["SIMSIAM_HUB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "simsiam_hub"
+
+
+def download_path(url: str) -> Path:
+    """Where ``url`` is cached: its file name under a folder named by the URL's hash (the two
+    official releases share the name ``checkpoint_0099.pth.tar``)."""
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return cache_dir() / "downloads" / digest / (url.rstrip("/").rsplit("/", 1)[-1] or "download")
+
+
+def converted_dir(variant: Variant) -> Path:
+    """The model folder a variant's original checkpoint is converted into."""
+    return cache_dir() / "models" / variant.name
+
+
+def download(url: str, *, progress: bool = True) -> Path:
+    """Download ``url`` into the cache with a progress bar (once: a cached file is reused)."""
+    import urllib.error
+
+    from torch.hub import download_url_to_file
+
+    dest = download_path(url)
+    if dest.is_file():
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        # Writes to a temporary file beside `dest` and renames it when complete.
+        download_url_to_file(url, str(dest), progress=progress)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"could not download {url}: expected HTTP 200, found HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError) as err:
+        raise DownloadError(f"could not download {url}: {getattr(err, 'reason', err)}") from None
+    return dest
+
+
+def variant_status(variant: Variant) -> str:
+    """What of a variant is already on this machine: in the Hub cache, converted, downloaded."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = []
+    cached = try_to_load_from_cache(variant.repo_id, "model.safetensors")
+    if isinstance(cached, str):
+        found.append("hub cache")
+    if (converted_dir(variant) / "model.safetensors").is_file():
+        found.append("converted")
+    elif variant.source_url and download_path(variant.source_url).is_file():
+        found.append("downloaded")
+    return ", ".join(found) or "-"

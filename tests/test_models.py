@@ -1,0 +1,107 @@
+"""The model and loss against the reference (facebookresearch/simsiam, builder.py)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from simsiam_hub.models import SimSiam, build_backbone, simsiam_loss
+
+
+class ReferenceSimSiam(nn.Module):
+    """facebookresearch/simsiam simsiam/builder.py (commit a7bc177), verbatim in substance."""
+
+    def __init__(self, base_encoder, dim=2048, pred_dim=512):
+        super().__init__()
+        self.encoder = base_encoder(num_classes=dim, zero_init_residual=True)
+        prev_dim = self.encoder.fc.weight.shape[1]
+        self.encoder.fc = nn.Sequential(
+            nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True),
+            nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True),
+            self.encoder.fc, nn.BatchNorm1d(dim, affine=False),
+        )  # fmt: skip
+        self.encoder.fc[6].bias.requires_grad = False
+        self.predictor = nn.Sequential(
+            nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True), nn.Linear(pred_dim, dim)
+        )
+
+    def forward(self, x1, x2):
+        z1, z2 = self.encoder(x1), self.encoder(x2)
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return p1, p2, z1.detach(), z2.detach()
+
+
+def _shapes(model):
+    return {k: (tuple(v.shape), v.requires_grad) for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("arch,dim,pred_dim", [("resnet50", 2048, 512), ("resnet18", 256, 64)])
+def test_parameters_match_reference_builder(arch, dim, pred_dim):
+    ours = SimSiam(arch, dim, pred_dim)
+    ref = ReferenceSimSiam(getattr(torchvision.models, arch), dim, pred_dim)
+    assert _shapes(ours) == _shapes(ref)  # names, shapes and which are frozen
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in ref.parameters())
+    if arch == "resnet50":
+        # backbone 23,508,032 + projector 3 x 2048^2 + BN + fc bias + predictor 2 x 2048 x 512 + BN + bias
+        projector = 3 * 2048 * 2048 + 2 * 2 * 2048 + 2048
+        predictor = 2 * 2048 * 512 + 2 * 512 + 2048
+        assert sum(p.numel() for p in ours.parameters()) == 23_508_032 + projector + predictor == 38_201_408
+    assert not ours.encoder.fc[6].bias.requires_grad
+    assert not ours.encoder.fc[7].affine
+    last_bns = [b.bn3 if arch == "resnet50" else b.bn2 for layer in (ours.encoder.layer1, ours.encoder.layer4) for b in layer]
+    assert all(float(bn.weight.abs().sum()) == 0 for bn in last_bns)  # zero-init residual
+
+
+def test_forward_matches_reference_given_same_weights():
+    torch.manual_seed(0)
+    ours, ref = SimSiam("resnet18", 128, 32), ReferenceSimSiam(torchvision.models.resnet18, 128, 32)
+    ref.load_state_dict(ours.state_dict())
+    x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    for a, b in zip(ours(x1, x2), ref(x1, x2)):
+        torch.testing.assert_close(a, b)
+
+
+def test_small_stem_and_backbone():
+    backbone = build_backbone("resnet18", small_stem=True)
+    assert backbone.conv1.kernel_size == (3, 3) and isinstance(backbone.maxpool, nn.Identity)
+    assert backbone(torch.randn(2, 3, 28, 28)).shape == (2, 512)
+    with pytest.raises(ValueError, match="unknown arch 'vit'"):
+        build_backbone("vit")
+
+
+def test_loss_equals_formula():
+    torch.manual_seed(0)
+    p1, p2, z1, z2 = (torch.randn(8, 16) for _ in range(4))
+    expected = -0.5 * (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean())
+    by_hand = -0.5 * (((p1 / p1.norm(dim=1, keepdim=True)) * (z2 / z2.norm(dim=1, keepdim=True))).sum(1).mean()
+                      + ((p2 / p2.norm(dim=1, keepdim=True)) * (z1 / z1.norm(dim=1, keepdim=True))).sum(1).mean())  # fmt: skip
+    torch.testing.assert_close(simsiam_loss(p1, p2, z1, z2), expected)
+    torch.testing.assert_close(simsiam_loss(p1, p2, z1, z2), by_hand)
+    assert simsiam_loss(z2, z1, z1, z2).item() == pytest.approx(-1.0)  # p equal to the other view's z
+
+
+@pytest.mark.parametrize("stop_gradient", [True, False])
+def test_stop_gradient_blocks_the_target_branch(stop_gradient):
+    torch.manual_seed(0)
+    p1, p2, z1, z2 = (torch.randn(8, 16, requires_grad=True) for _ in range(4))
+    simsiam_loss(p1, p2, z1, z2, stop_gradient=stop_gradient).backward()
+    assert p1.grad.abs().sum() > 0 and p2.grad.abs().sum() > 0
+    if stop_gradient:
+        assert z1.grad is None and z2.grad is None
+    else:
+        assert z1.grad.abs().sum() > 0 and z2.grad.abs().sum() > 0
+
+
+def test_stop_gradient_reaches_the_encoder_only_through_p():
+    """With stop-gradient, the encoder's gradient equals the one through the predictor path alone."""
+    torch.manual_seed(0)
+    model = SimSiam("resnet18", 64, 16)
+    x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    p1, p2, z1, z2 = model(x1, x2)
+    grads = torch.autograd.grad(simsiam_loss(p1, p2, z1, z2), [z1, z2])
+    p1d = model.predictor(z1)  # same graph: only p depends on z when z is a stop-gradient target
+    assert all(g.abs().sum() > 0 for g in grads)
+    ref = torch.autograd.grad(simsiam_loss(p1d, p2, z1.detach(), z2.detach()), [z1], retain_graph=True)[0]
+    torch.testing.assert_close(grads[0], ref)
