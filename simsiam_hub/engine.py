@@ -117,7 +117,10 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    # oneDNN also "supports" bf16 on plain AVX-512 by emulation, which made a ResNet-50 step
+    # 2.5x slower than fp32 on an AVX-512 CPU without AVX512-BF16 (bench/RESULTS.md).
+    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return torch.bfloat16 if any(getattr(torch.cpu, name, lambda: False)() for name in native) else None
 
 
 def build_optimizer(model: SimSiam, cfg) -> torch.optim.SGD:
@@ -414,8 +417,9 @@ class Trainer:
                                 tb.add_scalar(f"train/{key}", row[key], self.step)
                         bar.set_postfix(loss=f"{loss_value:.3f}", z_std=f"{z_std:.4f}", img_s=f"{row['images_per_s']:.1f}")
                         window_start, wait = time.perf_counter(), 0.0
-                    if cfg.monitor.knn_every_steps and self.step % cfg.monitor.knn_every_steps == 0 and self.knn:
-                        self._knn_log(tb, epoch_log, step_only=True)
+                    at_epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+                    if self.knn and cfg.monitor.knn_every_steps and self.step % cfg.monitor.knn_every_steps == 0 and not at_epoch_end:
+                        self._knn_log(tb, epoch_log)  # epoch ends log their own k-NN below
                 if cfg.run.checkpoint_every_steps and self.step % cfg.run.checkpoint_every_steps == 0:
                     checkpoint = self.save_checkpoint()
                 if self.step >= self.total_steps:
@@ -432,7 +436,8 @@ class Trainer:
                     "z_std": z_std, "z_std_ratio": ratio, "seconds": seconds,
                     "images_per_s": (self.step - epoch_step0) * cfg.optim.batch_size / seconds,
                 }  # fmt: skip
-                if self.knn and (epoch_end and cfg.monitor.knn_every_epochs and (epoch + 1) % cfg.monitor.knn_every_epochs == 0 or self.step == self.total_steps):
+                every = cfg.monitor.knn_every_epochs
+                if self.knn and ((epoch_end and every and (epoch + 1) % every == 0) or self.step == self.total_steps):
                     row.update(self.knn(self.model))
                     row["knn_top1"], row["knn_top5"] = row.pop("top1"), row.pop("top5")
                     knn_top1 = row["knn_top1"]
@@ -461,7 +466,7 @@ class Trainer:
             checkpoint = self.resumed_from
         return PretrainResult(self.out, checkpoint, self.step, self.step / self.steps_per_epoch, loss_value, z_std, knn_top1)
 
-    def _knn_log(self, tb, epoch_log, step_only=False) -> None:
+    def _knn_log(self, tb, epoch_log) -> None:
         result = self.knn(self.model)
         epoch_log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, "knn_top1": result["top1"], "knn_top5": result["top5"]})
         if tb:

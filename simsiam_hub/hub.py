@@ -29,7 +29,16 @@ import torch
 from .errors import SimsiamHubError
 from .fileio import atomic_path, atomic_write_text
 from .results import EvalResult, read_results, write_results
-from .weights import BACKBONE_FILE, SIMSIAM_FILE, LoadedWeights, WeightsError, check_backbone, read_weights
+from .weights import (
+    BACKBONE_FILE,
+    SIMSIAM_FILE,
+    LoadedWeights,
+    WeightsError,
+    check_backbone,
+    read_safetensors,
+    read_weights,
+    save_safetensors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +59,8 @@ HUB_DATASETS = {
     "voc0712": "HuggingFaceM4/pascal_voc",
     "coco2017": "detection-datasets/coco",
 }
+# Our task -> (model-index task type, task name). kNN and linear share a task type, and
+# model-index groups results by task type and dataset: their metric types carry the task.
 TASK_TYPES = {
     "knn": ("image-classification", "k-NN classification (frozen features)"),
     "linear": ("image-classification", "Linear classification (frozen backbone)"),
@@ -302,7 +313,8 @@ def _hf_eval_results(results: list[EvalResult]):
     out = []
     for r in results:
         task_type, task_name = TASK_TYPES[r.task]
-        name = r.metric if r.std is None else f"{r.metric} (mean of {r.num_trials} trials, std {r.std:.2f})"
+        metric = f"{r.task}_{r.metric}" if task_type == "image-classification" else r.metric
+        name = metric if r.std is None else f"{metric} (mean of {r.num_trials} trials, std {r.std:.2f})"
         out.append(
             HfEvalResult(
                 task_type=task_type,
@@ -310,7 +322,7 @@ def _hf_eval_results(results: list[EvalResult]):
                 dataset_type=HUB_DATASETS.get(r.dataset, r.dataset),
                 dataset_name=r.dataset,
                 dataset_split=r.split,
-                metric_type=r.metric.lower(),
+                metric_type=metric.lower(),
                 metric_name=name,
                 metric_value=round(r.value, 4),
                 # model-index wants both or neither; a local source stays in the card's table
@@ -489,6 +501,18 @@ def folder_results(folder: str | Path) -> list[EvalResult]:
 # --- export and import ----------------------------------------------------------------------
 
 
+def _variant(variant):
+    """A registry :class:`~simsiam_hub.registry.Variant` from its name (None stays None)."""
+    from .registry import get_variant
+
+    if not isinstance(variant, str):
+        return variant
+    found = get_variant(variant)
+    if found is None:
+        raise HubError(f"unknown variant {variant!r}: expected one of the names `simsiam-hub list` prints")
+    return found
+
+
 def export(
     source: str | Path,
     out_dir: str | Path,
@@ -510,14 +534,8 @@ def export(
     recipe and published accuracy describe the weights. ``with_simsiam``: also write
     ``simsiam.safetensors`` when the source holds the whole model.
     """
-    from .registry import get_variant
-
     path = Path(source).expanduser()
-    if isinstance(variant, str):
-        name = variant
-        variant = get_variant(name)
-        if variant is None:
-            raise HubError(f"unknown variant {name!r}: expected one of the names `simsiam-hub list` prints")
+    variant = _variant(variant)
     loaded = read_weights(path)
     desc = _describe(loaded, path, variant=variant, license=license, dataset=dataset, source=source_name)
     files = []
@@ -531,8 +549,6 @@ def export(
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     config = timm_config(desc)
-    from .weights import save_safetensors
-
     save_safetensors(loaded.backbone, out / BACKBONE_FILE, _metadata(desc))
     if with_simsiam and loaded.simsiam is not None:
         save_safetensors(loaded.simsiam, out / SIMSIAM_FILE, dict(_metadata(desc), content="simsiam"))
@@ -552,12 +568,7 @@ def import_official(checkpoint: str | Path, out_dir: str | Path | None = None, *
 
     ref = str(checkpoint)
     named = registry.get_variant(ref)
-    if isinstance(variant, str):
-        wanted = variant
-        variant = registry.get_variant(wanted)
-        if variant is None:
-            raise HubError(f"unknown variant {wanted!r}: expected one of the names `simsiam-hub list` prints")
-    variant = variant or named
+    variant = _variant(variant) or named
     source_name = None
     if named is not None:
         if named.source_url is None:
@@ -675,20 +686,30 @@ def pull(repo_id: str, revision: str | None = None, out: str | Path | None = Non
 # --- loading ----------------------------------------------------------------------------------
 
 
-class _SkipInit(torch.overrides.TorchFunctionMode):
-    """Makes the in-place initialisers (``normal_``, ``uniform_``, ``fill_``, ``zero_``) no-ops.
+@contextlib.contextmanager
+def _skip_init_on_meta():
+    """``torch.nn.init`` functions become no-ops on meta tensors for the block.
 
     On the meta device they compute nothing but still run torch's Python decompositions,
     which cost more than reading a ResNet-50's safetensors; every tensor they would touch is
-    replaced by ``load_state_dict(strict=True, assign=True)`` anyway.
+    replaced by ``load_state_dict(strict=True, assign=True)``. Real tensors (another thread
+    building a model meanwhile) still go to the original functions.
     """
+    from torch.nn import init
 
-    SKIP = {torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_}
+    names = ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_", "constant_", "ones_", "zeros_", "trunc_normal_")
+    saved = {name: getattr(init, name) for name in names}
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.SKIP:
-            return args[0]
-        return func(*args, **(kwargs or {}))
+    def skipping(original):
+        return lambda tensor, *args, **kwargs: tensor if tensor.is_meta else original(tensor, *args, **kwargs)
+
+    try:
+        for name, original in saved.items():
+            setattr(init, name, skipping(original))
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(init, name, original)
 
 
 def _assemble(arch: str, small_stem: bool, state: dict, head: str, where: str, dim=None, pred_dim=None):
@@ -696,7 +717,7 @@ def _assemble(arch: str, small_stem: bool, state: dict, head: str, where: str, d
     as its parameters (``assign=True``): loading costs little more than reading the file."""
     from .models import SimSiam, build_backbone
 
-    with torch.device("meta"), _SkipInit():
+    with torch.device("meta"), _skip_init_on_meta():
         if head == "backbone":
             model = build_backbone(arch, small_stem=small_stem)
         else:
@@ -728,8 +749,6 @@ def from_pretrained(repo_id_or_path: str | Path, revision: str | None = None, he
     MoCo checkpoint, a torchvision state dict). ``head="backbone"``: the torchvision ResNet with
     ``fc = Identity`` (pooled features); ``head="simsiam"``: the whole :class:`SimSiam` model.
     """
-    from .weights import read_safetensors
-
     if head not in HEADS:
         raise HubError(f"head={head!r}: expected one of {', '.join(HEADS)}")
     path = Path(str(repo_id_or_path)).expanduser()

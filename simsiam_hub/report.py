@@ -1,0 +1,73 @@
+"""Plots of training runs (loss, collapse std, k-NN accuracy) from their CSV logs."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .monitor import read_csv
+
+
+def run_curves(run_dir: str | Path) -> dict[str, list]:
+    """The curves a run logged: per-step loss and z std, and k-NN top-1 where measured."""
+    run_dir = Path(run_dir)
+    steps = read_csv(run_dir / "train_log.csv")
+    epochs = read_csv(run_dir / "epoch_log.csv") if (run_dir / "epoch_log.csv").exists() else []
+    knn = [r for r in epochs if r.get("knn_top1") is not None]
+    return {
+        "epoch": [r["epoch"] for r in steps],
+        "loss": [r["loss"] for r in steps],
+        "z_std": [r["z_std"] for r in steps],
+        "knn_epoch": [r["epoch"] for r in knn],
+        "knn_top1": [r["knn_top1"] for r in knn],
+    }
+
+
+def plot_runs(runs: dict[str, str | Path], out_png: str | Path, *, dim: int, title: str = "", chance: float | None = None) -> Path:
+    """Three panels, one line per run: training loss, std of l2-normalised z, k-NN top-1.
+
+    ``runs`` maps a legend label to a run folder (as written by the engine). The std
+    panel marks 1/sqrt(dim), the healthy level; the k-NN panel marks ``chance``.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .fileio import atomic_path
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for label, folder in runs.items():
+        c = run_curves(folder)
+        axes[0].plot(c["epoch"], c["loss"], label=label)
+        axes[1].plot(c["epoch"], c["z_std"], label=label)
+        axes[2].plot(c["knn_epoch"], c["knn_top1"], marker="o", label=label)
+    axes[0].set(title="training loss", xlabel="epoch", ylim=(-1.05, 0.1))
+    axes[1].axhline(1 / math.sqrt(dim), color="grey", linestyle="--", linewidth=1, label=f"1/sqrt({dim})")
+    axes[1].set(title="std of l2-normalised z", xlabel="epoch", ylim=(0, None))
+    if chance is not None:
+        axes[2].axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
+    axes[2].set(title="k-NN top-1 (%)", xlabel="epoch")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return out_png
+
+
+def summarize_run(run_dir: str | Path) -> dict[str, float | None]:
+    """Last values of a run's curves (loss and z std from the last logged step)."""
+    c = run_curves(run_dir)
+    return {
+        "epoch": c["epoch"][-1] if c["epoch"] else None,
+        "loss": c["loss"][-1] if c["loss"] else None,
+        "z_std": c["z_std"][-1] if c["z_std"] else None,
+        "knn_top1": c["knn_top1"][-1] if c["knn_top1"] else None,
+        "knn_top1_best": max(c["knn_top1"]) if c["knn_top1"] else None,
+    }
