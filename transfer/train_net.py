@@ -1,0 +1,427 @@
+#!/usr/bin/env python
+"""Fine-tune a ResNet-50 backbone for detection with Detectron2: the R50-C4 transfer protocol of
+MoCo (facebookresearch/moco ``detection/train_net.py``) that SimSiam's Table 5 follows.
+
+A thin entry script over Detectron2's ``DefaultTrainer`` (Detectron2's ``tools/train_net.py``
+shape) plus what the protocol and simsiam-hub need:
+
+- the ``Res5ROIHeadsExtraNorm`` ROI head (an extra norm after res5) the configs name;
+- ``MODEL.WEIGHTS`` may be a Hub repo id, a model folder, a ``.safetensors`` file or any
+  checkpoint ``simsiam_hub.weights`` reads: it is converted on the fly into
+  ``OUTPUT_DIR/backbone_detectron2.pkl``; a ``.pkl``, a Detectron2 ``.pth`` checkpoint, a URL
+  or ``""`` (random init) go to Detectron2 as they are;
+- a user's own dataset, Pascal VOC layout or COCO json, registered from the command line
+  (``--register-voc``/``--register-coco``); the number of classes follows the dataset;
+- ``--trials N``: N fine-tunings with seeds SEED, SEED+1, ... (0, 1, ... when SEED is unset),
+  each in ``OUTPUT_DIR/trialK`` with its own ``detection_results.json`` (the
+  ``simsiam_hub.results`` format) for ``transfer/summarize.py``.
+
+Builtin datasets (``voc_2007_trainval``, ``voc_2012_trainval``, ``voc_2007_test``,
+``coco_2017_train``, ``coco_2017_val``, ...) are found under ``$DETECTRON2_DATASETS``
+(default ``./datasets``), as Detectron2 expects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances, register_pascal_voc
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.layers import get_norm
+from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.logger import setup_logger
+
+from simsiam_hub.errors import SimsiamHubError
+from simsiam_hub.fileio import atomic_write_text
+from simsiam_hub.results import EvalResult, write_results
+
+log = logging.getLogger("detectron2.simsiam_hub")
+
+RESULTS_FILE = "detection_results.json"
+CONVERTED_WEIGHTS = "backbone_detectron2.pkl"
+WEIGHTS_UNSET = "???"  # what the configs hold until MODEL.WEIGHTS is given
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+# Builtin test sets and the names results go under (simsiam_hub.results `dataset`, `split`).
+BENCHMARKS = {
+    (("voc_2007_trainval",), "voc_2007_test"): ("voc07", "test"),
+    (("voc_2007_trainval", "voc_2012_trainval"), "voc_2007_test"): ("voc0712", "test"),
+    (("coco_2017_train",), "coco_2017_val"): ("coco2017", "val"),
+}
+TASKS = {"bbox": "detection", "segm": "instance-segmentation"}
+
+
+class TransferError(SimsiamHubError):
+    """A fine-tuning run that cannot start as asked: a config, dataset or weights problem."""
+
+
+@ROI_HEADS_REGISTRY.register()
+class Res5ROIHeadsExtraNorm(Res5ROIHeads):
+    """Res5ROIHeads with one more norm layer (``MODEL.RESNETS.NORM``) after res5.
+
+    MoCo (He et al., CVPR 2020, appendix A.3) adds it because the pretrained res5 ends in a
+    residual sum whose scale the newly initialised box head has never seen.
+    """
+
+    @classmethod
+    def _build_res5_block(cls, cfg):
+        seq, out_channels = super()._build_res5_block(cfg)
+        seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
+        return seq, out_channels
+
+
+class Trainer(DefaultTrainer):
+    """Detectron2's trainer with the evaluator each dataset declares (VOC or COCO)."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        kind = MetadataCatalog.get(dataset_name).get("evaluator_type")
+        if kind == "coco":
+            # detectron2's fast COCOeval needs its compiled _C; without it COCOEvaluator
+            # falls back to pycocotools' COCOeval by itself.
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        if kind == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        raise TransferError(f"no evaluator for dataset {dataset_name!r}: expected a VOC or COCO dataset, found evaluator_type={kind!r}")
+
+
+# --- datasets ---------------------------------------------------------------------------
+
+
+def _registered(name: str, **where) -> bool:
+    """Whether ``name`` is registered already with these files (a second run in one process);
+    refuses a name taken by other data."""
+    if name not in DatasetCatalog.list():
+        return False
+    meta = MetadataCatalog.get(name)
+    if all(meta.get(k) == v for k, v in where.items()):
+        return True
+    raise TransferError(f"dataset name {name!r} is taken by other data ({meta.get('dirname') or meta.get('json_file')}): choose another name")
+
+
+def register_voc(name: str, folder: str, split: str, classes) -> None:
+    """Register a Pascal VOC layout folder (JPEGImages/, Annotations/, ImageSets/Main/SPLIT.txt).
+
+    Its object names are checked against ``classes`` here, not deep inside a data loader.
+    Registered as year 2012, so that its AP is the area under the precision/recall curve
+    (Detectron2 uses VOC2007's 11-point AP only for year 2007).
+    """
+    root = Path(folder).expanduser()
+    ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    for needed in (root / "JPEGImages", root / "Annotations", ids_file):
+        if not needed.exists():
+            raise TransferError(
+                f"--register-voc {name}: {needed} not found; expected a Pascal VOC layout "
+                f"(JPEGImages/, Annotations/, ImageSets/Main/{split}.txt) under {root}"
+            )
+    ids = ids_file.read_text().split()
+    if not ids:
+        raise TransferError(f"--register-voc {name}: {ids_file} lists no images")
+    found = set()
+    for image_id in ids:
+        xml = root / "Annotations" / f"{image_id}.xml"
+        try:
+            objects = list(ET.parse(xml).getroot().iter("object"))
+        except (OSError, ET.ParseError) as err:
+            raise TransferError(f"--register-voc {name}: cannot read annotation {xml}: {err}") from None
+        for obj in objects:
+            # Detectron2's VOC evaluator reads all of these for every object.
+            absent = [tag for tag in ("name", "pose", "truncated", "difficult", "bndbox") if obj.find(tag) is None]
+            if absent:
+                raise TransferError(f"--register-voc {name}: {xml} has an <object> without {', '.join(f'<{t}>' for t in absent)}")
+            found.add(obj.findtext("name"))
+    unknown = sorted(found - set(classes))
+    if unknown:
+        raise TransferError(
+            f"--register-voc {name}: annotations name classes not in the class list {list(classes)}: {unknown} (set --classes)"
+        )
+    if _registered(name, dirname=str(root), split=split, thing_classes=list(classes)):
+        return
+    register_pascal_voc(name, str(root), split, 2012, list(classes))
+    MetadataCatalog.get(name).evaluator_type = "pascal_voc"  # as Detectron2's builtin VOC sets
+
+
+def register_coco(name: str, json_file: str, image_root: str) -> None:
+    """Register a COCO-format json (boxes, and polygon or RLE masks) with its image folder.
+
+    Class names are the json's categories in id order, as Detectron2's loader maps them.
+    """
+    json_path, images = Path(json_file).expanduser(), Path(image_root).expanduser()
+    if not images.is_dir():
+        raise TransferError(f"--register-coco {name}: image folder {images} not found")
+    try:
+        categories = json.loads(json_path.read_text(encoding="utf-8"))["categories"]
+        classes = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    except FileNotFoundError:
+        raise TransferError(f"--register-coco {name}: {json_path} not found") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise TransferError(f"--register-coco {name}: {json_path} is not COCO-format json with categories: {err!r}") from None
+    if _registered(name, json_file=str(json_path), image_root=str(images), thing_classes=classes):
+        return
+    register_coco_instances(name, {}, str(json_path), str(images))
+    MetadataCatalog.get(name).set(thing_classes=classes)
+
+
+def register_datasets(args) -> None:
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else list(VOC_CLASSES)
+    for name, folder, split in args.register_voc:
+        register_voc(name, folder, split, classes)
+    for name, json_file, image_root in args.register_coco:
+        register_coco(name, json_file, image_root)
+
+
+def check_datasets(cfg) -> list[str] | None:
+    """Every dataset the config names is registered and on disk; returns the class names."""
+    registered = set(DatasetCatalog.list())
+    root = os.getenv("DETECTRON2_DATASETS", "datasets")
+    classes = {}
+    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
+        if name not in registered:
+            raise TransferError(
+                f"dataset {name!r} is not registered: expected a Detectron2 builtin name (voc_2007_trainval, "
+                f"coco_2017_train, ...) or one given with --register-voc/--register-coco"
+            )
+        meta = MetadataCatalog.get(name)
+        for attr in ("dirname", "json_file", "image_root"):
+            path = meta.get(attr)
+            if path and not os.path.exists(path):
+                raise TransferError(
+                    f"dataset {name!r}: {path} not found (Detectron2's builtin datasets live under "
+                    f"$DETECTRON2_DATASETS, now {root!r})"
+                )
+        classes[name] = meta.get("thing_classes")
+    known = {tuple(c) for c in classes.values() if c is not None}
+    if len(known) > 1:
+        raise TransferError(f"the train and test datasets have different classes: {classes}")
+    return list(known.pop()) if known else None
+
+
+# --- weights ----------------------------------------------------------------------------
+
+
+def _is_detectron2_checkpoint(path: Path) -> bool:
+    """A ``.pth`` that Detectron2 wrote (``{"model": {"backbone.*": ...}, ...}``)?"""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        # Not plain tensors (a trainer's state, say): Detectron2's own loader is the judge.
+        return True
+    model = obj.get("model") if isinstance(obj, dict) else None
+    return isinstance(model, dict) and any(k.startswith(("backbone.", "roi_heads.")) for k in model)
+
+
+def resolve_weights(weights: str, output_dir: str) -> str:
+    """``MODEL.WEIGHTS`` as Detectron2 can load it: converted into ``output_dir`` when needed."""
+    if weights == WEIGHTS_UNSET:
+        raise TransferError(
+            "MODEL.WEIGHTS is not set: append `MODEL.WEIGHTS <Hub repo id | model folder | .safetensors | .pkl>` "
+            "to the command (or use a *_scratch config for random initialisation)"
+        )
+    if not weights or "://" in weights:
+        return weights  # random init, or a URL Detectron2 downloads itself
+    path = Path(weights).expanduser()
+    if path.suffix in (".pkl", ".pth") and not path.is_file():
+        raise TransferError(f"MODEL.WEIGHTS file not found: {path}")
+    if path.suffix == ".pkl" or path.suffix == ".pth" and _is_detectron2_checkpoint(path):
+        return str(path)
+    out = Path(output_dir) / CONVERTED_WEIGHTS
+    if comm.get_local_rank() == 0:  # one conversion per machine; the write is atomic
+        from simsiam_hub.detectron2 import convert_source
+
+        convert_source(str(path) if path.exists() else weights, out)
+    comm.synchronize()
+    return str(out)
+
+
+# --- setup and runs ---------------------------------------------------------------------
+
+
+def load_config(config_file: str, opts=()):
+    """Detectron2's config: its defaults, ``config_file`` (with ``_BASE_``) and ``KEY VALUE`` overrides."""
+    if not config_file:
+        raise TransferError("--config-file is required (see configs/detection/)")
+    if not os.path.isfile(config_file):
+        raise TransferError(f"config file not found: {config_file}")
+    cfg = get_cfg()
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts or []))
+    except (KeyError, ValueError, AssertionError, TypeError) as err:
+        raise TransferError(f"config {config_file} with overrides {list(opts or [])}: {err}") from None
+    return cfg
+
+
+def setup(args):
+    """The frozen config: file + overrides, datasets checked, classes from the datasets."""
+    cfg = load_config(args.config_file, args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+    classes = check_datasets(cfg)
+    if classes is not None:
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
+    cfg.freeze()
+    return cfg
+
+
+def _per_dataset(cfg, results) -> dict:
+    # DefaultTrainer.test returns one dataset's metrics unwrapped when there is one test set.
+    if len(cfg.DATASETS.TEST) == 1 and results and cfg.DATASETS.TEST[0] not in results:
+        return {cfg.DATASETS.TEST[0]: results}
+    return dict(results or {})
+
+
+def results_entries(cfg, results, *, source: str, seed: int | None, trial: int | None, config_file: str) -> list[EvalResult]:
+    """AP50, AP and AP75 per test dataset and task (box, mask) as ``simsiam_hub.results`` entries."""
+    train = tuple(cfg.DATASETS.TRAIN)
+    entries = []
+    for test_name, metrics in _per_dataset(cfg, results).items():
+        dataset, split = BENCHMARKS.get((train, test_name), (test_name, "test"))
+        recipe = {
+            "protocol": "R50-C4 (MoCo detection)",
+            "config": os.path.basename(config_file),
+            "train_datasets": list(train),
+            "test_dataset": test_name,
+            "max_iter": cfg.SOLVER.MAX_ITER,
+            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
+            "base_lr": cfg.SOLVER.BASE_LR,
+            "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+            "seed": seed,
+            "trial": trial,
+        }
+        for key, task in TASKS.items():
+            for metric in ("AP50", "AP", "AP75"):
+                if key in metrics and metric in metrics[key]:
+                    value = metrics[key][metric]
+                    entries.append(
+                        EvalResult(task=task, metric=metric, value=value, dataset=dataset, split=split, source=source, recipe=recipe)
+                    )
+    return entries
+
+
+def _seeds(cfg, trials: int) -> list[int]:
+    return [(cfg.SEED if cfg.SEED >= 0 else 0) + i for i in range(trials)]
+
+
+def main(args) -> dict:
+    """Train (or evaluate) every trial; returns ``{output_dir: results}``."""
+    register_datasets(args)
+    cfg = setup(args)
+    default_setup(cfg, args)  # logger, environment, config.yaml in OUTPUT_DIR
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="simsiam_hub")
+    log.info("device %s; %d classes (from the datasets)", cfg.MODEL.DEVICE, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    source = cfg.MODEL.WEIGHTS or "scratch (random init)"
+    weights = resolve_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)
+
+    if args.eval_only:
+        cfg.defrost()
+        cfg.MODEL.WEIGHTS = weights
+        cfg.freeze()
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            entries = results_entries(cfg, results, source=source, seed=None, trial=None, config_file=args.config_file)
+            log.info("results written to %s", write_results(entries, Path(cfg.OUTPUT_DIR) / RESULTS_FILE))
+        return {cfg.OUTPUT_DIR: results}
+
+    out = {}
+    for trial, seed in enumerate(_seeds(cfg, args.trials)):
+        tcfg = cfg.clone()
+        tcfg.defrost()
+        tcfg.MODEL.WEIGHTS = weights
+        tcfg.SEED = seed
+        if args.trials > 1:
+            tcfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, f"trial{trial}")
+        tcfg.freeze()
+        results_path = Path(tcfg.OUTPUT_DIR) / RESULTS_FILE
+        if args.resume and results_path.is_file():
+            log.info("trial %d (seed %d): finished already, results in %s", trial, seed, results_path)
+            continue
+        if comm.is_main_process():
+            atomic_write_text(tcfg.dump(), Path(tcfg.OUTPUT_DIR) / "config.yaml")
+        log.info("trial %d of %d: seed %d, output %s", trial + 1, args.trials, seed, tcfg.OUTPUT_DIR)
+        seed_all_rng(seed + comm.get_rank())
+        trainer = Trainer(tcfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        # DefaultTrainer keeps the final evaluation (its EvalHook runs at the last iteration).
+        results = getattr(trainer, "_last_eval_results", None)
+        if comm.is_main_process() and results:
+            entries = results_entries(tcfg, results, source=source, seed=seed, trial=trial, config_file=args.config_file)
+            log.info("results written to %s", write_results(entries, results_path))
+        out[tcfg.OUTPUT_DIR] = results
+    return out
+
+
+def build_parser():
+    parser = default_argument_parser(
+        epilog="""
+Examples:
+  VOC07+12 on 8 GPUs, 5 trials, from a Hub repo:
+    python transfer/train_net.py --num-gpus 8 --trials 5 \\
+      --config-file configs/detection/voc0712_R_50_C4_24k.yaml \\
+      MODEL.WEIGHTS your-name/simsiam-resnet50 OUTPUT_DIR runs/voc0712
+  Your own VOC-layout dataset:
+    python transfer/train_net.py --config-file configs/detection/voc07_R_50_C4.yaml \\
+      --register-voc mine_train /data/mine trainval --register-voc mine_test /data/mine test \\
+      --classes cat,dog MODEL.WEIGHTS ./model DATASETS.TRAIN '("mine_train",)' DATASETS.TEST '("mine_test",)'
+  Then: python transfer/summarize.py runs/voc0712
+Options go before the config overrides (KEY VALUE pairs, always last).
+"""
+    )
+    parser.description = __doc__.split("\n\n")[0]
+    parser.add_argument("--trials", type=int, default=1, help="fine-tunings with seeds SEED, SEED+1, ... (default 1)")
+    parser.add_argument(
+        "--register-voc", nargs=3, action="append", default=[], metavar=("NAME", "FOLDER", "SPLIT"),
+        help="register a Pascal VOC layout dataset (FOLDER/JPEGImages, Annotations, ImageSets/Main/SPLIT.txt); repeatable",
+    )  # fmt: skip
+    parser.add_argument(
+        "--classes", metavar="A,B,...",
+        help="comma-separated class names of the --register-voc datasets (default: the 20 VOC classes)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--register-coco", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
+        help="register a COCO-format dataset (boxes, polygon or RLE masks); classes from its categories; repeatable",
+    )  # fmt: skip
+    return parser
+
+
+def cli(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.trials < 1:
+        parser.error(f"--trials must be at least 1, got {args.trials}")
+    if args.eval_only and args.trials != 1:
+        parser.error("--eval-only evaluates one model: --trials does not apply")
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except SimsiamHubError as err:
+        print(f"train_net.py: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
