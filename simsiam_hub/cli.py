@@ -300,7 +300,8 @@ def _run_lincls(args) -> int:
         else:
             print(
                 f"linear top1 {result.top1:.2f}% top5 {result.top5:.2f}% after epoch {result.epoch}; best top1 "
-                f"{result.best_top1:.2f}% (epoch {result.best_epoch}); {result.seconds:.1f} s; checkpoint {result.checkpoint}"
+                f"{result.best_top1:.2f}% (epoch {result.best_epoch}); {result.seconds:.1f} s "
+                f"({', '.join(f'{k} {v:.1f}' for k, v in result.timings.items())}); checkpoint {result.checkpoint}"
                 + (f"; results: {result.results_file}" if result.results_file else " (results are written when all epochs are done)")
             )
     return 0
@@ -387,7 +388,13 @@ COMMANDS = [_add_pretrain, _add_demo, _add_ablate_stopgrad, _add_convert_detectr
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse leaves over key=value overrides that follow an option (`lincls SOURCE --config F a=b`).
+    if extra and isinstance(getattr(args, "overrides", None), list) and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides.extend(extra)
+    elif extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
     from .errors import SimsiamHubError
 
     try:

@@ -222,10 +222,13 @@ def _write_report(out, cfg, opts, result, knn, target, pushed, how, max_diff, de
     run = summarize_run(out / "pretrain")
     ours, rand = knn["simsiam"]["top1"], knn["random_init"]["top1"]
     raw, std = knn["raw_pixels"]["top1"], knn["raw_pixels_standardised"]["top1"]
-    beats = [n for n, v in (("random init", rand), ("raw pixels", raw), ("standardised pixels", std)) if ours > v]
+    # A difference counts when it exceeds about two standard errors of the difference of two accuracies.
+    margin = 100 * 1.96 * math.sqrt(2 * 0.25 / opts.knn_queries)
+    beats = [n for n, v in (("random init", rand), ("raw pixels", raw), ("standardised pixels", std)) if ours - v > margin]
     verdict = (
-        f"SimSiam's features beat {', '.join(beats)}" if beats else "SimSiam's features do not yet beat any baseline"
-    ) + f" after {result.step} steps ({result.epoch:.2f} epochs over {cfg.data.train_subset or 'all'} images)."
+        f"SimSiam's features beat {', '.join(beats)}" if beats else "SimSiam's features do not beat any baseline"
+    ) + (f" by more than the {margin:.1f}-point sampling margin of {opts.knn_queries} queries, after {result.step} steps "
+         f"({result.epoch:.2f} epochs over {cfg.data.train_subset or 'all'} images).")  # fmt: skip
     rows = "\n".join(
         f"| {label} | {knn[key]['top1']:.2f} | {knn[key]['top5']:.2f} |"
         for key, label in (("simsiam", "SimSiam (this run)"), ("random_init", f"same {cfg.model.arch}, random init"),
@@ -266,7 +269,7 @@ see docs/ for longer runs.
 ## 3. Export and push
 
 Model folder `{out / 'model'}` (model.safetensors, config.json, README.md model card with the k-NN
-result) pushed to `{target}` -> `{pushed}`.
+result) pushed to `{target}`{'' if pushed == target else f' (commit `{pushed}`)'}.
 
 ## 4. Reload
 

@@ -320,6 +320,7 @@ class LinearEvaluation:
                     "backbone_sha256": self.fingerprint,
                     "epoch": self.epoch,
                     "step": self.step,
+                    "world_size": self.info.world_size,
                     "fc": self.fc.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "best": self.best,

@@ -2,7 +2,7 @@
 
 Costs measured here (R50-C4, batch 2, 128x192 images, one thread of a shared 2-core machine):
 a training iteration 2.5-5 s with 16 regions per image (8 s and more with 64), 0.5-0.7 s per
-test image with 20 proposals. The data are generated (tests/detection_data.py) and the backbones
+test image with 20 proposals. The data are generated (simsiam_hub/synthetic_detection.py) and the backbones
 randomly initialised (no weights can be downloaded), so the APs are near zero: what is checked
 is the conversion, the loading, the wiring, the losses, the files and the numbers' bookkeeping.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from detection_data import make_coco, make_voc
+from simsiam_hub.synthetic_detection import make_coco, make_voc
 from safetensors.torch import save_file
 
 from simsiam_hub.cli import main as cli_main
