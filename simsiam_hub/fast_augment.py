@@ -17,13 +17,16 @@ is how the pixels are computed:
   reduced scale (``Image.draft``) when both crops stay at least ``size`` pixels wide at
   that scale; the crop boxes are drawn on the full size and mapped.
 
-Numerical differences against the PIL path, with the same draws (about 1/255 on average,
-see tests/test_augment.py): no rounding to uint8 between the ops; the hue is shifted in
-float HSV (PIL rounds H, S, V to 8 bits; the shift itself is quantised as PIL's is, to
-``int(255 * hue) / 256`` of a turn); the blur is an exact Gaussian truncated at 3 sigma
-with edge replication (PIL approximates it by three box filters); resampling differs by
-rounding; reduced-size JPEG decoding replaces part of the antialiasing filter by the
-DCT's own downscaling.
+Numerical differences against the PIL path, with the same draws (measured on 500x375
+photos at 224 px: 1.3 levels of 255 on average, 99% of pixels within 5 levels, a few
+pixels up to about 25; tests/test_augment.py holds them): PIL rounds to 8 bits after
+every op (about 0.4 levels per jitter op) and this path does not; the hue is shifted in
+float HSV, exactly as torchvision's tensor ``adjust_hue`` (PIL rounds H, S and V to 8
+bits, 0.6 levels; the shift itself is quantised as PIL's is, to ``int(255 * hue) / 256``
+of a turn); the blur is an exact Gaussian truncated at 3 sigma with edges replicated (PIL
+approximates it by three box filters: 0.1-0.4 levels); the crop's resampling agrees with
+PIL's to rounding. Reduced-size JPEG decoding replaces part of the antialiasing filter by
+the DCT's own downscaling.
 """
 
 from __future__ import annotations

@@ -1,0 +1,77 @@
+"""The main job end to end (`simsiam-hub demo`) at a small size, and the stop-gradient ablation."""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "data.dataset=synthetic", "data.synthetic_size=96", "data.train_subset=null", "data.num_workers=0",
+    "optim.batch_size=16", "monitor.knn_every_steps=3", "monitor.knn_bank_size=64", "monitor.knn_query_size=24",
+    "monitor.knn_k=20", "run.checkpoint_every_steps=3", "run.log_every_steps=2", "run.progress=false",
+]  # fmt: skip
+
+
+def demo(out, *extra):
+    cmd = [sys.executable, "-m", "simsiam_hub.cli", "demo", "--out", str(out), "--knn-bank", "96", "--knn-queries", "24", *extra, *SMALL]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_again(tmp_path):
+    out = tmp_path / "demo"
+    log = demo(out)
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["knn"]) == {"simsiam", "random_init", "raw_pixels", "raw_pixels_standardised"}
+    for acc in report["knn"].values():
+        assert 0 <= acc["top1"] <= acc["top5"] <= 100
+    assert report["steps"] == 6  # 96 images / batch 16
+    assert report["reload_max_diff"] == 0.0
+    hub_copy = out / "hub" / "simsiam-resnet50-fashion-mnist-demo"
+    assert (hub_copy / "model.safetensors").is_file() and "k-NN" in (hub_copy / "README.md").read_text() or "knn" in (hub_copy / "README.md").read_text()
+    text = (out / "report.md").read_text()
+    assert "| SimSiam (this run) |" in text and "standardised raw pixels" in text
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if importlib.util.find_spec("detectron2"):
+        assert "AP50" in report["detection"]["metrics"], report["detection"]
+        assert (out / "detection" / "model_detectron2.pkl").is_file()
+    else:
+        assert "skipped" in report["detection"]
+
+    # A second demo reuses the finished run and the fine-tune, and still completes.
+    log = demo(out)
+    again = json.loads((out / "report.json").read_text())
+    assert again["steps"] == 6 and again["reload_max_diff"] == 0.0
+    assert "resumed from" in log or "resumed from" in (out / "report.md").read_text() or again["knn"] == report["knn"]
+    if importlib.util.find_spec("detectron2"):
+        assert again["detection"]["reused"] is True
+
+
+@pytest.mark.slow
+def test_stopgrad_ablation_collapses_without_it(tmp_path):
+    """The paper's Fig. 2 at a tiny size: without stop-gradient the loss heads to -1 and the
+    std of the l2-normalised output to 0; with it the std stays near 1/sqrt(d)."""
+    out = tmp_path / "ablation"
+    cmd = [
+        sys.executable, "-m", "simsiam_hub.cli", "ablate-stopgrad", "--out", str(out),
+        "data.dataset=synthetic", "data.synthetic_size=128", "data.image_size=16", "data.num_workers=0",
+        "model.arch=resnet18", "model.small_stem=true", "model.dim=128", "model.pred_dim=32",
+        "optim.batch_size=32", "optim.epochs=5", "optim.base_lr=0.4", "run.log_every_steps=2",
+        "monitor.knn_every_epochs=0", "run.progress=false", "run.tensorboard=false",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from simsiam_hub.report import summarize_run
+
+    with_sg, without_sg = summarize_run(out / "with_stopgrad"), summarize_run(out / "without_stopgrad")
+    assert without_sg["loss"] < -0.95  # collapsed: p equals the other view's z
+    assert without_sg["z_std"] * math.sqrt(128) < 0.3
+    assert with_sg["z_std"] * math.sqrt(128) > 0.5
+    assert (out / "stopgrad_ablation.png").is_file() and "| without stop-gradient |" in (out / "stopgrad_ablation.md").read_text()
