@@ -184,6 +184,7 @@ def run_demo(opts: DemoOptions) -> Path:
 
         loaded = from_pretrained(target)
         how = f"simsiam_hub.from_pretrained({target!r})"
+    backbone.to(memory_format=torch.contiguous_format)  # as loaded; k-NN may have made it channels_last
     probe = next(iter(DataLoader(build_dataset(cfg.data, "val", eval_transform(cfg.data.image_size)), batch_size=16)))[0]
     with torch.no_grad():
         max_diff = (loaded(probe) - backbone(probe)).abs().max().item()
