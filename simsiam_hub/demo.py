@@ -279,7 +279,7 @@ result) pushed to `{target}`{'' if pushed == target else f' (commit `{pushed}`)'
 ## Go further
 
 ```
-simsiam-hub pretrain --config configs/pretrain/fashion_mnist_resnet18_cpu.yaml   # about an hour on 2 cores
+simsiam-hub pretrain --config configs/pretrain/fashion_mnist_resnet18_cpu.yaml optim.epochs=15   # about 50 min on 2 cores
 simsiam-hub knn {out / 'model'} --data fashion_mnist
 simsiam-hub lincls {out / 'model'} --config configs/lincls/fashion_mnist_cpu.yaml
 simsiam-hub push {out / 'model'} --repo-id YOUR_NAME/{DEMO_REPO_NAME}
