@@ -423,24 +423,11 @@ def training_checkpoint(tmp_path_factory):
 
 
 def reference_simsiam(dim: int = 2048, pred_dim: int = 512):
-    """The reference architecture as facebookresearch/simsiam's builder.py builds it (FACTS.md):
-    written here from that description, independently of simsiam_hub.models."""
+    """The reference architecture (tests/reference.py), with a ResNet-50."""
     import torchvision
-    from torch import nn
+    from reference import ReferenceSimSiam
 
-    model = nn.Module()
-    model.encoder = torchvision.models.resnet50(num_classes=dim, zero_init_residual=True)
-    prev_dim = model.encoder.fc.weight.shape[1]
-    model.encoder.fc = nn.Sequential(
-        nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True),
-        nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True),
-        model.encoder.fc, nn.BatchNorm1d(dim, affine=False),
-    )  # fmt: skip
-    model.encoder.fc[6].bias.requires_grad = False
-    model.predictor = nn.Sequential(
-        nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True), nn.Linear(pred_dim, dim)
-    )
-    return model
+    return ReferenceSimSiam(torchvision.models.resnet50, dim, pred_dim)
 
 
 def randomize_batchnorm(model):
