@@ -140,7 +140,7 @@ def run_detection(model_dir: Path, out: Path) -> dict:
 
 def run_demo(opts: DemoOptions) -> Path:
     """Run every stage; returns the report's path (``OUT/report.md``)."""
-    out = Path(opts.out)
+    out = Path(opts.out).resolve()  # absolute: the fine-tune runs in the checkout, and the hub target must read as a path
     timings: dict[str, float] = {}
     start = time.perf_counter()
     overrides = [*_data_overrides(opts.data), *opts.overrides, f"run.output_dir={out / 'pretrain'}"]
@@ -171,7 +171,7 @@ def run_demo(opts: DemoOptions) -> Path:
     from .hub import export, push_to_hub
 
     model_dir = export(result.checkpoint, out / "model", results=[results_file], dataset=dataset)
-    target = opts.repo_id or str((opts.hub or out / "hub") / DEMO_REPO_NAME)
+    target = opts.repo_id or str(((opts.hub or out / "hub") / DEMO_REPO_NAME).resolve())
     pushed = push_to_hub(model_dir, target, results=[results_file])
     print(f"  pushed to {target}: {pushed}")
 

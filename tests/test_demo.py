@@ -19,8 +19,9 @@ SMALL = [
 
 
 def demo(out, *extra):
-    cmd = [sys.executable, "-m", "simsiam_hub.cli", "demo", "--out", str(out), "--knn-bank", "96", "--knn-queries", "24", *extra, *SMALL]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    # --out relative to the working directory, as `make demo` passes it (runs/demo)
+    cmd = [sys.executable, "-m", "simsiam_hub.cli", "demo", "--out", out.name, "--knn-bank", "96", "--knn-queries", "24", *extra, *SMALL]
+    proc = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
