@@ -173,7 +173,7 @@ def run_demo(opts: DemoOptions) -> Path:
     model_dir = export(result.checkpoint, out / "model", results=[results_file], dataset=dataset)
     target = opts.repo_id or str(((opts.hub or out / "hub") / DEMO_REPO_NAME).resolve())
     pushed = push_to_hub(model_dir, target, results=[results_file])
-    print(f"  pushed to {target}: {pushed}")
+    print(f"  pushed to {target}" + ("" if pushed == target else f": commit {pushed}"))
 
     _stage("4/5 reload through torch.hub", timings)
     if cfg.model.arch == "resnet50" and not cfg.model.small_stem and (REPO_ROOT / "hubconf.py").is_file():

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from . import __version__
-from .augment import eval_transform, two_crop_augmentation
+from .augment import two_crop_augmentation
 from .config import ConfigError, PretrainConfig, to_dict
 from .data import build_dataset, seeded_subset, targets_of
 from .distributed import (
@@ -34,7 +34,7 @@ from .distributed import (
     setup_distributed,
 )
 from .errors import SimsiamHubError
-from .evaluate import autocast_context, extract_features, knn_accuracy
+from .evaluate import autocast_context, extract_features, knn_accuracy, knn_datasets
 from .fileio import atomic_torch_save, atomic_write_text
 from .models import PooledFeatures, SimSiam, simsiam_loss
 from .monitor import CSVLog, collapse_ratio, std_of_l2_normalized
@@ -198,9 +198,7 @@ class KNNMonitor:
     """k-NN top-1 of the encoder's pooled features: train-split bank, held-out queries."""
 
     def __init__(self, cfg: PretrainConfig, device: torch.device, amp_dtype):
-        transform = eval_transform(cfg.data.image_size)
-        bank = seeded_subset(build_dataset(cfg.data, "train", transform), cfg.monitor.knn_bank_size, seed=1)
-        query = seeded_subset(build_dataset(cfg.data, "val", transform), cfg.monitor.knn_query_size, seed=2)
+        bank, query = knn_datasets(cfg.data, cfg.monitor.knn_bank_size, cfg.monitor.knn_query_size)
         loader_args = dict(batch_size=256, shuffle=False, num_workers=min(cfg.data.num_workers, 4))
         self.bank_loader = DataLoader(bank, **loader_args)
         self.query_loader = DataLoader(query, **loader_args)
@@ -369,7 +367,7 @@ class Trainer:
                 drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=False,
             )  # fmt: skip
             epoch_start, epoch_step0 = time.perf_counter(), self.step
-            loss_sum = z_sum = 0.0
+            loss_sum = 0.0
             n_logged = 0
             window_start, wait = time.perf_counter(), 0.0
             fetch_start = time.perf_counter()

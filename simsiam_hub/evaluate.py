@@ -183,6 +183,18 @@ def eval_loader(dataset, *, batch_size: int, num_workers: int, device: torch.dev
     )  # fmt: skip
 
 
+def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
+    """The k-NN bank (train split) and queries (val split) through the eval transform, as
+    fixed seeded subsets: the pretraining monitor and `simsiam-hub knn` draw the same images."""
+    from .augment import eval_transform
+    from .data import build_dataset, seeded_subset
+
+    transform = eval_transform(data_cfg.image_size)
+    bank = seeded_subset(build_dataset(data_cfg, "train", transform), bank_size, seed=1)
+    query = seeded_subset(build_dataset(data_cfg, "val", transform), query_size, seed=2)
+    return bank, query
+
+
 def knn_evaluate(
     backbone: nn.Module,
     data_cfg,
@@ -204,16 +216,11 @@ def knn_evaluate(
     with ``fc = Identity``, or ``nn.Flatten()`` for raw pixels); it is moved to ``device``.
     Returns top1, top5, bank_size, query_size, num_classes and seconds.
     """
-    from .augment import eval_transform
-    from .data import build_dataset, seeded_subset
-
     if k <= 0 or temperature <= 0:
         raise EvaluationError(f"k-NN needs k > 0 and temperature > 0, found k={k}, temperature={temperature}")
     start = time.perf_counter()
     device = torch.device(device)
-    transform = eval_transform(data_cfg.image_size)
-    bank = seeded_subset(build_dataset(data_cfg, "train", transform), data_cfg.train_subset, seed=1)
-    query = seeded_subset(build_dataset(data_cfg, "val", transform), val_subset, seed=2)
+    bank, query = knn_datasets(data_cfg, data_cfg.train_subset, val_subset)
     backbone.to(device)
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
