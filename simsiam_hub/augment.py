@@ -14,6 +14,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Eval-time resize: the shorter side goes to size / CROP_PCT, then a centre crop (256 -> 224).
 CROP_PCT = 0.875
+# Datasets of whole, centred objects a few dozen pixels wide (the CIFAR convention): their
+# eval view is the whole image resized, since a centre crop would cut into the object itself.
+WHOLE_IMAGE_EVAL = ("fashion_mnist", "cifar10")
 
 
 class GaussianBlur:
@@ -78,11 +81,17 @@ def two_crop_augmentation(size: int = 224, *, fast: bool = False, **kwargs):
     return TwoCropsTransform(moco_v2_augmentation(size, **kwargs))
 
 
-def eval_transform(size: int = 224, *, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Resize the shorter side to size/0.875 (256 for 224), centre-crop, normalise."""
+def eval_crop_pct(dataset: str | None) -> float:
+    """The fraction of the image the eval view keeps: 1 for :data:`WHOLE_IMAGE_EVAL` datasets,
+    else ImageNet's 0.875."""
+    return 1.0 if dataset in WHOLE_IMAGE_EVAL else CROP_PCT
+
+
+def eval_transform(size: int = 224, *, crop_pct: float = CROP_PCT, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Resize the shorter side to size/crop_pct (256 for 224 at 0.875), centre-crop, normalise."""
     return T.Compose(
         [
-            T.Resize(round(size / CROP_PCT), interpolation=T.InterpolationMode.BILINEAR),
+            T.Resize(round(size / crop_pct), interpolation=T.InterpolationMode.BILINEAR),
             T.CenterCrop(size),
             T.ToTensor(),
             T.Normalize(mean, std),

@@ -227,17 +227,26 @@ def _add_knn(sub) -> None:
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
     p.add_argument("--dataset-name", help="dataset name in the results; when unset, the dataset, or the ImageFolder's folder name")
     p.add_argument("--output", metavar="FILE", help="results file; when unset, results_knn.json beside a SOURCE file, else in the current folder")
+    p.add_argument(
+        "--baselines", action="store_true",
+        help="also score, on the same images, the same architecture at random init (the training run's own "
+        "initialisation when SOURCE records its recipe, else seed 0) and raw and standardised pixels; "
+        "written to knn_baselines.json beside the results file",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_knn)
 
 
 def _run_knn(args) -> int:
+    import json
     from pathlib import Path
 
     import torch
 
     from .engine import resolve_amp
-    from .evaluate import data_config_for, knn_evaluate, knn_results, load_source
+    from .evaluate import data_config_for, knn_evaluate, knn_results, knn_with_baselines, load_source
+    from .fileio import atomic_write_text
+    from .models import initial_backbone
     from .results import write_results
 
     source = load_source(args.source, args.revision)
@@ -246,13 +255,28 @@ def _run_knn(args) -> int:
         synthetic_size=args.synthetic_size, num_workers=args.workers,
     )  # fmt: skip
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = knn_evaluate(
-        source.backbone, data_cfg, k=args.k, temperature=args.temperature, val_subset=args.val_subset,
-        batch_size=args.batch_size, device=device, amp_dtype=resolve_amp(args.amp, device),
-        channels_last=not args.no_channels_last, progress=not args.no_progress,
+    options = dict(
+        k=args.k, temperature=args.temperature, val_subset=args.val_subset, batch_size=args.batch_size, device=device,
+        amp_dtype=resolve_amp(args.amp, device), channels_last=not args.no_channels_last, progress=not args.no_progress,
     )  # fmt: skip
     source_path = Path(args.source).expanduser()
     output = Path(args.output) if args.output else (source_path.parent if source_path.is_file() else Path(".")) / "results_knn.json"
+    if args.baselines:
+        recipe = source.config.get("recipe") or {}
+        model, seed = recipe.get("model", {}), recipe.get("run", {}).get("seed", 0)
+        initial = initial_backbone(
+            source.config["arch"], small_stem=source.config.get("small_stem", False), dim=model.get("dim", 2048),
+            pred_dim=model.get("pred_dim", 512), seed=seed,
+        )  # fmt: skip
+        comparison = knn_with_baselines(source.backbone, initial, data_cfg, **options)
+        metrics = comparison["simsiam"]
+        baselines_path = output.with_name("knn_baselines.json")
+        atomic_write_text(json.dumps({"source": str(args.source), "image_size": data_cfg.image_size, **comparison}, indent=2), baselines_path)
+        for name, values in comparison.items():
+            print(f"{name:>24}: top1 {values['top1']:6.2f}%  top5 {values['top5']:6.2f}%")
+        print(f"baselines: {baselines_path}")
+    else:
+        metrics = knn_evaluate(source.backbone, data_cfg, **options)
     write_results(knn_results(metrics, data_cfg=data_cfg, source=source, k=args.k, temperature=args.temperature, name=args.dataset_name), output)
     print(
         f"knn top1 {metrics['top1']:.2f}% top5 {metrics['top5']:.2f}% on {data_cfg.dataset} "

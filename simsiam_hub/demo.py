@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .augment import eval_transform
+from .augment import eval_crop_pct, eval_transform
 from .config import PretrainConfig, load_config
-from .data import FashionMNIST, build_dataset, seeded_subset
+from .data import build_dataset
 from .engine import pretrain, resolve_amp
 from .errors import SimsiamHubError
-from .evaluate import knn_accuracy, knn_evaluate
+from .evaluate import knn_with_baselines
 from .fileio import atomic_write_text
-from .models import PooledFeatures, SimSiam, build_backbone
+from .models import build_backbone, initial_backbone
 from .report import plot_runs, summarize_run
 from .results import EvalResult, write_results
 
@@ -64,37 +63,16 @@ def _data_overrides(data: str | None) -> list[str]:
     return ["data.dataset=imagefolder", f"data.root={root}"]
 
 
-def _pixel_features(cfg, split: str, size: int, seed: int):
-    """Raw pixels in [0, 1], flattened: grayscale, at native 28 px for Fashion-MNIST (the
-    definition of FACTS.md's baselines, 78.9% raw and 81.8% standardised on the full sets)."""
-    if cfg.data.dataset == "fashion_mnist":
-        ds = seeded_subset(FashionMNIST(cfg.data.root, train=split == "train"), size, seed=seed)
-        idx = torch.as_tensor(ds.indices) if hasattr(ds, "indices") else torch.arange(len(ds))
-        base = ds.dataset if hasattr(ds, "dataset") else ds
-        return torch.from_numpy(base.images[idx.numpy()]).flatten(1).float() / 255, base.targets[idx]
-    from torchvision import transforms as T
-
-    transform = T.Compose([T.Resize(cfg.data.image_size), T.CenterCrop(cfg.data.image_size), T.Grayscale(), T.ToTensor()])
-    ds = seeded_subset(build_dataset(cfg.data, split, transform), size, seed=seed)
-    x, y = zip(*[(img.flatten(), label) for img, label in ds])
-    return torch.stack(x), torch.as_tensor(y)
-
-
 def knn_comparison(cfg: PretrainConfig, backbone: torch.nn.Module, *, bank: int, queries: int) -> dict[str, dict]:
     """k-NN top-1/top-5 of the trained backbone, of the same network at its random
     initialisation (the run's seed), and of raw and standardised pixels; same images."""
     data_cfg = dataclasses.replace(cfg.data, train_subset=bank)
-    torch.manual_seed(cfg.run.seed)  # the engine builds its model right after this seed
-    initial = PooledFeatures(SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem).encoder)
-    args = dict(k=cfg.monitor.knn_k, temperature=cfg.monitor.knn_temperature, val_subset=queries,
-                amp_dtype=resolve_amp(cfg.run.amp, torch.device("cpu")), channels_last=cfg.run.channels_last)  # fmt: skip
-    results = {name: knn_evaluate(net, data_cfg, **args) for name, net in (("simsiam", backbone), ("random_init", initial))}
-    bx, by = _pixel_features(cfg, "train", bank, seed=1)
-    qx, qy = _pixel_features(cfg, "val", queries, seed=2)
-    mean, std = bx.mean(0), bx.std(0).clamp_min(1e-6)
-    for name, (b, q) in (("raw_pixels", (bx, qx)), ("raw_pixels_standardised", ((bx - mean) / std, (qx - mean) / std))):
-        results[name] = knn_accuracy(F.normalize(b, dim=1), by, F.normalize(q, dim=1), qy, k=args["k"], temperature=args["temperature"])
-    return results
+    m = cfg.model
+    initial = initial_backbone(m.arch, small_stem=m.small_stem, dim=m.dim, pred_dim=m.pred_dim, seed=cfg.run.seed)
+    return knn_with_baselines(
+        backbone, initial, data_cfg, val_subset=queries, k=cfg.monitor.knn_k, temperature=cfg.monitor.knn_temperature,
+        amp_dtype=resolve_amp(cfg.run.amp, torch.device("cpu")), channels_last=cfg.run.channels_last,
+    )  # fmt: skip
 
 
 def _stage(name: str, timings: dict):
@@ -185,7 +163,7 @@ def run_demo(opts: DemoOptions) -> Path:
         loaded = from_pretrained(target)
         how = f"simsiam_hub.from_pretrained({target!r})"
     backbone.to(memory_format=torch.contiguous_format)  # as loaded; k-NN may have made it channels_last
-    probe = next(iter(DataLoader(build_dataset(cfg.data, "val", eval_transform(cfg.data.image_size)), batch_size=16)))[0]
+    probe = next(iter(DataLoader(build_dataset(cfg.data, "val", eval_transform(cfg.data.image_size, crop_pct=eval_crop_pct(cfg.data.dataset))), batch_size=16)))[0]
     with torch.no_grad():
         max_diff = (loaded(probe) - backbone(probe)).abs().max().item()
     print(f"  {how}\n  max |features(reloaded) - features(trained)| = {max_diff:.3g} on 16 images")
@@ -279,8 +257,9 @@ result) pushed to `{target}`{'' if pushed == target else f' (commit `{pushed}`)'
 ## Go further
 
 ```
-simsiam-hub pretrain --config configs/pretrain/fashion_mnist_resnet18_cpu.yaml optim.epochs=15   # about 50 min on 2 cores
-simsiam-hub knn {out / 'model'} --data fashion_mnist
+simsiam-hub pretrain --config configs/pretrain/fashion_mnist_resnet18_hour.yaml   # under an hour on 2 cores
+simsiam-hub knn runs/fashion_mnist_resnet18_hour/checkpoint_step00002340.pt --baselines   # all 60,000 / 10,000 images
+simsiam-hub knn {out / 'model'} --baselines
 simsiam-hub lincls {out / 'model'} --config configs/lincls/fashion_mnist_cpu.yaml
 simsiam-hub push {out / 'model'} --repo-id YOUR_NAME/{DEMO_REPO_NAME}
 simsiam-hub ablate-stopgrad --config configs/pretrain/fashion_mnist_resnet18_cpu.yaml

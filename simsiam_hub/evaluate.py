@@ -184,12 +184,13 @@ def eval_loader(dataset, *, batch_size: int, num_workers: int, device: torch.dev
 
 
 def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
-    """The k-NN bank (train split) and queries (val split) through the eval transform, as
+    """The k-NN bank (train split) and queries (val split) through the eval view (whole images
+    for :data:`~simsiam_hub.augment.WHOLE_IMAGE_EVAL` datasets, else a centre crop), as
     fixed seeded subsets: the pretraining monitor and `simsiam-hub knn` draw the same images."""
-    from .augment import eval_transform
+    from .augment import eval_crop_pct, eval_transform
     from .data import build_dataset, seeded_subset
 
-    transform = eval_transform(data_cfg.image_size)
+    transform = eval_transform(data_cfg.image_size, crop_pct=eval_crop_pct(data_cfg.dataset))
     bank = seeded_subset(build_dataset(data_cfg, "train", transform), bank_size, seed=1)
     query = seeded_subset(build_dataset(data_cfg, "val", transform), query_size, seed=2)
     return bank, query
@@ -235,6 +236,44 @@ def knn_evaluate(
     return dict(
         metrics, bank_size=len(bank), query_size=len(query), num_classes=num_classes, seconds=time.perf_counter() - start
     )
+
+
+def pixel_features(data_cfg, split: str, size: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw pixels in [0, 1], flattened, of a seeded draw of ``size`` images (None: all), the
+    same draw as :func:`knn_datasets`: grayscale, at native 28 px for Fashion-MNIST (the
+    definition of FACTS.md's baselines), else resized and centre-cropped to the image size."""
+    from torchvision import transforms as T
+
+    from .data import FashionMNIST, build_dataset, seeded_subset
+
+    if data_cfg.dataset == "fashion_mnist":
+        full = FashionMNIST(data_cfg.root, train=split == "train")
+        drawn = seeded_subset(full, size, seed=seed)
+        idx = torch.as_tensor(drawn.indices) if drawn is not full else torch.arange(len(full))
+        return torch.from_numpy(full.images[idx.numpy()]).flatten(1).float() / 255, full.targets[idx]
+    transform = T.Compose([T.Resize(data_cfg.image_size), T.CenterCrop(data_cfg.image_size), T.Grayscale(), T.ToTensor()])
+    drawn = seeded_subset(build_dataset(data_cfg, split, transform), size, seed=seed)
+    x, y = zip(*[(img.flatten(), label) for img, label in drawn])
+    return torch.stack(x), torch.as_tensor(y)
+
+
+def knn_with_baselines(
+    backbone: nn.Module, random_init: nn.Module, data_cfg, *, val_subset: int | None = None, k: int = 200,
+    temperature: float = 0.1, **extract_options,
+) -> dict[str, dict]:
+    """k-NN of ``backbone`` beside the baselines it must beat, on the same images (the
+    ``data_cfg.train_subset`` bank, ``val_subset`` queries): ``random_init`` (the same
+    network untrained), raw pixels and standardised raw pixels (per-pixel mean and std of
+    the bank). Keys: simsiam, random_init, raw_pixels, raw_pixels_standardised;
+    ``extract_options`` go to :func:`knn_evaluate` (device, amp_dtype, channels_last, ...)."""
+    args = dict(k=k, temperature=temperature, val_subset=val_subset, **extract_options)
+    results = {name: knn_evaluate(net, data_cfg, **args) for name, net in (("simsiam", backbone), ("random_init", random_init))}
+    bx, by = pixel_features(data_cfg, "train", data_cfg.train_subset, seed=1)
+    qx, qy = pixel_features(data_cfg, "val", val_subset, seed=2)
+    mean, std = bx.mean(0), bx.std(0).clamp_min(1e-6)
+    for name, (b, q) in (("raw_pixels", (bx, qx)), ("raw_pixels_standardised", ((bx - mean) / std, (qx - mean) / std))):
+        results[name] = knn_accuracy(F.normalize(b, dim=1), by, F.normalize(q, dim=1), qy, k=k, temperature=temperature)
+    return results
 
 
 def knn_results(metrics: dict, *, data_cfg, source: LoadedSource | str, k: int, temperature: float, name: str | None = None) -> list:

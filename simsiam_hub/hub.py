@@ -262,7 +262,7 @@ def _describe(
 
 def timm_config(desc: dict) -> dict:
     """config.json: timm's format (what ``timm.create_model('hf-hub:...')`` reads), plus ours."""
-    from .augment import CROP_PCT, IMAGENET_MEAN, IMAGENET_STD
+    from .augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
     from .models import feature_dim
 
     size = desc["image_size"]
@@ -277,7 +277,7 @@ def timm_config(desc: dict) -> dict:
             "input_size": [3, size, size],
             "fixed_input_size": False,
             "interpolation": "bilinear",
-            "crop_pct": CROP_PCT,
+            "crop_pct": eval_crop_pct(desc.get("dataset")),
             "crop_mode": "center",
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
@@ -733,9 +733,9 @@ def _assemble(arch: str, small_stem: bool, state: dict, head: str, where: str, d
 
 def _attach(model, desc: dict, pretrained_cfg: dict | None):
     """The eval transform (``model.transform``) and the configs, at hand on the model."""
-    from .augment import eval_transform
+    from .augment import eval_crop_pct, eval_transform
 
-    model.transform = eval_transform(desc.get("image_size", 224))
+    model.transform = eval_transform(desc.get("image_size", 224), crop_pct=eval_crop_pct(desc.get("dataset")))
     model.pretrained_cfg = pretrained_cfg
     model.simsiam_config = desc
     return model

@@ -138,3 +138,12 @@ class PooledFeatures(nn.Module):
         x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
         x = r.layer4(r.layer3(r.layer2(r.layer1(x))))
         return torch.flatten(r.avgpool(x), 1)
+
+
+def initial_backbone(arch: str, *, small_stem: bool = False, dim: int = 2048, pred_dim: int = 512, seed: int = 0) -> PooledFeatures:
+    """The backbone a pretraining run of this model and seed starts from (the engine seeds
+    torch, then builds :class:`SimSiam`; the head widths matter, as the head's init draws from
+    the same generator): the "random init" baseline. The caller's RNG state is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return PooledFeatures(SimSiam(arch, dim, pred_dim, small_stem=small_stem).encoder).eval()

@@ -302,3 +302,19 @@ def test_engine_option_selects_the_fast_path_and_views_stay_reproducible():
     reference = SeededViews(SyntheticShapes(8, image_size=32), two_crop_augmentation(24), seed=3)
     (r1, r2), _ = reference[5]
     assert (_levels(r1) - _levels(a1)).abs().mean() < 3.0
+
+
+def test_eval_view_keeps_whole_small_images_and_crops_imagenet_style():
+    from simsiam_hub.augment import eval_crop_pct, eval_transform
+
+    # A 28 px "garment" touching the frame: its outermost rows are bright, the rest dark.
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[0], pixels[-1] = 255, 255
+    img = Image.fromarray(pixels).convert("RGB")
+    whole = eval_transform(48, crop_pct=eval_crop_pct("fashion_mnist"))(img)
+    cropped = eval_transform(48, crop_pct=eval_crop_pct("imagefolder"))(img)
+    assert whole.shape == cropped.shape == (3, 48, 48)
+    bright = (255 / 255 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
+    assert whole[0, 0].min() > 0.9 * bright and whole[0, -1].min() > 0.9 * bright  # the frame's rows survive
+    assert cropped.max() < 0.1 * bright  # a 0.875 centre crop cut them off
+    assert eval_crop_pct("cifar10") == 1.0 and eval_crop_pct(None) == 0.875

@@ -5,6 +5,7 @@ resume, the CLI, and results that reach a model card huggingface_hub parses back
 from __future__ import annotations
 
 import copy
+import json
 import math
 from pathlib import Path
 
@@ -284,6 +285,33 @@ def test_cli_results_reach_a_model_card(tiny_checkpoint, color_folder, tmp_path,
     assert parsed("linear", "top1") == pytest.approx(linear["top1"].value, abs=1e-3)
     assert parsed("linear", "top1_best") == pytest.approx(linear["top1_best"].value, abs=1e-3)
     assert {e.dataset_split for e in entries} == {"val"}
+
+
+def test_knn_baselines_score_the_runs_own_initialisation(tiny_checkpoint, color_folder, tmp_path, capsys):
+    from simsiam_hub.cli import main
+    from simsiam_hub.engine import Trainer, load_checkpoint
+    from simsiam_hub.config import PretrainConfig, from_dict
+    from simsiam_hub.models import initial_backbone
+
+    # "random init" is the very network the run started from: the engine's model before step 1.
+    cfg = from_dict(PretrainConfig, load_checkpoint(tiny_checkpoint)["config"])
+    cfg.run.output_dir = str(tmp_path / "fresh")
+    start = Trainer(cfg, resume=None).model.encoder.state_dict()
+    initial = initial_backbone(cfg.model.arch, small_stem=cfg.model.small_stem, dim=cfg.model.dim, pred_dim=cfg.model.pred_dim, seed=cfg.run.seed)
+    for name, tensor in initial.resnet.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(tensor, start[name]), name
+
+    out = tmp_path / "knn" / "results_knn.json"
+    argv = ["knn", str(tiny_checkpoint), "--workers", "0", "--no-progress", "--k", "20", "--baselines", "--output", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    comparison = json.loads((out.parent / "knn_baselines.json").read_text())
+    assert set(comparison) >= {"simsiam", "random_init", "raw_pixels", "raw_pixels_standardised"}
+    assert comparison["simsiam"]["top1"] == pytest.approx(next(r.value for r in read_results(out) if r.metric == "top1"))
+    assert comparison["random_init"]["bank_size"] == comparison["simsiam"]["bank_size"] == 4 * 32
+    for name in ("random_init", "raw_pixels_standardised"):
+        assert f"{name}: top1 {comparison[name]['top1']:6.2f}%" in printed
 
 
 def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
