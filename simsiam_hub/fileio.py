@@ -19,6 +19,13 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """0666 less the process umask: the mode a plain ``open(path, "w")`` creates."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
@@ -34,6 +41,7 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes it 0600; give what open() would
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     finally:
