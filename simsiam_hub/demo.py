@@ -239,7 +239,7 @@ Bank: {opts.knn_bank} training images; queries: {opts.knn_queries} held-out imag
 
 {verdict} A few CPU minutes are far too few for SimSiam to overtake these baselines
 (FACTS: on all 60,000/10,000 images raw pixels give 78.9% and standardised pixels 81.8%);
-see docs/ for longer runs.
+docs/fashion_mnist_results.md has a 51-minute ResNet-18 run that reaches 81.3% on the full sets.
 
 ## 3. Export and push
 

@@ -434,8 +434,13 @@ class Trainer:
                     "z_std": z_std, "z_std_ratio": ratio, "seconds": seconds,
                     "images_per_s": (self.step - epoch_step0) * cfg.optim.batch_size / seconds,
                 }  # fmt: skip
-                every = cfg.monitor.knn_every_epochs
-                if self.knn and ((epoch_end and every and (epoch + 1) % every == 0) or self.step == self.total_steps):
+                every, every_steps = cfg.monitor.knn_every_epochs, cfg.monitor.knn_every_steps
+                knn_due = (
+                    (epoch_end and every and (epoch + 1) % every == 0)
+                    or (every_steps and self.step % every_steps == 0)  # a step check that fell on an epoch end
+                    or self.step == self.total_steps
+                )
+                if self.knn and knn_due:
                     row.update(self.knn(self.model))
                     row["knn_top1"], row["knn_top5"] = row.pop("top1"), row.pop("top5")
                     knn_top1 = row["knn_top1"]

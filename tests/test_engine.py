@@ -3,6 +3,7 @@
 A tiny network (ResNet-18, small stem, 16 px, synthetic images) keeps each run to seconds.
 """
 
+import csv
 import os
 import signal
 import subprocess
@@ -74,6 +75,15 @@ def test_ddp_two_processes_match_one_process(tmp_path):
         # fp32 sums in another order: the runs may differ by a tiny fraction of what training moved
         assert (one[key] - two[key]).norm() <= 1e-3 * update + 1e-6, key
     assert moved > 50  # the runs did train
+
+
+def test_knn_every_steps_also_runs_on_epoch_ends(tmp_path):
+    # 4 steps an epoch, a check every 2 steps and none per epoch: steps 2, 4 (an epoch end), 6, 8.
+    cfg = load_config(PretrainConfig, None, tiny(tmp_path, "monitor.knn_every_steps=2", "monitor.knn_bank_size=32", "monitor.knn_query_size=16"))
+    pretrain(cfg, resume=None)
+    with open(tmp_path / "epoch_log.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["knn_top1"]]
+    assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
 
 
 def test_global_batch_must_divide_over_ranks(tmp_path):
