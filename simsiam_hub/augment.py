@@ -87,11 +87,12 @@ def eval_crop_pct(dataset: str | None) -> float:
     return 1.0 if dataset in WHOLE_IMAGE_EVAL else CROP_PCT
 
 
-def eval_transform(size: int = 224, *, crop_pct: float = CROP_PCT, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Resize the shorter side to size/crop_pct (256 for 224 at 0.875), centre-crop, normalise."""
+def eval_transform(size: int = 224, *, dataset: str | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """Resize the shorter side to size / :func:`eval_crop_pct` of ``dataset`` (256 for 224 on
+    ImageNet-like data; ``size`` itself for whole-image datasets), centre-crop, normalise."""
     return T.Compose(
         [
-            T.Resize(round(size / crop_pct), interpolation=T.InterpolationMode.BILINEAR),
+            T.Resize(round(size / eval_crop_pct(dataset)), interpolation=T.InterpolationMode.BILINEAR),
             T.CenterCrop(size),
             T.ToTensor(),
             T.Normalize(mean, std),

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import eval_crop_pct, eval_transform
+from .augment import eval_transform
 from .config import PretrainConfig, load_config
 from .data import build_dataset
 from .engine import pretrain, resolve_amp
@@ -163,7 +163,7 @@ def run_demo(opts: DemoOptions) -> Path:
         loaded = from_pretrained(target)
         how = f"simsiam_hub.from_pretrained({target!r})"
     backbone.to(memory_format=torch.contiguous_format)  # as loaded; k-NN may have made it channels_last
-    probe = next(iter(DataLoader(build_dataset(cfg.data, "val", eval_transform(cfg.data.image_size, crop_pct=eval_crop_pct(cfg.data.dataset))), batch_size=16)))[0]
+    probe = next(iter(DataLoader(build_dataset(cfg.data, "val", eval_transform(cfg.data.image_size, dataset=cfg.data.dataset)), batch_size=16)))[0]
     with torch.no_grad():
         max_diff = (loaded(probe) - backbone(probe)).abs().max().item()
     print(f"  {how}\n  max |features(reloaded) - features(trained)| = {max_diff:.3g} on 16 images")

@@ -187,10 +187,10 @@ def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
     """The k-NN bank (train split) and queries (val split) through the eval view (whole images
     for :data:`~simsiam_hub.augment.WHOLE_IMAGE_EVAL` datasets, else a centre crop), as
     fixed seeded subsets: the pretraining monitor and `simsiam-hub knn` draw the same images."""
-    from .augment import eval_crop_pct, eval_transform
+    from .augment import eval_transform
     from .data import build_dataset, seeded_subset
 
-    transform = eval_transform(data_cfg.image_size, crop_pct=eval_crop_pct(data_cfg.dataset))
+    transform = eval_transform(data_cfg.image_size, dataset=data_cfg.dataset)
     bank = seeded_subset(build_dataset(data_cfg, "train", transform), bank_size, seed=1)
     query = seeded_subset(build_dataset(data_cfg, "val", transform), query_size, seed=2)
     return bank, query

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import tempfile
 from pathlib import Path
@@ -19,9 +20,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+@functools.cache
 def _new_file_mode() -> int:
-    """0666 less the process umask: the mode a plain ``open(path, "w")`` creates."""
-    umask = os.umask(0)
+    """0666 less the process umask: the mode a plain ``open(path, "w")`` creates. Read once:
+    reading the umask means setting it, which would race files other threads create."""
+    umask = os.umask(0o022)
     os.umask(umask)
     return 0o666 & ~umask
 

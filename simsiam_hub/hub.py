@@ -733,9 +733,9 @@ def _assemble(arch: str, small_stem: bool, state: dict, head: str, where: str, d
 
 def _attach(model, desc: dict, pretrained_cfg: dict | None):
     """The eval transform (``model.transform``) and the configs, at hand on the model."""
-    from .augment import eval_crop_pct, eval_transform
+    from .augment import eval_transform
 
-    model.transform = eval_transform(desc.get("image_size", 224), crop_pct=eval_crop_pct(desc.get("dataset")))
+    model.transform = eval_transform(desc.get("image_size", 224), dataset=desc.get("dataset"))
     model.pretrained_cfg = pretrained_cfg
     model.simsiam_config = desc
     return model

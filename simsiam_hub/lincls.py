@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from . import __version__
-from .augment import eval_crop_pct, eval_transform, linear_train_transform
+from .augment import eval_transform, linear_train_transform
 from .config import ConfigError, DataConfig, to_dict
 from .data import build_dataset, seeded_subset, targets_of
 from .distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
@@ -235,7 +235,7 @@ class LinearEvaluation:
         # Data first: a bad path fails before any work. Subsets use the k-NN monitor's draws.
         size = cfg.data.image_size
         cached = cfg.data.cache_features
-        view = eval_transform(size, crop_pct=eval_crop_pct(cfg.data.dataset))
+        view = eval_transform(size, dataset=cfg.data.dataset)
         train = seeded_subset(build_dataset(cfg.data, "train", view if cached else None), cfg.data.train_subset, seed=1)
         val = seeded_subset(build_dataset(cfg.data, "val", view), cfg.data.val_subset, seed=2)
         self.num_classes = int(max(targets_of(train).max(), targets_of(val).max())) + 1

@@ -311,8 +311,8 @@ def test_eval_view_keeps_whole_small_images_and_crops_imagenet_style():
     pixels = np.zeros((28, 28), np.uint8)
     pixels[0], pixels[-1] = 255, 255
     img = Image.fromarray(pixels).convert("RGB")
-    whole = eval_transform(48, crop_pct=eval_crop_pct("fashion_mnist"))(img)
-    cropped = eval_transform(48, crop_pct=eval_crop_pct("imagefolder"))(img)
+    whole = eval_transform(48, dataset="fashion_mnist")(img)
+    cropped = eval_transform(48, dataset="imagefolder")(img)
     assert whole.shape == cropped.shape == (3, 48, 48)
     bright = (255 / 255 - IMAGENET_MEAN[0]) / IMAGENET_STD[0]
     assert whole[0, 0].min() > 0.9 * bright and whole[0, -1].min() > 0.9 * bright  # the frame's rows survive
