@@ -8,6 +8,7 @@ k-NN top-1, throughput and data wait) logged to CSV, TensorBoard and a progress 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -35,17 +36,17 @@ from .distributed import (
 )
 from .errors import SimsiamHubError
 from .evaluate import autocast_context, extract_features, knn_accuracy, knn_datasets
-from .fileio import atomic_torch_save, atomic_write_text
+from .fileio import atomic_torch_save, atomic_write_text, folder_lock
 from .models import PooledFeatures, SimSiam, simsiam_loss
-from .monitor import CSVLog, collapse_ratio, std_of_l2_normalized
+from .monitor import CSVLog, collapse_ratio, std_of_l2_normalized, top_direction_share
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "simsiam-hub/pretrain-checkpoint"
 CHECKPOINT_VERSION = 1
 CHECKPOINT_RE = re.compile(r"^checkpoint_step(\d{8})\.pt$")
-STEP_FIELDS = ["step", "epoch", "loss", "lr", "z_std", "z_std_ratio", "images_per_s", "data_wait_frac"]
-EPOCH_FIELDS = ["step", "epoch", "loss", "z_std", "z_std_ratio", "knn_top1", "knn_top5", "images_per_s", "seconds"]
+STEP_FIELDS = ["step", "epoch", "loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac"]
+EPOCH_FIELDS = ["step", "epoch", "loss", "z_std", "z_std_ratio", "z_top_share", "knn_top1", "knn_top5", "images_per_s", "seconds"]
 
 
 class NonFiniteLossError(SimsiamHubError, RuntimeError):
@@ -339,6 +340,11 @@ class Trainer:
 
     # --- training ----------------------------------------------------------------------
     def run(self) -> PretrainResult:
+        """Train to the end, holding the output folder's lock (one trainer per folder)."""
+        with folder_lock(self.out) if self.info.is_main else contextlib.nullcontext():
+            return self._train()
+
+    def _train(self) -> PretrainResult:
         cfg, info = self.cfg, self.info
         self.last_metrics: dict = {}
         if info.is_main:
@@ -406,12 +412,13 @@ class Trainer:
                         row = {
                             "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss_value, "lr": lr,
                             "z_std": z_std, "z_std_ratio": collapse_ratio(z_std, cfg.model.dim),
+                            "z_top_share": top_direction_share(z1.detach()),
                             "images_per_s": steps_in_window * cfg.optim.batch_size / elapsed,
                             "data_wait_frac": wait / elapsed,
                         }  # fmt: skip
                         step_log.write(row)
                         if tb:
-                            for key in ("loss", "lr", "z_std", "z_std_ratio", "images_per_s", "data_wait_frac"):
+                            for key in ("loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac"):
                                 tb.add_scalar(f"train/{key}", row[key], self.step)
                         bar.set_postfix(loss=f"{loss_value:.3f}", z_std=f"{z_std:.4f}", img_s=f"{row['images_per_s']:.1f}")
                         window_start, wait = time.perf_counter(), 0.0
@@ -428,10 +435,11 @@ class Trainer:
             if info.is_main and n_logged:
                 z_std = std_of_l2_normalized(z1.detach())
                 ratio = collapse_ratio(z_std, cfg.model.dim)
+                share = top_direction_share(z1.detach())
                 seconds = time.perf_counter() - epoch_start
                 row = {
                     "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss_sum / n_logged,
-                    "z_std": z_std, "z_std_ratio": ratio, "seconds": seconds,
+                    "z_std": z_std, "z_std_ratio": ratio, "z_top_share": share, "seconds": seconds,
                     "images_per_s": (self.step - epoch_step0) * cfg.optim.batch_size / seconds,
                 }  # fmt: skip
                 every, every_steps = cfg.monitor.knn_every_epochs, cfg.monitor.knn_every_steps
@@ -446,16 +454,20 @@ class Trainer:
                     knn_top1 = row["knn_top1"]
                 epoch_log.write(row)
                 if tb:
-                    for key in ("loss", "z_std", "z_std_ratio", "knn_top1", "knn_top5"):
+                    for key in ("loss", "z_std", "z_std_ratio", "z_top_share", "knn_top1", "knn_top5"):
                         if row.get(key) is not None:
                             tb.add_scalar(f"epoch/{key}", row[key], self.step)
-                if ratio < cfg.monitor.collapse_warn_ratio:
+                if ratio < cfg.monitor.collapse_warn_ratio or share > cfg.monitor.collapse_warn_share:
                     log.warning(
-                        "collapse warning: std of l2-normalised z is %.5f, %.3f x 1/sqrt(%d) (threshold %.2f)",
-                        z_std, ratio, cfg.model.dim, cfg.monitor.collapse_warn_ratio,
+                        "collapse warning: std of l2-normalised z is %.5f, %.3f x 1/sqrt(%d) (threshold %.2f); "
+                        "%.3f of it lies on one line (threshold %.2f)",
+                        z_std, ratio, cfg.model.dim, cfg.monitor.collapse_warn_ratio, share, cfg.monitor.collapse_warn_share,
                     )  # fmt: skip
                 knn_text = f" knn_top1={knn_top1:.2f}%" if row.get("knn_top1") is not None else ""
-                tqdm.write(f"epoch {self.step / self.steps_per_epoch:.2f}: loss={row['loss']:.4f} z_std={z_std:.4f} (x{ratio:.2f} of 1/sqrt(d)){knn_text} {row['images_per_s']:.1f} img/s")
+                tqdm.write(
+                    f"epoch {self.step / self.steps_per_epoch:.2f}: loss={row['loss']:.4f} z_std={z_std:.4f} (x{ratio:.2f} of 1/sqrt(d), "
+                    f"{share:.2f} on one line){knn_text} {row['images_per_s']:.1f} img/s"
+                )
                 self.last_metrics = {k: v for k, v in row.items() if v is not None}
             barrier()
             if epoch_end or self.step >= self.total_steps:

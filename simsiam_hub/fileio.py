@@ -1,12 +1,22 @@
-"""Atomic file writes: a file appears under its final name complete, or not at all."""
+"""Atomic file writes: a file appears under its final name complete, or not at all; and a lock
+that keeps two processes from writing one output folder."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
 import os
+import socket
 import tempfile
 from pathlib import Path
+
+from .errors import SimsiamHubError
+
+LOCK_NAME = ".lock"
+
+
+class FolderInUseError(SimsiamHubError, RuntimeError):
+    """Another live process holds the folder's lock."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -63,3 +73,39 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, purpose: str = "run.output_dir"):
+    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the ``with`` block.
+
+    A second process asking for it is refused at once with :class:`FolderInUseError`, naming
+    the holder; two trainers in one folder would truncate each other's logs and interleave
+    checkpoints. The lock is the kernel's (``flock``): it goes with the process, so a killed
+    run leaves no stale lock behind. Where ``fcntl`` is missing (Windows) nothing is locked.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a process that did not say which"
+            raise FolderInUseError(
+                f"{folder} is in use by another process ({holder}): two of them writing one folder would "
+                f"overwrite each other's checkpoints and logs; wait for it to end, stop it, or set another {purpose}"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .monitor import read_csv
+from .monitor import read_csv, two_point_ratio
 
 
 def run_curves(run_dir: str | Path) -> dict[str, list]:
@@ -18,16 +18,28 @@ def run_curves(run_dir: str | Path) -> dict[str, list]:
         "epoch": [r["epoch"] for r in steps],
         "loss": [r["loss"] for r in steps],
         "z_std": [r["z_std"] for r in steps],
+        "z_top_share": [r.get("z_top_share") for r in steps],  # None in logs from before it was logged
         "knn_epoch": [r["epoch"] for r in knn],
         "knn_top1": [r["knn_top1"] for r in knn],
     }
 
 
-def plot_runs(runs: dict[str, str | Path], out_png: str | Path, *, dim: int, title: str = "", chance: float | None = None) -> Path:
-    """Three panels, one line per run: training loss, std of l2-normalised z, k-NN top-1.
+def plot_runs(
+    runs: dict[str, str | Path],
+    out_png: str | Path,
+    *,
+    dim: int,
+    title: str = "",
+    chance: float | None = None,
+    batch: int | None = None,
+) -> Path:
+    """Three panels, one line per run: training loss, std of l2-normalised z, k-NN top-1, and a
+    fourth, the share of z on one line, when the runs logged it.
 
     ``runs`` maps a legend label to a run folder (as written by the engine). The std
-    panel marks 1/sqrt(dim), the healthy level; the k-NN panel marks ``chance``.
+    panel marks 1/sqrt(dim), the healthy level, and, given the ``batch`` the output BatchNorm
+    normalises over, the level of a collapsed output (:func:`monitor.two_point_ratio`); the k-NN
+    panel marks ``chance``.
     """
     import matplotlib
 
@@ -36,18 +48,27 @@ def plot_runs(runs: dict[str, str | Path], out_png: str | Path, *, dim: int, tit
 
     from .fileio import atomic_path
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for label, folder in runs.items():
-        c = run_curves(folder)
+    curves = {label: run_curves(folder) for label, folder in runs.items()}
+    with_share = any(v is not None for c in curves.values() for v in c["z_top_share"])
+    fig, axes = plt.subplots(1, 4 if with_share else 3, figsize=(17 if with_share else 13, 3.8))
+    for label, c in curves.items():
         axes[0].plot(c["epoch"], c["loss"], label=label)
         axes[1].plot(c["epoch"], c["z_std"], label=label)
         axes[2].plot(c["knn_epoch"], c["knn_top1"], marker="o", label=label)
+        if with_share:
+            logged = [(e, v) for e, v in zip(c["epoch"], c["z_top_share"]) if v is not None]
+            axes[3].plot([e for e, _ in logged], [v for _, v in logged], label=label)
     axes[0].set(title="training loss", xlabel="epoch", ylim=(-1.05, 0.1))
     axes[1].axhline(1 / math.sqrt(dim), color="grey", linestyle="--", linewidth=1, label=f"1/sqrt({dim})")
+    if batch:
+        floor = two_point_ratio(batch) / math.sqrt(dim)
+        axes[1].axhline(floor, color="grey", linestyle=":", linewidth=1, label=f"collapsed under BN (1 of {batch} opposite)")
     axes[1].set(title="std of l2-normalised z", xlabel="epoch", ylim=(0, None))
     if chance is not None:
         axes[2].axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")
     axes[2].set(title="k-NN top-1 (%)", xlabel="epoch")
+    if with_share:
+        axes[3].set(title="share of l2-normalised z on one line", xlabel="epoch", ylim=(0, 1.02))
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -68,6 +89,7 @@ def summarize_run(run_dir: str | Path) -> dict[str, float | None]:
         "epoch": c["epoch"][-1] if c["epoch"] else None,
         "loss": c["loss"][-1] if c["loss"] else None,
         "z_std": c["z_std"][-1] if c["z_std"] else None,
+        "z_top_share": c["z_top_share"][-1] if c["z_top_share"] else None,
         "knn_top1": c["knn_top1"][-1] if c["knn_top1"] else None,
         "knn_top1_best": max(c["knn_top1"]) if c["knn_top1"] else None,
     }

@@ -126,6 +126,24 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     assert steps == sorted(set(steps), key=int)
 
 
+def test_a_second_trainer_in_a_running_folder_is_refused(tmp_path):
+    out = tmp_path / "busy"
+    first = cli("pretrain", *tiny(out, "optim.epochs=100"))
+    try:
+        deadline = time.time() + 300
+        while not (out / "train_log.csv").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        assert first.poll() is None, first.communicate()[0][-2000:]
+        code, log = run_cli("pretrain", *tiny(out, "optim.epochs=100"))
+        assert first.poll() is None  # still training: the refusal was the lock's, not a finished run's
+    finally:
+        first.kill()
+        first.communicate()
+    assert code != 0
+    assert f"{out} is in use by another process (pid {first.pid} on " in log, log[-2000:]
+    assert "Traceback" not in log
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
     real_loss = engine.simsiam_loss
@@ -166,6 +184,7 @@ def test_foreign_checkpoint_is_refused(tmp_path):
         ("optim.epochs=0", "optim.epochs=0 is invalid"),
         ("model.arch=vgg16", "model.arch='vgg16' is invalid: expected one of"),
         ("run.amp=fp8", "run.amp='fp8' is invalid"),
+        ("monitor.collapse_warn_share=1.5", r"monitor.collapse_warn_share=1.5 is invalid: expected a number in \(0, 1\]"),
         ("optim.base_lr=fast", "config key 'optim.base_lr'"),
         ("optim.epochs", "not of the form key=value"),
     ],
