@@ -55,13 +55,12 @@ batch {cfg.optim.batch_size}, base lr {cfg.optim.base_lr}.{f' Chance k-NN accura
 The paper reports that without the stop-gradient the loss reaches its minimum of -1 at once,
 the std of the l2-normalised output goes to 0 (a constant output: collapse) and k-NN accuracy
 stays at chance, while with it the std stays near 1/sqrt(d). With the reference projector, whose
-last layer is an affine-free BatchNorm over the batch, the std does not reach 0 (unless the
-features before it become exactly constant): the collapsed
-output points one way for all but a few samples of each batch and the opposite way for those,
-which leaves std x sqrt(d) = 2 sqrt(p(1-p)) ({two_point_ratio(cfg.optim.batch_size):.3f} for one of
-{cfg.optim.batch_size} samples, the dotted line) and the share of z on one line near 1 (healthy
-runs measured 0.16-0.8). The k-NN monitor reads the backbone, which can keep class information
-that the collapsed output has lost.
+last layer is an affine-free BatchNorm over the batch, the std does not reach 0 unless the
+features before it become exactly constant: the collapsed output points one way for all but a
+few samples of each batch and the opposite way for those. That leaves std x sqrt(d) at
+2 sqrt(p(1-p)) ({two_point_ratio(cfg.optim.batch_size):.3f} for one of {cfg.optim.batch_size} samples, the dotted line) and the share of
+z on one line near 1 (healthy runs measured 0.16-0.8). The k-NN monitor reads the backbone,
+which can keep class information that the collapsed output has lost.
 
 Made with:
 

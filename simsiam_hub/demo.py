@@ -184,7 +184,7 @@ def run_demo(opts: DemoOptions) -> Path:
     timings["end"] = time.perf_counter()
 
     png = plot_runs({"SimSiam": out / "pretrain"}, out / "training.png", dim=cfg.model.dim, chance=10.0 if dataset == "fashion_mnist" else None,
-                    title=f"simsiam-hub demo: {cfg.model.arch} on {dataset}")  # fmt: skip
+                    batch=cfg.optim.batch_size, title=f"simsiam-hub demo: {cfg.model.arch} on {dataset}")  # fmt: skip
     report = _write_report(out, cfg, opts, result, knn, target, pushed, how, max_diff, detection, timings, start, png)
     print(f"\nreport: {report}\nplots:  {png}")
     return report
@@ -227,7 +227,7 @@ Config `{opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_
 {result.step} steps). Final loss {run['loss']:.4f}; std of the l2-normalised z {run['z_std']:.4f}, that is
 {run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy, 0 is collapse). Checkpoint: `{result.checkpoint}`.
 
-![loss, collapse std and k-NN accuracy over training]({png.name})
+![loss, collapse std, k-NN accuracy and the share of z on one line over training]({png.name})
 
 ## 2. k-NN top-1 (k={cfg.monitor.knn_k}, T={cfg.monitor.knn_temperature})
 
