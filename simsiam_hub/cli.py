@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SimsiamHubError as err:
         print(f"simsiam-hub {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return getattr(err, "exit_code", 2)  # a run stopped by a signal: 128 + its number
 
 
 if __name__ == "__main__":

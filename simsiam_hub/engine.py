@@ -13,6 +13,8 @@ import logging
 import math
 import random
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,15 @@ EPOCH_FIELDS = ["step", "epoch", "loss", "z_std", "z_std_ratio", "z_top_share", 
 
 class NonFiniteLossError(SimsiamHubError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class TrainingStopped(SimsiamHubError, RuntimeError):
+    """The run stopped on SIGINT or SIGTERM after writing a checkpoint; ``exit_code`` is the
+    shell's 128 + signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 class CheckpointError(SimsiamHubError, ValueError):
@@ -182,6 +193,46 @@ class SeededViews(Dataset):
         return views, label
 
 
+class GracefulStop:
+    """While active, SIGINT (Ctrl-C) and SIGTERM ask the training loop to stop after the current
+    step, so that it can write a checkpoint of a consistent state; a second signal stops at once.
+
+    Single-process runs only (``enabled``): the ranks of a distributed run could see the signal at
+    different steps and then wait for each other forever; they keep the default handlers.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.received: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "GracefulStop":
+        if self.enabled:
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            self.__exit__()
+            raise KeyboardInterrupt
+        self.received = signum
+        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)", signal.Signals(signum).name)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process: Ctrl-C reaches the whole
+    process group, and a worker that died of it would break the batch the loop is waiting for."""
+    for s in GracefulStop.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def load_init_weights(model: SimSiam, path: str) -> None:
     """``run.init_from``: a whole-model ``simsiam.safetensors`` or a training checkpoint."""
     from .weights import load_simsiam_state_dict
@@ -200,7 +251,7 @@ class KNNMonitor:
 
     def __init__(self, cfg: PretrainConfig, device: torch.device, amp_dtype):
         bank, query = knn_datasets(cfg.data, cfg.monitor.knn_bank_size, cfg.monitor.knn_query_size)
-        loader_args = dict(batch_size=256, shuffle=False, num_workers=min(cfg.data.num_workers, 4))
+        loader_args = dict(batch_size=256, shuffle=False, num_workers=min(cfg.data.num_workers, 4), worker_init_fn=ignore_stop_signals)
         self.bank_loader = DataLoader(bank, **loader_args)
         self.query_loader = DataLoader(query, **loader_args)
         self.num_classes = int(max(targets_of(bank).max(), targets_of(query).max())) + 1
@@ -340,9 +391,11 @@ class Trainer:
 
     # --- training ----------------------------------------------------------------------
     def run(self) -> PretrainResult:
-        """Train to the end, holding the output folder's lock (one trainer per folder)."""
+        """Train to the end, holding the output folder's lock (one trainer per folder). On SIGINT or
+        SIGTERM (single process): finish the step, write a checkpoint, raise :class:`TrainingStopped`."""
         with folder_lock(self.out) if self.info.is_main else contextlib.nullcontext():
-            return self._train()
+            with GracefulStop(enabled=not self.info.distributed) as self.stop:
+                return self._train()
 
     def _train(self) -> PretrainResult:
         cfg, info = self.cfg, self.info
@@ -364,6 +417,7 @@ class Trainer:
         checkpoint = self.resumed_from
         self.net.train()
         loss_value = z_std = knn_top1 = None
+        stopping = False
         while self.step < self.total_steps:
             epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
             self.dataset.epoch = epoch
@@ -371,6 +425,7 @@ class Trainer:
             loader = DataLoader(
                 self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=cfg.data.num_workers,
                 drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=False,
+                worker_init_fn=ignore_stop_signals,
             )  # fmt: skip
             epoch_start, epoch_step0 = time.perf_counter(), self.step
             loss_sum = 0.0
@@ -427,9 +482,15 @@ class Trainer:
                         self._knn_log(tb, epoch_log)  # epoch ends log their own k-NN below
                 if cfg.run.checkpoint_every_steps and self.step % cfg.run.checkpoint_every_steps == 0:
                     checkpoint = self.save_checkpoint()
-                if self.step >= self.total_steps:
+                if self.step >= self.total_steps or self.stop.received is not None:
                     break
                 fetch_start = time.perf_counter()
+
+            stopping = self.stop.received is not None and self.step < self.total_steps
+            if stopping and self.step % self.steps_per_epoch:  # no row for a part of an epoch: the resumed run writes it
+                if checkpoint != checkpoint_path(self.out, self.step):
+                    checkpoint = self.save_checkpoint()
+                break
 
             epoch_end = self.step % self.steps_per_epoch == 0
             if info.is_main and n_logged:
@@ -473,10 +534,18 @@ class Trainer:
             if epoch_end or self.step >= self.total_steps:
                 if checkpoint is None or checkpoint != checkpoint_path(self.out, self.step):
                     checkpoint = self.save_checkpoint()
+            if stopping:
+                break
         if info.is_main:
             bar.close()
             if tb:
                 tb.close()
+        if stopping:
+            name = signal.Signals(self.stop.received).name
+            raise TrainingStopped(
+                f"stopped by {name} at step {self.step} of {self.total_steps} (epoch {self.step / self.steps_per_epoch:.2f}); "
+                f"checkpoint {checkpoint}: the same command resumes from it", self.stop.received,
+            )  # fmt: skip
         if checkpoint is None:  # nothing to do: resumed at the end
             checkpoint = self.resumed_from
         return PretrainResult(self.out, checkpoint, self.step, self.step / self.steps_per_epoch, loss_value, z_std, knn_top1)

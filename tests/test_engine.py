@@ -5,6 +5,7 @@ A tiny network (ResNet-18, small stem, 16 px, synthetic images) keeps each run t
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,6 +125,36 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     # the CSV log holds each step once, whatever the interruption
     steps = [line.split(",")[0] for line in (out / "train_log.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps), key=int)
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_that_resumes(tmp_path):
+    """SIGINT to the whole process group, as Ctrl-C sends it (the data-loader worker included):
+    the run finishes its step, writes a checkpoint there, says so and exits 130."""
+    out = tmp_path / "stopped"
+    args = ("optim.epochs=25", "data.num_workers=1", "run.log_every_steps=1")  # 100 steps
+    proc = cli("pretrain", *tiny(out, *args), start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        log_file = out / "train_log.csv"
+        if log_file.exists() and len(log_file.read_text().splitlines()) > 1:
+            break
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    text, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGINT, text[-3000:]
+    assert "Traceback" not in text and "SIGINT: stopping after this step" in text
+    found = re.search(r"stopped by SIGINT at step (\d+) of 100 \(epoch [\d.]+\); checkpoint (\S+): the same command resumes", text)
+    assert found, text[-2000:]
+    step = int(found[1])
+    assert 1 <= step < 100
+    assert found[2] == str(engine.checkpoint_path(out, step)) and load_checkpoint(found[2])["step"] == step
+    epochs = [row["epoch"] for row in csv.DictReader((out / "epoch_log.csv").open())]
+    assert all(float(e) == int(float(e)) for e in epochs), epochs  # no row for the part of an epoch
+
+    code, log = run_cli("pretrain", *tiny(out, *args, f"run.max_steps={step + 2}"))  # resumes, 2 more steps
+    assert code == 0, log[-3000:]
+    assert f"resumed from {found[2]} at step {step}" in log
+    assert load_checkpoint(list_checkpoints(out)[0])["step"] == step + 2
 
 
 def test_a_second_trainer_in_a_running_folder_is_refused(tmp_path):
