@@ -209,6 +209,10 @@ def _write_report(out, cfg, opts, result, knn, target, pushed, how, max_diff, de
         for key, label in (("simsiam", "SimSiam (this run)"), ("random_init", f"same {cfg.model.arch}, random init"),
                            ("raw_pixels", "raw pixels"), ("raw_pixels_standardised", "standardised raw pixels"))  # fmt: skip
     )
+    share_text = "" if run.get("z_top_share") is None else (
+        f"; {run['z_top_share']:.2f} of it lies on one line (near 1 for a collapsed output, whose std the "
+        f"output BatchNorm keeps off 0: docs/stopgrad_ablation.md)"
+    )
     if "skipped" in detection:
         det = f"Skipped: {detection['skipped']}."
     else:
@@ -225,7 +229,7 @@ Total {total / 60:.1f} min: {", ".join(f"{n.split(' ', 1)[1]} {d:.0f} s" for n, 
 
 Config `{opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_size} px, batch {cfg.optim.batch_size},
 {result.step} steps). Final loss {run['loss']:.4f}; std of the l2-normalised z {run['z_std']:.4f}, that is
-{run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy, 0 is collapse). Checkpoint: `{result.checkpoint}`.
+{run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy){share_text}. Checkpoint: `{result.checkpoint}`.
 
 ![loss, collapse std, k-NN accuracy and the share of z on one line over training]({png.name})
 

@@ -51,7 +51,9 @@ def two_point_ratio(batch: int, opposite: int = 1) -> float:
     uses the batch's statistics (the reference architecture), each channel has mean 0 over the
     batch, so the l2-normalised outputs cannot all point one way. A collapsed output then takes
     one direction for all but a few samples and the opposite one for those (the only two-valued
-    output with zero channel means), and its std sits at this level: 0.125 for one of 256.
+    output with zero channel means), and its std sits at this level: 0.125 for one of 256. The
+    level grows with ``opposite`` (1 at half the batch), so the std alone can miss a collapse;
+    :func:`top_direction_share` cannot.
     """
     if not 0 < opposite < batch:
         raise ValueError(f"expected 0 < opposite < batch, got opposite={opposite}, batch={batch}")
