@@ -183,6 +183,11 @@ def eval_loader(dataset, *, batch_size: int, num_workers: int, device: torch.dev
     )  # fmt: skip
 
 
+# The seeds of the fixed evaluation draws from each split (:func:`seeded_subset`): the k-NN
+# monitor, `simsiam-hub knn`, its pixel baselines and linear evaluation all take these images.
+EVAL_DRAW_SEEDS = {"train": 1, "val": 2}
+
+
 def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
     """The k-NN bank (train split) and queries (val split) through the eval view (whole images
     for :data:`~simsiam_hub.augment.WHOLE_IMAGE_EVAL` datasets, else a centre crop), as
@@ -191,8 +196,8 @@ def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
     from .data import build_dataset, seeded_subset
 
     transform = eval_transform(data_cfg.image_size, dataset=data_cfg.dataset)
-    bank = seeded_subset(build_dataset(data_cfg, "train", transform), bank_size, seed=1)
-    query = seeded_subset(build_dataset(data_cfg, "val", transform), query_size, seed=2)
+    bank = seeded_subset(build_dataset(data_cfg, "train", transform), bank_size, seed=EVAL_DRAW_SEEDS["train"])
+    query = seeded_subset(build_dataset(data_cfg, "val", transform), query_size, seed=EVAL_DRAW_SEEDS["val"])
     return bank, query
 
 
@@ -238,7 +243,7 @@ def knn_evaluate(
     )
 
 
-def pixel_features(data_cfg, split: str, size: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_features(data_cfg, split: str, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw pixels in [0, 1], flattened, of a seeded draw of ``size`` images (None: all), the
     same draw as :func:`knn_datasets`: grayscale, at native 28 px for Fashion-MNIST (the
     definition of FACTS.md's baselines), else resized and centre-cropped to the image size."""
@@ -248,11 +253,11 @@ def pixel_features(data_cfg, split: str, size: int | None, seed: int) -> tuple[t
 
     if data_cfg.dataset == "fashion_mnist":
         full = FashionMNIST(data_cfg.root, train=split == "train")
-        drawn = seeded_subset(full, size, seed=seed)
+        drawn = seeded_subset(full, size, seed=EVAL_DRAW_SEEDS[split])
         idx = torch.as_tensor(drawn.indices) if drawn is not full else torch.arange(len(full))
         return torch.from_numpy(full.images[idx.numpy()]).flatten(1).float() / 255, full.targets[idx]
     transform = T.Compose([T.Resize(data_cfg.image_size), T.CenterCrop(data_cfg.image_size), T.Grayscale(), T.ToTensor()])
-    drawn = seeded_subset(build_dataset(data_cfg, split, transform), size, seed=seed)
+    drawn = seeded_subset(build_dataset(data_cfg, split, transform), size, seed=EVAL_DRAW_SEEDS[split])
     x, y = zip(*[(img.flatten(), label) for img, label in drawn])
     return torch.stack(x), torch.as_tensor(y)
 
@@ -268,8 +273,8 @@ def knn_with_baselines(
     ``extract_options`` go to :func:`knn_evaluate` (device, amp_dtype, channels_last, ...)."""
     args = dict(k=k, temperature=temperature, val_subset=val_subset, **extract_options)
     results = {name: knn_evaluate(net, data_cfg, **args) for name, net in (("simsiam", backbone), ("random_init", random_init))}
-    bx, by = pixel_features(data_cfg, "train", data_cfg.train_subset, seed=1)
-    qx, qy = pixel_features(data_cfg, "val", val_subset, seed=2)
+    bx, by = pixel_features(data_cfg, "train", data_cfg.train_subset)
+    qx, qy = pixel_features(data_cfg, "val", val_subset)
     mean, std = bx.mean(0), bx.std(0).clamp_min(1e-6)
     for name, (b, q) in (("raw_pixels", (bx, qx)), ("raw_pixels_standardised", ((bx - mean) / std, (qx - mean) / std))):
         results[name] = knn_accuracy(F.normalize(b, dim=1), by, F.normalize(q, dim=1), qy, k=k, temperature=temperature)

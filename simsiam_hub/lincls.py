@@ -45,6 +45,7 @@ from .data import build_dataset, seeded_subset, targets_of
 from .distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
 from .errors import SimsiamHubError
 from .evaluate import (
+    EVAL_DRAW_SEEDS,
     LoadedSource,
     autocast_context,
     backbone_fingerprint,
@@ -236,8 +237,8 @@ class LinearEvaluation:
         size = cfg.data.image_size
         cached = cfg.data.cache_features
         view = eval_transform(size, dataset=cfg.data.dataset)
-        train = seeded_subset(build_dataset(cfg.data, "train", view if cached else None), cfg.data.train_subset, seed=1)
-        val = seeded_subset(build_dataset(cfg.data, "val", view), cfg.data.val_subset, seed=2)
+        train = seeded_subset(build_dataset(cfg.data, "train", view if cached else None), cfg.data.train_subset, seed=EVAL_DRAW_SEEDS["train"])
+        val = seeded_subset(build_dataset(cfg.data, "val", view), cfg.data.val_subset, seed=EVAL_DRAW_SEEDS["val"])
         self.num_classes = int(max(targets_of(train).max(), targets_of(val).max())) + 1
         self.train_size, self.val_size = len(train), len(val)
         self.train_set = train
