@@ -15,7 +15,7 @@ RUNS = {"with stop-gradient": ("with_stopgrad", True), "without stop-gradient": 
 
 
 def ablate_stopgrad(config: str | Path, out_dir: str | Path, overrides: list[str] = (), *, command: str = "") -> Path:
-    """Train both runs (each resumes if already there), plot the three panels, write a report.
+    """Train both runs (each resumes if already there), plot their curves, write a report.
 
     Returns the Markdown report's path; the figure ``stopgrad_ablation.png`` sits beside it.
     """
@@ -41,7 +41,7 @@ def ablate_stopgrad(config: str | Path, out_dir: str | Path, overrides: list[str
         )
     text = f"""# The stop-gradient experiment (Chen & He 2021, Figure 2)
 
-![three panels: training loss, std of the l2-normalised output, k-NN accuracy]({png.name})
+![training loss, std of the l2-normalised output, k-NN accuracy, share of the output on one line]({png.name})
 
 Same recipe, same seed, same data order; only `model.stop_gradient` differs.
 Architecture {cfg.model.arch} (projector output d = {cfg.model.dim}, so a healthy std is about

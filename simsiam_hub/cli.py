@@ -376,8 +376,9 @@ def _add_ablate_stopgrad(sub) -> None:
         "ablate-stopgrad",
         help="the paper's Fig. 2: train with and without the stop-gradient, plot both",
         description="Train the same recipe twice, with and without the stop-gradient, then draw "
-        "the three panels (loss, std of the l2-normalised output, kNN top-1) and write a "
-        "Markdown report with the figures. Each run resumes if its folder holds checkpoints.",
+        "the paper's three panels (loss, std of the l2-normalised output, kNN top-1) and a fourth, the "
+        "share of the output on one line, and write a Markdown report with the figures. Each run "
+        "resumes if its folder holds checkpoints.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--config", default="configs/pretrain/fashion_mnist_resnet18_cpu.yaml", help="the shared recipe")
