@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch first, alone: on machines with a local wheel store pip takes it from disk.
-TORCH_SPEC ?= torch>=2.4 torchvision>=0.19
+# Every specifier is quoted: an unquoted >= is a shell redirection.
+TORCH_SPEC ?= 'torch>=2.4' 'torchvision>=0.19'
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=

@@ -1,45 +1,6 @@
-"""torch.hub entry points of simsiam-hub.
+"""torch.hub entry points of simsiam-hub; the code lives in ``simsiam_hub/hubconf.py``.
 
     model = torch.hub.load("simsiam-hub/simsiam-hub", "simsiam_resnet50", pretrained=True)
-    model = torch.hub.load("/path/to/checkout", "simsiam_resnet50", source="local", repo_id="ORG/NAME")
 """
 
-import os
-
-from simsiam_hub.registry import DEFAULT_VARIANT, get_variant
-
-dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub"]
-
-# The Hub repo `simsiam_resnet50` loads by default: the official 100-epoch, batch-512 release.
-# Overridden by the `repo_id` argument, or by the SIMSIAM_HUB_REPO environment variable.
-DEFAULT_REPO_ID = get_variant(DEFAULT_VARIANT).repo_id
-
-
-def simsiam_resnet50(pretrained=True, repo_id=None, revision=None, head="backbone", **kwargs):
-    """SimSiam ResNet-50: a torchvision ResNet-50 with ``fc = Identity`` (2048-d pooled
-    features), in eval mode, its eval transform at ``model.transform``.
-
-    Args:
-        pretrained (bool): load pretrained weights; False gives the architecture alone,
-            randomly initialised (``kwargs`` then go to the builder, e.g. ``small_stem=True``).
-        repo_id (str): a Hub model repo id, a local model folder, or a registry name
-            (``simsiam-hub list``). Default: ``$SIMSIAM_HUB_REPO``, else DEFAULT_REPO_ID, the
-            official 100-epoch release (ImageNet linear top-1 68.1%, CC-BY-NC-4.0). If a
-            registry variant's Hub repo does not exist, its official checkpoint is downloaded
-            and converted once into the cache.
-        revision (str): branch, tag or commit id of the Hub repo.
-        head (str): "backbone", or "simsiam" for the whole SimSiam model (encoder with its
-            projector, and predictor), to continue pretraining.
-    """
-    from simsiam_hub.augment import eval_transform
-    from simsiam_hub.models import SimSiam, build_backbone
-
-    if not pretrained:
-        model = build_backbone("resnet50", **kwargs) if head == "backbone" else SimSiam("resnet50", **kwargs)
-        model.transform = eval_transform(224)
-        return model.eval()
-    if kwargs:
-        raise TypeError(f"simsiam_resnet50(pretrained=True) takes no further arguments, got {sorted(kwargs)}")
-    from simsiam_hub.hub import load_variant
-
-    return load_variant(repo_id or os.environ.get("SIMSIAM_HUB_REPO") or DEFAULT_REPO_ID, revision=revision, head=head)
+from simsiam_hub.hubconf import dependencies, simsiam_resnet50  # noqa: F401

@@ -6,10 +6,10 @@ repeats, so that the ratios hold on a shared machine even when the absolute rate
 Training step, same model (``models.SimSiam``), same batch size, same batch:
   reference  what facebookresearch/simsiam's loop does: fp32, NCHW, nn.CosineSimilarity loss
              on detached z, SGD (momentum 0.9, wd 1e-4, lr 0.05 * batch / 256)
-  ours       what simsiam_hub.engine does: autocast to ``engine.resolve_amp('auto', device)``
+  ours       what simsiam_hub.engine does: autocast to ``resolve_amp('auto', device)``
              (bf16 on GPUs and on CPUs with AVX512-BF16 or AMX, else fp32; --amp forces
              one), channels_last model and inputs, ``models.simsiam_loss``,
-             ``engine.build_optimizer``
+             ``optim.build_pretrain_optimizer``
 Both start from the same weights; the batch (two views per image, made by the reference
 augmentation from generated JPEGs) is already on the device, so neither pays for it.
 Peak memory: on GPU ``torch.cuda.max_memory_allocated`` during one step above what was
@@ -55,10 +55,10 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simsiam_hub import engine  # noqa: E402
 from simsiam_hub.augment import two_crop_augmentation  # noqa: E402
 from simsiam_hub.config import OptimConfig  # noqa: E402
-from simsiam_hub.evaluate import autocast_context  # noqa: E402
+from simsiam_hub.optim import build_pretrain_optimizer  # noqa: E402
+from simsiam_hub.precision import autocast_context, resolve_amp  # noqa: E402
 from simsiam_hub.fast_augment import FastTwoCropsTransform  # noqa: E402
 from simsiam_hub.models import SimSiam, simsiam_loss  # noqa: E402
 
@@ -85,11 +85,11 @@ def reference_step(model: SimSiam, optimizer, x1: torch.Tensor, x2: torch.Tensor
 
 
 def ours_optimizer(model: SimSiam, batch_size: int) -> torch.optim.SGD:
-    return engine.build_optimizer(model, OptimConfig(batch_size=batch_size))
+    return build_pretrain_optimizer(model, OptimConfig(batch_size=batch_size))
 
 
 def ours_step(model: SimSiam, optimizer, scaler, x1, x2, *, amp_dtype, channels_last: bool) -> float:
-    """One step as ``engine.Trainer.run`` takes it (single process)."""
+    """One step as ``engine.Trainer._step`` takes it (single process)."""
     if channels_last:
         x1 = x1.contiguous(memory_format=torch.channels_last)
         x2 = x2.contiguous(memory_format=torch.channels_last)
@@ -112,7 +112,7 @@ class Variant:
         self.model = SimSiam(args.arch)
         self.model.load_state_dict(state)
         self.model.to(device).train()
-        self.amp_dtype = engine.resolve_amp(args.amp, device) if name == "ours" else None
+        self.amp_dtype = resolve_amp(args.amp, device) if name == "ours" else None
         if name == "ours":
             self.model.to(memory_format=torch.channels_last)
             self.optimizer = ours_optimizer(self.model, args.batch_size)
@@ -294,7 +294,7 @@ def main(argv=None) -> int:
     parser.add_argument("--aug-images", type=int, default=32, help="JPEGs per augmentation round")
     parser.add_argument("--aug-repeats", type=int, default=5, help="timed augmentation rounds per pipeline")
     parser.add_argument("--aug-size", type=int, default=224, help="augmentation output size on the 500x375 JPEGs")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="our step's autocast, as run.amp (auto: engine.resolve_amp)")
+    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="our step's autocast, as run.amp (auto: precision.resolve_amp)")
     parser.add_argument("--threads", type=int, help="torch threads for the training steps (unset: torch's default, one per core)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--skip-train", action="store_true", help="only the augmentation benchmark")
@@ -348,8 +348,8 @@ def main(argv=None) -> int:
     if args.skip_train:
         return 0
     print(f"\ntraining step: {args.arch}, {args.size} px, batch {args.batch_size} (x2 views), {device.type}")
-    amp = engine.resolve_amp(args.amp, device)
-    why = " (no native bf16 on this CPU: engine.resolve_amp('auto') keeps fp32)" if amp is None and args.amp == "auto" else ""
+    amp = resolve_amp(args.amp, device)
+    why = " (no native bf16 on this CPU: resolve_amp('auto') keeps fp32)" if amp is None and args.amp == "auto" else ""
     print(f"ours: autocast {str(amp).replace('torch.', '') if amp else 'off'}{why}, channels_last; reference: fp32, NCHW")
     x1, x2 = make_batch(jpegs, args.batch_size, args.size)
     x1, x2 = x1.to(device), x2.to(device)

@@ -3,7 +3,7 @@
 __version__ = "0.1.0"
 
 # The Hub API, imported on first use so that `import simsiam_hub` stays light.
-_LAZY = {"from_pretrained": "hub", "push_to_hub": "hub", "load_backbone_state_dict": "weights"}
+_LAZY = {"from_pretrained": "loading", "push_to_hub": "repo", "load_backbone_state_dict": "loading"}
 
 
 def __getattr__(name: str):

@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 from .config import PretrainConfig, load_config
+from .data import dataset_info
 from .engine import pretrain
 from .fileio import atomic_write_text
 from .monitor import two_point_ratio
@@ -28,7 +29,7 @@ def ablate_stopgrad(config: str | Path, out_dir: str | Path, overrides: list[str
         print(f"--- {label}: {out_dir / sub}")
         pretrain(cfg)
         folders[label] = out_dir / sub
-    num_classes = 10 if cfg.data.dataset in ("fashion_mnist", "cifar10") else None
+    num_classes = dataset_info(cfg.data.dataset).num_classes
     chance = 100.0 / num_classes if num_classes else None
     png = plot_runs(folders, out_dir / "stopgrad_ablation.png", dim=cfg.model.dim, chance=chance, batch=cfg.optim.batch_size,
                     title=f"SimSiam with and without stop-gradient ({cfg.model.arch}, {cfg.data.dataset})")  # fmt: skip

@@ -10,13 +10,13 @@ import random
 from PIL import ImageFilter
 from torchvision import transforms as T
 
+from .data import dataset_info
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Eval-time resize: the shorter side goes to size / CROP_PCT, then a centre crop (256 -> 224).
 CROP_PCT = 0.875
-# Datasets of whole, centred objects a few dozen pixels wide (the CIFAR convention): their
-# eval view is the whole image resized, since a centre crop would cut into the object itself.
-WHOLE_IMAGE_EVAL = ("fashion_mnist", "cifar10")
+INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC, "nearest": T.InterpolationMode.NEAREST}
 
 
 class GaussianBlur:
@@ -68,35 +68,53 @@ def moco_v2_augmentation(
     )
 
 
-def two_crop_augmentation(size: int = 224, *, fast: bool = False, **kwargs):
-    """The pretraining transform: two independent MoCo v2 views of each image.
-
-    ``fast=True``: :class:`simsiam_hub.fast_augment.FastTwoCropsTransform`, the same random
-    draws from the same generators, with the pixels computed faster (see that module).
-    """
-    if fast:
-        from .fast_augment import FastTwoCropsTransform
-
-        return FastTwoCropsTransform(size, **kwargs)
+def two_crop_augmentation(size: int = 224, **kwargs):
+    """The pretraining transform: two independent MoCo v2 views of each image (``kwargs`` as for
+    :func:`moco_v2_augmentation`). ``simsiam_hub.fast_augment`` computes the same draws faster."""
     return TwoCropsTransform(moco_v2_augmentation(size, **kwargs))
 
 
 def eval_crop_pct(dataset: str | None) -> float:
-    """The fraction of the image the eval view keeps: 1 for :data:`WHOLE_IMAGE_EVAL` datasets,
-    else ImageNet's 0.875."""
-    return 1.0 if dataset in WHOLE_IMAGE_EVAL else CROP_PCT
+    """The fraction of the image the eval view keeps: 1 for datasets evaluated whole
+    (``DatasetInfo.whole_image_eval``: Fashion-MNIST, CIFAR-10), else ImageNet's 0.875."""
+    return 1.0 if dataset_info(dataset).whole_image_eval else CROP_PCT
 
 
-def eval_transform(size: int = 224, *, dataset: str | None = None, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Resize the shorter side to size / :func:`eval_crop_pct` of ``dataset`` (256 for 224 on
-    ImageNet-like data; ``size`` itself for whole-image datasets), centre-crop, normalise."""
+def eval_transform(
+    size: int = 224,
+    *,
+    dataset: str | None = None,
+    crop_pct: float | None = None,
+    interpolation: str = "bilinear",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+):
+    """Resize the shorter side to size / crop_pct (``crop_pct`` defaults to :func:`eval_crop_pct`
+    of ``dataset``: 256 for 224 on ImageNet-like data, ``size`` itself for whole-image
+    datasets), centre-crop ``size``, normalise."""
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r}: expected one of {', '.join(INTERPOLATIONS)}")
+    crop_pct = eval_crop_pct(dataset) if crop_pct is None else crop_pct
     return T.Compose(
         [
-            T.Resize(round(size / eval_crop_pct(dataset)), interpolation=T.InterpolationMode.BILINEAR),
+            T.Resize(round(size / crop_pct), interpolation=INTERPOLATIONS[interpolation]),
             T.CenterCrop(size),
             T.ToTensor(),
             T.Normalize(mean, std),
         ]
+    )
+
+
+def transform_from_pretrained_cfg(pretrained_cfg: dict):
+    """The eval transform a timm ``pretrained_cfg`` describes (input_size, crop_pct,
+    interpolation, mean, std): what a model folder's ``config.json`` says about its inputs."""
+    size = pretrained_cfg.get("input_size", [3, 224, 224])[-1]
+    return eval_transform(
+        size,
+        crop_pct=pretrained_cfg.get("crop_pct", CROP_PCT),
+        interpolation=pretrained_cfg.get("interpolation", "bilinear"),
+        mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
     )
 
 

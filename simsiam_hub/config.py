@@ -1,7 +1,9 @@
-"""Typed YAML configs with ``key=value`` overrides (OmegaConf structured configs).
+"""Every config of simsiam-hub: typed YAML (OmegaConf structured configs) with ``key=value``
+overrides, for pretraining (:class:`PretrainConfig`) and linear evaluation (:class:`LinclsConfig`).
 
-A config file holds any subset of a schema's keys; unknown keys, wrong types and values
-out of range are refused by their full dotted name.
+A config file holds any subset of a schema's keys (``_base_: other.yaml`` inherits another);
+unknown keys, wrong types and values out of range are refused by their full dotted name. A
+config is given by path, or by the name of a shipped one (``imagenet_resnet50_100ep``).
 """
 
 from __future__ import annotations
@@ -9,17 +11,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, ClassVar, Optional, TypeVar
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .errors import SimsiamHubError
+from .data import DATASETS
+from .errors import UsageError
+from .models import ARCHS
+from .resources import shipped_configs
 
 T = TypeVar("T")
+AMP_CHOICES = ("auto", "bf16", "fp16", "off")
 
 
-class ConfigError(SimsiamHubError, ValueError):
+class ConfigError(UsageError):
     """A config file or override that does not fit its schema."""
 
 
@@ -32,6 +38,48 @@ def _one_of(key: str, value: Any, choices: tuple) -> None:
     _check(value in choices, key, value, "one of " + ", ".join(map(repr, choices)))
 
 
+def _positive_or_null(key: str, value) -> None:
+    _check(value is None or value > 0, key, value, "a positive integer or null")
+
+
+def _amp(key: str, value: str) -> str:
+    if value in ("False", "false", "none"):  # YAML reads a bare `off` as false
+        value = "off"
+    _one_of(key, value, AMP_CHOICES)
+    return value
+
+
+# --- shared parts ------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """The data every command reads: which set, where, at what size."""
+
+    dataset: str = "imagefolder"  # imagefolder | fashion_mnist | cifar10 | synthetic
+    root: Optional[str] = None  # dataset folder; None: the dataset's default location
+    image_size: int = 224  # crop size (pretraining: of both views)
+    train_subset: Optional[int] = None  # use this many training images (a seeded draw)
+    num_workers: int = 8  # data-loader processes per rank (0: load in the main process)
+    synthetic_size: int = 512  # images in the synthetic set (tests)
+    download: bool = False  # fashion_mnist, cifar10: let torchvision download missing files
+
+    def __post_init__(self):
+        _one_of("data.dataset", self.dataset, tuple(DATASETS))
+        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
+        _positive_or_null("data.train_subset", self.train_subset)
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        _check(self.synthetic_size > 0, "data.synthetic_size", self.synthetic_size, "a positive integer")
+
+
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The linear scaling rule both recipes use: lr = base_lr * batch_size / 256."""
+    return base_lr * batch_size / 256
+
+
+# --- pretraining -------------------------------------------------------------------------------
+
+
 @dataclass
 class ModelConfig:
     arch: str = "resnet50"
@@ -41,35 +89,23 @@ class ModelConfig:
     stop_gradient: bool = True  # False: the paper's collapse ablation
 
     def __post_init__(self):
-        from .models import ARCHS
-
         _one_of("model.arch", self.arch, ARCHS)
         _check(self.dim > 0, "model.dim", self.dim, "a positive integer")
         _check(self.pred_dim > 0, "model.pred_dim", self.pred_dim, "a positive integer")
 
 
 @dataclass
-class DataConfig:
-    dataset: str = "imagefolder"  # imagefolder | fashion_mnist | synthetic
-    root: Optional[str] = None  # dataset folder; None: the dataset's default location
-    image_size: int = 224  # crop size of both views
-    train_subset: Optional[int] = None  # pretrain on this many training images (seeded draw)
-    num_workers: int = 8  # data-loader processes per rank (0: load in the main process)
+class PretrainDataConfig(DataConfig):
     min_scale: float = 0.2  # RandomResizedCrop scale range is (min_scale, 1.0)
     blur_prob: float = 0.5  # probability of the Gaussian blur (the MoCo v2 recipe: 0.5)
     fast_augment: bool = False  # the same augmentation draws, pixels computed faster (fast_augment.py)
-    synthetic_size: int = 512  # images in the synthetic set (tests)
+    max_bad_images: int = 100  # unreadable images skipped (and logged) before the run stops
 
     def __post_init__(self):
-        from .data import DATASETS
-
-        _one_of("data.dataset", self.dataset, DATASETS)
-        _check(self.image_size >= 8, "data.image_size", self.image_size, "an integer >= 8")
-        _check(self.train_subset is None or self.train_subset > 0, "data.train_subset", self.train_subset, "a positive integer or null")
-        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
+        super().__post_init__()
         _check(0.0 < self.min_scale <= 1.0, "data.min_scale", self.min_scale, "a number in (0, 1]")
         _check(0.0 <= self.blur_prob <= 1.0, "data.blur_prob", self.blur_prob, "a probability in [0, 1]")
-        _check(self.synthetic_size > 0, "data.synthetic_size", self.synthetic_size, "a positive integer")
+        _check(self.max_bad_images >= 0, "data.max_bad_images", self.max_bad_images, "an integer >= 0")
 
 
 @dataclass
@@ -99,10 +135,10 @@ class MonitorConfig:
     knn_temperature: float = 0.1
     knn_bank_size: Optional[int] = None  # training images in the kNN memory bank (None: all)
     knn_query_size: Optional[int] = None  # held-out images classified (None: all)
-    collapse_warn_ratio: float = 0.2  # warn when std(l2-normalised z) * sqrt(dim) falls below
+    collapse_warn_ratio: float = 0.2  # warn when std(l2-normalised z) * sqrt(dim) falls below this,
     # or when more than this share of l2-normalised z lies on one line: the collapse that the
     # projector's output BatchNorm allows keeps the std ratio at 2 sqrt(p(1-p)), 0.25 at batch 64
-    # (monitor.two_point_ratio); healthy runs measured 0.16-0.8, collapsed ones above 0.98
+    # (monitor.two_point_ratio); healthy runs measured 0.16-0.8, collapsed ones above 0.98.
     collapse_warn_share: float = 0.95
 
     def __post_init__(self):
@@ -111,9 +147,8 @@ class MonitorConfig:
         _check(self.knn_k > 0, "monitor.knn_k", self.knn_k, "a positive integer")
         _check(self.knn_temperature > 0, "monitor.knn_temperature", self.knn_temperature, "a positive number")
         _check(0 < self.collapse_warn_share <= 1, "monitor.collapse_warn_share", self.collapse_warn_share, "a number in (0, 1]")
-        for key in ("knn_bank_size", "knn_query_size"):
-            value = getattr(self, key)
-            _check(value is None or value > 0, f"monitor.{key}", value, "a positive integer or null")
+        _positive_or_null("monitor.knn_bank_size", self.knn_bank_size)
+        _positive_or_null("monitor.knn_query_size", self.knn_query_size)
 
 
 @dataclass
@@ -123,9 +158,9 @@ class RunConfig:
     amp: str = "auto"  # auto (bf16 on GPU and on CPUs with native bf16) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
-    deterministic: bool = False  # deterministic kernels and data order (exact resume checks)
+    deterministic: bool = False  # deterministic kernels (exact resume checks)
     checkpoint_every_steps: int = 0  # 0: only at epoch ends
-    keep_checkpoints: int = 2  # newest step checkpoints kept besides the epoch ones' newest
+    keep_checkpoints: int = 2  # the newest checkpoints of this run kept (older ones are deleted)
     log_every_steps: int = 20
     max_steps: Optional[int] = None  # stop early after this many optimizer steps (smoke runs)
     init_from: Optional[str] = None  # start from a simsiam.safetensors (or training checkpoint)
@@ -133,33 +168,116 @@ class RunConfig:
     progress: bool = True  # tqdm progress bar on rank 0
 
     def __post_init__(self):
-        if self.amp in ("False", "false", "none"):  # YAML reads a bare `off` as false
-            self.amp = "off"
-        _one_of("run.amp", self.amp, ("auto", "bf16", "fp16", "off"))
+        self.amp = _amp("run.amp", self.amp)
         _check(self.checkpoint_every_steps >= 0, "run.checkpoint_every_steps", self.checkpoint_every_steps, "an integer >= 0")
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(self.log_every_steps > 0, "run.log_every_steps", self.log_every_steps, "a positive integer")
-        _check(self.max_steps is None or self.max_steps > 0, "run.max_steps", self.max_steps, "a positive integer or null")
+        _positive_or_null("run.max_steps", self.max_steps)
 
 
 @dataclass
 class PretrainConfig:
+    KIND: ClassVar[str] = "pretrain"
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    data: PretrainDataConfig = field(default_factory=PretrainDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
+# --- linear evaluation -------------------------------------------------------------------------
+
+LINCLS_OPTIMIZERS = ("lars", "sgd")
+
+
+@dataclass
+class LinclsDataConfig(DataConfig):
+    min_scale: float = 0.08  # train RandomResizedCrop scale (min_scale, 1); the reference: 0.08
+    val_subset: Optional[int] = None  # evaluate on this many val images (seeded draw; None: all)
+    cache_features: bool = False  # true: train on stored un-augmented features (see lincls.py)
+    name: Optional[str] = None  # dataset name in results (None: the dataset, or the ImageFolder's folder)
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(0.0 < self.min_scale <= 1.0, "data.min_scale", self.min_scale, "a number in (0, 1]")
+        _positive_or_null("data.val_subset", self.val_subset)
+
+
+@dataclass
+class LinclsOptimConfig:
+    epochs: int = 90
+    batch_size: int = 4096  # global, over all ranks
+    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
+    optimizer: str = "lars"  # lars (the reference) | sgd
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    trust_coefficient: float = 0.001  # LARS
+    warmup_epochs: float = 0.0  # linear warm-up before the cosine decay (the reference has none)
+
+    def __post_init__(self):
+        _check(self.epochs > 0, "optim.epochs", self.epochs, "a positive integer")
+        _check(self.batch_size > 0, "optim.batch_size", self.batch_size, "a positive integer")
+        _check(self.base_lr > 0, "optim.base_lr", self.base_lr, "a positive number")
+        _one_of("optim.optimizer", self.optimizer, LINCLS_OPTIMIZERS)
+        _check(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.trust_coefficient > 0, "optim.trust_coefficient", self.trust_coefficient, "a positive number")
+        _check(0 <= self.warmup_epochs < self.epochs, "optim.warmup_epochs", self.warmup_epochs, "a number in [0, epochs)")
+
+
+@dataclass
+class LinclsRunConfig:
+    output_dir: str = "runs/lincls"
+    seed: int = 0
+    amp: str = "auto"  # backbone forward: auto (bf16 on GPU and on CPUs with native bf16) | bf16 | fp16 | off
+    channels_last: bool = True
+    eval_every_epochs: int = 1  # evaluate on val every N epochs (and always after the last)
+    eval_batch_size: int = 256  # feature extraction batch
+    stop_after_epochs: Optional[int] = None  # stop early after this many epochs in total (the schedule is unchanged)
+    progress: bool = True
+
+    def __post_init__(self):
+        self.amp = _amp("run.amp", self.amp)
+        _check(self.eval_every_epochs > 0, "run.eval_every_epochs", self.eval_every_epochs, "a positive integer")
+        _check(self.eval_batch_size > 0, "run.eval_batch_size", self.eval_batch_size, "a positive integer")
+        _positive_or_null("run.stop_after_epochs", self.stop_after_epochs)
+
+
+@dataclass
+class LinclsConfig:
+    KIND: ClassVar[str] = "lincls"
+    data: LinclsDataConfig = field(default_factory=LinclsDataConfig)
+    optim: LinclsOptimConfig = field(default_factory=LinclsOptimConfig)
+    run: LinclsRunConfig = field(default_factory=LinclsRunConfig)
+
+
+# --- reading configs ---------------------------------------------------------------------------
+
+
+def resolve_config(ref: str | Path, kind: str) -> Path:
+    """A config file: ``ref`` itself when it is a file, else the shipped config of that name
+    (``imagenet_resnet50_100ep``, ``imagenet_resnet50_100ep.yaml`` or the checkout-relative
+    ``configs/pretrain/imagenet_resnet50_100ep.yaml``, which then works from any folder)."""
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_configs(kind)
+    by_name = path.stem if path.suffix == ".yaml" else path.name
+    if by_name in shipped and (path.parent == Path(".") or path.parent.name == kind):
+        return shipped[by_name]
+    raise ConfigError(f"config {str(ref)!r} not found: expected a YAML file or the name of a shipped {kind} config ({', '.join(shipped)})")
+
+
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple = ()) -> T:
-    """Merge a YAML file and ``a.b=value`` overrides onto ``schema``'s defaults, then validate."""
+    """Merge a YAML file (a path or a shipped config's name) and ``a.b=value`` overrides onto
+    ``schema``'s defaults, then validate."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=10)")
     try:
         cfg = OmegaConf.structured(schema)
         if path is not None:
-            cfg = OmegaConf.merge(cfg, _load_yaml_with_base(Path(path)))
-        for item in overrides:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.epochs=10)")
+            cfg = OmegaConf.merge(cfg, _load_yaml_with_base(resolve_config(path, schema.KIND)))
         if overrides:
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(cfg)
@@ -171,17 +289,28 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: list
         raise ConfigError(f"config key {key!r}: {reason}" if key else f"bad config: {reason}") from None
 
 
-def _load_yaml_with_base(path: Path, depth: int = 0):
+def _load_yaml_with_base(path: Path, referrer: Path | None = None, depth: int = 0) -> DictConfig:
     """A YAML config; a top-level ``_base_: other.yaml`` (relative to it) is loaded first."""
+    import yaml
+
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{referrer}: its _base_ {path.name!r} was not found (looked for {path})")
     if depth > 8:
         raise ConfigError(f"{path}: _base_ chain deeper than 8 files (a cycle?)")
-    node = OmegaConf.load(path)
+    try:
+        node = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(err, 'problem', None) or err}") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not a text file: {err}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config sections (model:, data:, ...) at the top level, found a list")
     base = node.pop("_base_", None)
     if base is None:
         return node
-    return OmegaConf.merge(_load_yaml_with_base(path.parent / base, depth + 1), node)
+    return OmegaConf.merge(_load_yaml_with_base(path.parent / str(base), path, depth + 1), node)
 
 
 def to_dict(cfg: Any) -> dict:
@@ -195,3 +324,16 @@ def from_dict(schema: type[T], values: dict) -> T:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), values))
     except OmegaConfBaseException as err:
         raise ConfigError(f"stored config does not fit {schema.__name__}: {str(err).splitlines()[0]}") from None
+
+
+def config_differences(old: dict, new: dict, prefix: str = "") -> dict[str, tuple]:
+    """``{dotted key: (old value, new value)}`` for every leaf that differs between two nested dicts."""
+    out = {}
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.update(config_differences(a, b, name + "."))
+        elif a != b:
+            out[name] = (a, b)
+    return out

@@ -1,4 +1,5 @@
-"""Datasets: ImageFolder (ImageNet layout), Fashion-MNIST (idx files) and a synthetic set.
+"""Datasets: ImageFolder (ImageNet layout), Fashion-MNIST (idx files), CIFAR-10 and a synthetic
+set; what is known of each (:data:`DATASETS`); and the seeded two-view wrapper pretraining uses.
 
 Every dataset yields ``(PIL RGB image, int label)``; transforms are applied on top.
 """
@@ -6,7 +7,11 @@ Every dataset yields ``(PIL RGB image, int label)``; transforms are applied on t
 from __future__ import annotations
 
 import gzip
+import logging
 import os
+import random
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +21,46 @@ from torch.utils.data import Dataset, Subset
 
 from .errors import SimsiamHubError
 
-DATASETS = ("imagefolder", "fashion_mnist", "cifar10", "synthetic")
+log = logging.getLogger(__name__)
+
 # Where Debian's `dataset-fashion-mnist` package puts the idx files.
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What simsiam-hub knows of a dataset, in one place.
+
+    ``eval_split``: the name, in results, of the split ``build_dataset(..., "val")`` returns (the
+    test set where a dataset has no val split). ``whole_image_eval``: the eval view keeps the
+    whole image (datasets of whole, centred objects a few dozen pixels wide: the CIFAR
+    convention), else it is resized to size / 0.875 and centre-cropped as on ImageNet.
+    ``license``: the licence weights trained on it inherit (None: unknown). ``hub_id``: its
+    Hugging Face Hub dataset, for model cards. ``num_classes``: None where the data decides.
+    """
+
+    eval_split: str = "val"
+    whole_image_eval: bool = False
+    license: str | None = None
+    hub_id: str | None = None
+    num_classes: int | None = None
+
+
+DATASETS = {
+    "imagefolder": DatasetInfo(),
+    "fashion_mnist": DatasetInfo("test", True, "mit", "zalando-datasets/fashion_mnist", 10),
+    "cifar10": DatasetInfo("test", True, None, "uoft-cs/cifar10", 10),
+    "synthetic": DatasetInfo("val", False, "apache-2.0", None, 4),
+}
+
+
+def dataset_info(name: str | None) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name``; a name we do not build (``imagenet-1k``...) gets the defaults."""
+    return DATASETS.get(name or "", DatasetInfo())
 
 
 class DatasetError(SimsiamHubError, ValueError):
@@ -32,8 +70,11 @@ class DatasetError(SimsiamHubError, ValueError):
 def _read_idx(path: Path) -> np.ndarray:
     """Read an idx file (optionally gzipped): the MNIST family's format."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DatasetError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}): replace it with a complete copy") from None
     magic = int.from_bytes(data[:4], "big")
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte
         raise DatasetError(f"{path} is not an unsigned-byte idx file (magic {magic:#x})")
@@ -58,7 +99,8 @@ class FashionMNIST(Dataset):
 
     ``root`` is a folder holding the four idx files (gzipped or not, also in torchvision's
     ``FashionMNIST/raw`` layout); None looks in Debian's package folder. With
-    ``download=True`` and no files found, torchvision downloads them into ``root``.
+    ``download=True`` and no files found, torchvision downloads them into ``root``; without it
+    nothing is fetched over the network.
     """
 
     classes = FASHION_MNIST_CLASSES
@@ -73,15 +115,13 @@ class FashionMNIST(Dataset):
                 break
         else:
             if download and root:
-                import torchvision
-
-                torchvision.datasets.FashionMNIST(root, train=train, download=True)
+                _download("FashionMNIST", root, train)
                 return self.__init__(root, train, transform, download=False)
             where = ", ".join(str(c) for c in candidates)
             raise DatasetError(
                 f"Fashion-MNIST {prefix} idx files not found in {where}: expected "
                 f"{prefix}-images-idx3-ubyte[.gz] and {prefix}-labels-idx1-ubyte[.gz] "
-                "(`apt-get install dataset-fashion-mnist`, or data.root=DIR with a download)"
+                "(`apt-get install dataset-fashion-mnist`, or data.root=DIR data.download=true to download them)"
             )
         self.images = _read_idx(images)
         self.targets = torch.from_numpy(_read_idx(labels).astype(np.int64))
@@ -95,6 +135,17 @@ class FashionMNIST(Dataset):
     def __getitem__(self, index):
         img = Image.fromarray(self.images[index], mode="L").convert("RGB")
         return (self.transform(img) if self.transform else img), int(self.targets[index])
+
+
+def _download(name: str, root, train: bool):
+    """torchvision's dataset ``name`` downloaded into ``root``; a failure is one clear line."""
+    import torchvision
+
+    try:
+        return getattr(torchvision.datasets, name)(str(root), train=train, download=True)
+    except (OSError, RuntimeError, ValueError) as err:
+        reason = str(getattr(err, "reason", err)).splitlines()[0][:200]
+        raise DatasetError(f"{name} is not in {root} and could not be downloaded: {type(err).__name__}: {reason}") from None
 
 
 class SyntheticShapes(Dataset):
@@ -167,16 +218,18 @@ def build_dataset(data_cfg, split: str, transform=None) -> Dataset:
             raise DatasetError("data.root is required for imagefolder (a folder with train/ and val/)")
         return _image_folder(root, split, transform)
     if name == "fashion_mnist":
-        return FashionMNIST(root, train=split == "train", transform=transform, download=root is not None)
+        return FashionMNIST(root, train=split == "train", transform=transform, download=data_cfg.download)
     if name == "cifar10":
         import torchvision
 
         if root is None:
             raise DatasetError("data.root is required for cifar10 (a folder for torchvision's CIFAR-10 files)")
+        if data_cfg.download:
+            _download("CIFAR10", root, split == "train")
         try:
-            return torchvision.datasets.CIFAR10(str(root), train=split == "train", transform=transform, download=True)
+            return torchvision.datasets.CIFAR10(str(root), train=split == "train", transform=transform)
         except (RuntimeError, OSError) as err:
-            raise DatasetError(f"CIFAR-10 not found in {root} and could not be downloaded: {err}") from None
+            raise DatasetError(f"CIFAR-10 not found in {root} ({err}); data.download=true lets torchvision download it") from None
     if name == "synthetic":
         n = data_cfg.synthetic_size if split == "train" else max(data_cfg.synthetic_size // 4, 16)
         return SyntheticShapes(n, image_size=max(data_cfg.image_size, 16), seed=0 if split == "train" else 1, transform=transform)
@@ -193,9 +246,76 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
     return torch.as_tensor(targets, dtype=torch.long)
 
 
-def seeded_subset(dataset: Dataset, size: int | None, seed: int = 0) -> Dataset:
-    """A fixed random subset of ``size`` items (the whole set when size is None or larger)."""
+def seeded_subset(dataset: Dataset, size: int | None, seed: int = 0, what: str = "subset") -> Dataset:
+    """A fixed random subset of ``size`` items; the whole set when size is None, or larger than
+    the set (which is logged, naming ``what``: the caller records ``len()`` of the result)."""
+    if size is not None and size > len(dataset):
+        log.warning("%s of %d asked for, but the set has %d items: using all of them", what, size, len(dataset))
     if size is None or size >= len(dataset):
         return dataset
     generator = torch.Generator().manual_seed(seed)
     return Subset(dataset, torch.randperm(len(dataset), generator=generator)[:size].tolist())
+
+
+def item_name(dataset: Dataset, index: int) -> str:
+    """A person's name for item ``index``: its file for image folders, else ``item N``."""
+    while isinstance(dataset, (Subset, SeededViews)):
+        if isinstance(dataset, Subset):
+            index = dataset.indices[index]
+        dataset = dataset.dataset
+    samples = getattr(dataset, "samples", None)
+    return str(samples[index][0]) if samples is not None else f"item {index} of {type(dataset).__name__}"
+
+
+# PIL's ways of saying a file is not a readable image (DecompressionBombError is not an OSError;
+# some decoders raise SyntaxError or ValueError on malformed headers).
+UNREADABLE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+MAX_TRIES = 8  # replacement draws for an unreadable image before the item itself fails
+
+
+class SeededViews(Dataset):
+    """Applies ``transform`` with random state seeded by (seed, epoch, index), and passes over
+    unreadable images.
+
+    Each image's views then depend on neither the number of data-loader workers nor the
+    number of ranks nor an interruption: a resumed run, a 1-process run and a 2-process
+    run all see the same pixels. An image that cannot be read (a truncated JPEG at ImageNet
+    scale) is logged by name and replaced by another drawn from the same seed, so that resume
+    stays exact; items are ``(views, label, bad)``, ``bad`` the indices that failed, padded
+    with -1, for the caller to count.
+    """
+
+    def __init__(self, dataset: Dataset, transform, seed: int):
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def _item_seed(self, index: int) -> int:
+        return (self.seed * 1_000_003 + self.epoch) * 100_000_007 + index
+
+    def __getitem__(self, index):
+        item_seed = self._item_seed(index)
+        bad = torch.full((MAX_TRIES,), -1, dtype=torch.long)
+        chosen = index
+        for attempt in range(MAX_TRIES):
+            try:
+                image, label = self.dataset[chosen]
+                break
+            except UNREADABLE as err:
+                bad[attempt] = chosen
+                replacement = int(torch.randint(len(self.dataset), (1,), generator=torch.Generator().manual_seed(item_seed + attempt)))
+                log.warning("skipping unreadable image %s (%s: %s); item %d in its place", item_name(self.dataset, chosen),
+                            type(err).__name__, str(err)[:120], replacement)  # fmt: skip
+                chosen = replacement
+        else:
+            raise DatasetError(f"{MAX_TRIES} images in a row could not be read, the last {item_name(self.dataset, chosen)}: is the dataset readable?")
+        state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            try:
+                views = self.transform(image)
+            finally:
+                random.setstate(state)
+        return views, label, bad

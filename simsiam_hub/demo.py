@@ -1,8 +1,12 @@
-"""`simsiam-hub demo`: the whole pipeline on the embedded defaults, ending in a report.
+"""`simsiam-hub demo`: the whole pipeline on the embedded defaults, within a wall-clock budget,
+ending in a report.
 
-pretrain -> k-NN against two baselines -> export + push (a local folder hub by default)
+pretrain -> k-NN against the baselines -> export + push (a local folder hub by default)
 -> reload through torch.hub -> Detectron2 C4 conversion and a short fine-tune -> report.md
-with plots. Every stage reuses what an earlier demo left in the output folder.
+with plots. The budget (``--minutes``) is spent where it buys the most: the demo measures this
+machine's training step and feature-extraction rate first, reserves time for the fixed stages,
+and sizes the pretraining (and the k-NN bank) to fit. Every stage reuses what an earlier demo
+left in the output folder, the plan included.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -24,32 +27,64 @@ import torch
 from torch.utils.data import DataLoader
 
 from .augment import eval_transform
+from .checkpoint import list_checkpoints
 from .config import PretrainConfig, load_config
-from .data import build_dataset
-from .engine import pretrain, resolve_amp
+from .data import build_dataset, dataset_info
+from .detectron2 import convert_source
+from .engine import pretrain, pretrain_views
 from .errors import SimsiamHubError
-from .evaluate import knn_with_baselines
+from .export import export
 from .fileio import atomic_write_text
-from .models import build_backbone, initial_backbone
-from .report import plot_runs, summarize_run
-from .results import EvalResult, write_results
+from .knn import knn_with_baselines
+from .loading import from_pretrained, load_backbone_state_dict
+from .models import PooledFeatures, SimSiam, build_backbone, initial_backbone, simsiam_loss
+from .optim import build_pretrain_optimizer
+from .precision import autocast_context, resolve_amp
+from .repo import push_to_hub
+from .report import machine_description, plot_runs, summarize_run
+from .resources import configs_dir, hubconf_dir
+from .results import EvalResult, read_results, write_results
+from .synthetic_detection import make_voc
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = REPO_ROOT / "configs" / "pretrain" / "fashion_mnist_resnet50_cpu.yaml"
+DEFAULT_CONFIG = "fashion_mnist_resnet50_cpu"
 DEMO_REPO_NAME = "simsiam-resnet50-fashion-mnist-demo"
+PLAN_FILE = "plan.json"
+# Seconds reserved for the stages whose cost was not measured: export + push + reload, the
+# report; the Detectron2 fine-tune is reserved in training steps of this machine (its 6
+# iterations and test images of an R50-C4 at 128-192 px cost about 25 ResNet-50 steps of
+# batch 128 at 32 px: 96 s against 3.7-4.0 s per step, measured on an AMD EPYC).
+EXPORT_SECONDS, REPORT_SECONDS, DETECTION_STEPS = 15.0, 10.0, 25
+MONITOR_BANK, MONITOR_QUERIES, MONITOR_CHECKS = 2000, 500, 4
+KNN_SHARE = 0.2  # of the time left for pretraining and k-NN, at most, for the final k-NN
+MIN_STEPS = 5
 
 
 @dataclass
 class DemoOptions:
     out: Path = Path("runs/demo")
-    config: Path = DEFAULT_CONFIG
+    minutes: float = 10.0  # wall-clock budget of the whole demo
+    config: str | Path = DEFAULT_CONFIG
     data: str | None = None  # a Fashion-MNIST idx folder or an ImageFolder root (train/, val/)
     hub: Path | None = None  # local folder hub (default OUT/hub)
     repo_id: str | None = None  # a real Hub repo instead of the local folder
-    knn_bank: int = 10000
-    knn_queries: int = 2000
+    knn_bank: int | None = None  # None: sized to the budget
+    knn_queries: int | None = None
     detection: bool = True
     overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    """How the budget is spent: what was measured, and what was chosen from it."""
+
+    budget_s: float
+    step_s: float  # one training step, data loading included
+    features_per_s: float  # backbone forward, images per second
+    steps: int  # pretraining steps
+    overrides: list[str]  # the pretraining config's overrides that give those steps
+    knn_bank: int
+    knn_queries: int
+    reserved_s: dict[str, float]  # estimated seconds per stage
 
 
 def _data_overrides(data: str | None) -> list[str]:
@@ -63,6 +98,102 @@ def _data_overrides(data: str | None) -> list[str]:
     return ["data.dataset=imagefolder", f"data.root={root}"]
 
 
+def _stage(name: str, timings: dict):
+    print(f"\n=== {name}", flush=True)
+    timings[name] = time.perf_counter()
+
+
+def detection_available(cfg: PretrainConfig, opts: DemoOptions) -> str | None:
+    """Why the Detectron2 stage is skipped, or None when it runs."""
+    if not opts.detection:
+        return "--no-detection was given"
+    if importlib.util.find_spec("detectron2") is None:
+        return "detectron2 is not installed (`make detectron2`)"
+    if cfg.model.arch != "resnet50":
+        return f"the C4 detector needs a ResNet-50 backbone, this run trained {cfg.model.arch}"
+    return None
+
+
+# --- the plan ------------------------------------------------------------------------------------
+
+
+def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
+    """``(seconds per training step, backbone images per second)`` on this machine: a few real
+    steps of the config's model, data loading and precision (after one warm-up step), and one
+    batch of feature extraction. The model is a throwaway; the run starts from its own seed."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = resolve_amp(cfg.run.amp, device)
+    model = SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem).to(device)
+    memory = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
+    model.to(memory_format=memory)
+    optimizer = build_pretrain_optimizer(model, cfg.optim)
+    loader = iter(DataLoader(pretrain_views(cfg), batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers, drop_last=True))
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        (x1, x2), _, _ = next(loader)
+        x1, x2 = (x.to(device).contiguous(memory_format=memory) for x in (x1, x2))
+        with autocast_context(device, amp):
+            p1, p2, z1, z2 = model(x1, x2)
+        loss = simsiam_loss(p1, p2, z1, z2)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    features = PooledFeatures(model.encoder).eval()
+    with torch.no_grad(), autocast_context(device, amp):
+        features(x1[:32])  # warm-up
+        start = time.perf_counter()
+        features(x1)
+    return sorted(times[1:])[len(times[1:]) // 2], x1.shape[0] / (time.perf_counter() - start)
+
+
+def make_plan(cfg: PretrainConfig, opts: DemoOptions, start: float, detection: bool) -> Plan:
+    """Size the pretraining and the k-NN so that the whole demo, begun at ``start``
+    (``time.perf_counter``), fits ``opts.minutes``."""
+    budget = opts.minutes * 60
+    step_s, features_per_s = measure_rates(cfg)
+    reserved = {
+        "setup and measurement": time.perf_counter() - start,
+        "export, push, reload": EXPORT_SECONDS,
+        "detection": DETECTION_STEPS * step_s if detection else 0.0,
+        "report": REPORT_SECONDS,
+        "margin": 0.05 * budget,
+    }
+    left = budget - sum(reserved.values())
+    # The final k-NN: two networks through bank and queries (4:1), at most KNN_SHARE of what is left.
+    knn_images = max(0.0, KNN_SHARE * left) * features_per_s / 2
+    bank = opts.knn_bank or int(min(10_000, max(1_000, knn_images * 0.8)) // 100 * 100)
+    queries = opts.knn_queries or max(200, min(2_000, bank // 5))
+    reserved["k-NN"] = 2 * (bank + queries) / features_per_s
+    monitor_s = MONITOR_CHECKS * (MONITOR_BANK + MONITOR_QUERIES) / features_per_s
+    train_s = budget - sum(reserved.values()) - monitor_s
+    steps_in_config = cfg.optim.epochs * (len(pretrain_views(cfg)) // cfg.optim.batch_size)
+    steps = max(MIN_STEPS, min(steps_in_config, int(train_s / step_s)))
+    reserved["pretraining"] = steps * step_s + monitor_s
+    overrides = [
+        f"monitor.knn_bank_size={MONITOR_BANK}", f"monitor.knn_query_size={MONITOR_QUERIES}",
+        f"monitor.knn_every_steps={max(1, steps // MONITOR_CHECKS)}", f"run.checkpoint_every_steps={max(1, steps // MONITOR_CHECKS)}",
+    ]  # fmt: skip
+    if steps < steps_in_config:  # one pass over a seeded subset of exactly that many batches
+        overrides += [f"data.train_subset={steps * cfg.optim.batch_size}", "optim.epochs=1"]
+    return Plan(budget, step_s, features_per_s, steps, overrides, bank, queries, reserved)
+
+
+def load_or_make_plan(cfg: PretrainConfig, opts: DemoOptions, out: Path, start: float, detection: bool) -> tuple[Plan, bool]:
+    """The plan of an earlier demo in ``out`` when its pretraining is there (so that it resumes or
+    is reused as it was), else a new one; ``(plan, reused)``."""
+    path = out / PLAN_FILE
+    if path.is_file() and list_checkpoints(out / "pretrain"):
+        return Plan(**json.loads(path.read_text())), True
+    plan = make_plan(cfg, opts, start, detection)
+    atomic_write_text(json.dumps(dataclasses.asdict(plan), indent=2) + "\n", path)
+    return plan, False
+
+
+# --- the stages ----------------------------------------------------------------------------------
+
+
 def knn_comparison(cfg: PretrainConfig, backbone: torch.nn.Module, *, bank: int, queries: int) -> dict[str, dict]:
     """k-NN top-1/top-5 of the trained backbone, of the same network at its random
     initialisation (the run's seed), and of raw and standardised pixels; same images."""
@@ -70,21 +201,13 @@ def knn_comparison(cfg: PretrainConfig, backbone: torch.nn.Module, *, bank: int,
     m = cfg.model
     initial = initial_backbone(m.arch, small_stem=m.small_stem, dim=m.dim, pred_dim=m.pred_dim, seed=cfg.run.seed)
     return knn_with_baselines(
-        backbone, initial, data_cfg, val_subset=queries, k=cfg.monitor.knn_k, temperature=cfg.monitor.knn_temperature,
+        backbone, initial, data_cfg, val_subset=queries, k=min(cfg.monitor.knn_k, bank), temperature=cfg.monitor.knn_temperature,
         amp_dtype=resolve_amp(cfg.run.amp, torch.device("cpu")), channels_last=cfg.run.channels_last,
     )  # fmt: skip
 
 
-def _stage(name: str, timings: dict):
-    print(f"\n=== {name}", flush=True)
-    timings[name] = time.perf_counter()
-
-
 def run_detection(model_dir: Path, out: Path) -> dict:
     """Convert to a Detectron2 C4 pickle and fine-tune the smoke config on generated VOC data."""
-    from .detectron2 import convert_source
-    from .synthetic_detection import make_voc
-
     pkl = convert_source(model_dir, out / "model_detectron2.pkl")
     digest = hashlib.sha256(pkl.read_bytes()).hexdigest()
     done = out / "finetune" / "backbone.sha256"
@@ -92,8 +215,8 @@ def run_detection(model_dir: Path, out: Path) -> dict:
     if not (data_root / "VOC2007").is_dir():
         make_voc(data_root / "VOC2007", {"trainval": 8, "test": 4}, seed=0)
     command = [
-        sys.executable, str(REPO_ROOT / "transfer" / "train_net.py"),
-        "--config-file", str(REPO_ROOT / "configs" / "detection" / "voc07_R_50_C4_smoke.yaml"),
+        sys.executable, "-m", "simsiam_hub.transfer.train_net",
+        "--config-file", str(configs_dir() / "detection" / "voc07_R_50_C4_smoke.yaml"),
         "MODEL.WEIGHTS", str(pkl), "OUTPUT_DIR", str(out / "finetune"),
     ]  # fmt: skip
     env = {**os.environ, "DETECTRON2_DATASETS": str(data_root)}
@@ -104,114 +227,127 @@ def run_detection(model_dir: Path, out: Path) -> dict:
     else:
         out.mkdir(parents=True, exist_ok=True)
         with open(log_path, "w") as log:
-            proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+            proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out)
         if proc.returncode != 0:
             tail = log_path.read_text().splitlines()[-15:]
             raise SimsiamHubError("the Detectron2 fine-tune failed; the end of its log:\n" + "\n".join(tail))
         atomic_write_text(digest, done)
     found = sorted((out / "finetune").rglob("*results.json"))
-    from .results import read_results
-
     metrics = {r.metric: r.value for f in found for r in read_results(f)}
     return {"pickle": str(pkl), "metrics": metrics, "log": str(log_path), "command": " ".join(command), "reused": reused}
 
 
+def reload_check(cfg: PretrainConfig, backbone: torch.nn.Module, target: str) -> tuple[str, float]:
+    """Load the pushed model back (through torch.hub for the hub's architecture) and compare its
+    features with the trained backbone's on 16 images; ``(how, max abs difference)``."""
+    if cfg.model.arch == "resnet50" and not cfg.model.small_stem:
+        where = hubconf_dir()
+        loaded = torch.hub.load(str(where), "simsiam_resnet50", source="local", pretrained=True, repo_id=target)
+        how = f"torch.hub.load({str(where)!r}, 'simsiam_resnet50', source='local', pretrained=True, repo_id={target!r})"
+    else:
+        loaded = from_pretrained(target)
+        how = f"simsiam_hub.from_pretrained({target!r})"
+    backbone.to(memory_format=torch.contiguous_format)  # as loaded; k-NN may have made it channels_last
+    view = eval_transform(cfg.data.image_size, dataset=cfg.data.dataset)
+    probe = next(iter(DataLoader(build_dataset(cfg.data, "val", view), batch_size=16)))[0]
+    with torch.no_grad():
+        return how, (loaded(probe) - backbone(probe)).abs().max().item()
+
+
 def run_demo(opts: DemoOptions) -> Path:
     """Run every stage; returns the report's path (``OUT/report.md``)."""
-    out = Path(opts.out).resolve()  # absolute: the fine-tune runs in the checkout, and the hub target must read as a path
-    timings: dict[str, float] = {}
     start = time.perf_counter()
+    out = Path(opts.out).resolve()  # absolute: the hub target must read as a path
+    timings: dict[str, float] = {}
     overrides = [*_data_overrides(opts.data), *opts.overrides, f"run.output_dir={out / 'pretrain'}"]
     cfg = load_config(PretrainConfig, opts.config, overrides)
+    skip_detection = detection_available(cfg, opts)
+
+    _stage("0/5 measuring this machine and planning the budget", timings)
+    print(f"  {machine_description()}")
+    plan, reused_plan = load_or_make_plan(cfg, opts, out, start, skip_detection is None)
+    cfg = load_config(PretrainConfig, opts.config, [*overrides, *plan.overrides])
+    print(
+        f"  {'reusing the plan of an earlier demo: ' if reused_plan else ''}{plan.step_s:.2f} s per training step, "
+        f"{plan.features_per_s:.0f} images/s through the backbone: {plan.steps} steps of batch {cfg.optim.batch_size} "
+        f"and a k-NN bank of {plan.knn_bank} / {plan.knn_queries} queries fit {opts.minutes:g} minutes"
+    )
 
     _stage("1/5 pretraining SimSiam", timings)
     result = pretrain(cfg)
-    from .weights import load_backbone_state_dict
-
     backbone = build_backbone(cfg.model.arch, small_stem=cfg.model.small_stem)
-    backbone.load_state_dict(load_backbone_state_dict(result.checkpoint))
+    backbone.load_state_dict(load_backbone_state_dict(result.checkpoint, arch=None))
     backbone.eval()
 
     _stage("2/5 k-NN: SimSiam vs random init vs raw pixels", timings)
-    knn = knn_comparison(cfg, backbone, bank=opts.knn_bank, queries=opts.knn_queries)
+    knn = knn_comparison(cfg, backbone, bank=plan.knn_bank, queries=plan.knn_queries)
     for name, acc in knn.items():
         print(f"  {name:25s} top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%")
     dataset = cfg.data.dataset
-    recipe = {"k": cfg.monitor.knn_k, "temperature": cfg.monitor.knn_temperature, "bank": opts.knn_bank,
-              "queries": opts.knn_queries, "image_size": cfg.data.image_size, "pretrain_steps": result.step}  # fmt: skip
+    recipe = {"k": min(cfg.monitor.knn_k, plan.knn_bank), "temperature": cfg.monitor.knn_temperature, "bank_size": plan.knn_bank,
+              "query_size": plan.knn_queries, "image_size": cfg.data.image_size, "pretrain_steps": result.step}  # fmt: skip
+    split = dataset_info(dataset).eval_split
     results_file = write_results(
-        [EvalResult("knn", m, knn["simsiam"][m], dataset, split="test" if dataset == "fashion_mnist" else "val",
-                    source=str(result.checkpoint), recipe=recipe) for m in ("top1", "top5")],  # fmt: skip
+        [EvalResult("knn", m, knn["simsiam"][m], dataset, split=split, source=str(result.checkpoint), recipe=recipe) for m in ("top1", "top5")],
         out / "results_knn.json",
     )
 
     _stage("3/5 export and push", timings)
-    from .hub import export, push_to_hub
-
     model_dir = export(result.checkpoint, out / "model", results=[results_file], dataset=dataset)
     target = opts.repo_id or str(((opts.hub or out / "hub") / DEMO_REPO_NAME).resolve())
     pushed = push_to_hub(model_dir, target, results=[results_file])
     print(f"  pushed to {target}" + ("" if pushed == target else f": commit {pushed}"))
 
     _stage("4/5 reload through torch.hub", timings)
-    if cfg.model.arch == "resnet50" and not cfg.model.small_stem and (REPO_ROOT / "hubconf.py").is_file():
-        loaded = torch.hub.load(str(REPO_ROOT), "simsiam_resnet50", source="local", pretrained=True, repo_id=target)
-        how = f"torch.hub.load({str(REPO_ROOT)!r}, 'simsiam_resnet50', source='local', pretrained=True, repo_id={target!r})"
-    else:
-        from .hub import from_pretrained
-
-        loaded = from_pretrained(target)
-        how = f"simsiam_hub.from_pretrained({target!r})"
-    backbone.to(memory_format=torch.contiguous_format)  # as loaded; k-NN may have made it channels_last
-    probe = next(iter(DataLoader(build_dataset(cfg.data, "val", eval_transform(cfg.data.image_size, dataset=cfg.data.dataset)), batch_size=16)))[0]
-    with torch.no_grad():
-        max_diff = (loaded(probe) - backbone(probe)).abs().max().item()
+    how, max_diff = reload_check(cfg, backbone, target)
     print(f"  {how}\n  max |features(reloaded) - features(trained)| = {max_diff:.3g} on 16 images")
     if max_diff != 0:
         raise SimsiamHubError(f"the reloaded model's features differ from the trained one's by up to {max_diff:.3g}")
 
     _stage("5/5 Detectron2 C4 transfer", timings)
-    detection = None
-    if not opts.detection:
-        detection = {"skipped": "--no-detection was given"}
-    elif importlib.util.find_spec("detectron2") is None:
-        detection = {"skipped": "detectron2 is not installed (`make detectron2`)"}
-    elif cfg.model.arch != "resnet50":
-        detection = {"skipped": f"the C4 detector needs a ResNet-50 backbone, this run trained {cfg.model.arch}"}
+    if skip_detection:
+        detection = {"skipped": skip_detection}
     else:
         detection = run_detection(model_dir, out / "detection")
         print(f"  fine-tuned: {detection['metrics']}")
     timings["end"] = time.perf_counter()
 
-    png = plot_runs({"SimSiam": out / "pretrain"}, out / "training.png", dim=cfg.model.dim, chance=10.0 if dataset == "fashion_mnist" else None,
+    png = plot_runs({"SimSiam": out / "pretrain"}, out / "training.png", dim=cfg.model.dim, chance=_chance(dataset),
                     batch=cfg.optim.batch_size, title=f"simsiam-hub demo: {cfg.model.arch} on {dataset}")  # fmt: skip
-    report = _write_report(out, cfg, opts, result, knn, target, pushed, how, max_diff, detection, timings, start, png)
+    report = _write_report(out, cfg, opts, plan, reused_plan, result, knn, target, pushed, how, max_diff, detection, timings, start, png)
     print(f"\nreport: {report}\nplots:  {png}")
     return report
 
 
-def _write_report(out, cfg, opts, result, knn, target, pushed, how, max_diff, detection, timings, start, png) -> Path:
+def _chance(dataset: str) -> float | None:
+    n = dataset_info(dataset).num_classes
+    return 100.0 / n if n else None
+
+
+def _write_report(out, cfg, opts, plan, reused_plan, result, knn, target, pushed, how, max_diff, detection, timings, start, png) -> Path:
     names = list(timings)
     durations = {n: timings[names[i + 1]] - timings[n] for i, n in enumerate(names[:-1])}
+    durations["setup"] = timings[names[0]] - start
     total = timings["end"] - start
     run = summarize_run(out / "pretrain")
     ours, rand = knn["simsiam"]["top1"], knn["random_init"]["top1"]
     raw, std = knn["raw_pixels"]["top1"], knn["raw_pixels_standardised"]["top1"]
     # A difference counts when it exceeds about two standard errors of the difference of two accuracies.
-    margin = 100 * 1.96 * math.sqrt(2 * 0.25 / opts.knn_queries)
+    margin = 100 * 1.96 * math.sqrt(2 * 0.25 / plan.knn_queries)
     beats = [n for n, v in (("random init", rand), ("raw pixels", raw), ("standardised pixels", std)) if ours - v > margin]
+    images_seen = result.step * cfg.optim.batch_size
     verdict = (
         f"SimSiam's features beat {', '.join(beats)}" if beats else "SimSiam's features do not beat any baseline"
-    ) + (f" by more than the {margin:.1f}-point sampling margin of {opts.knn_queries} queries, after {result.step} steps "
-         f"({result.epoch:.2f} epochs over {cfg.data.train_subset or 'all'} images).")  # fmt: skip
+    ) + (f" by more than the {margin:.1f}-point sampling margin of {plan.knn_queries} queries, after {result.step} steps "
+         f"({images_seen:,} image pairs).")  # fmt: skip
     rows = "\n".join(
         f"| {label} | {knn[key]['top1']:.2f} | {knn[key]['top5']:.2f} |"
         for key, label in (("simsiam", "SimSiam (this run)"), ("random_init", f"same {cfg.model.arch}, random init"),
                            ("raw_pixels", "raw pixels"), ("raw_pixels_standardised", "standardised raw pixels"))  # fmt: skip
     )
     share_text = "" if run.get("z_top_share") is None else (
-        f"; {run['z_top_share']:.2f} of it lies on one line (near 1 for a collapsed output, whose std the "
-        f"output BatchNorm keeps off 0: docs/stopgrad_ablation.md)"
+        f"; {run['z_top_share']:.2f} of it lies on one line (near 1 for a collapsed output, whose std the output "
+        "BatchNorm keeps off 0)"
     )
     if "skipped" in detection:
         det = f"Skipped: {detection['skipped']}."
@@ -220,30 +356,40 @@ def _write_report(out, cfg, opts, result, knn, target, pushed, how, max_diff, de
         det = (f"Converted to `{detection['pickle']}` and fine-tuned Faster R-CNN R50-C4 for the smoke schedule on a "
                f"generated VOC-format set (not a benchmark: it checks the wiring). Test metrics: {metrics}.\n\n"
                f"```\n{detection['command']}\n```")  # fmt: skip
+    stage_rows = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in durations.items())
+    planned = ", ".join(f"{k} {v:.0f} s" for k, v in plan.reserved_s.items())
     text = f"""# simsiam-hub demo report
 
-{platform.node()}: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}.
-Total {total / 60:.1f} min: {", ".join(f"{n.split(' ', 1)[1]} {d:.0f} s" for n, d in durations.items())}.
+Machine: {machine_description()}.
+Budget {opts.minutes:g} min; total {total / 60:.1f} min{' (over budget: see the stages)' if total > plan.budget_s else ''}.
+The plan{' (reused from an earlier demo in this folder)' if reused_plan else ''}: a training step measured at
+{plan.step_s:.2f} s and feature extraction at {plan.features_per_s:.0f} images/s here gave {plan.steps} pretraining
+steps and a k-NN bank of {plan.knn_bank} images with {plan.knn_queries} queries (estimates: {planned}).
+
+| stage | seconds |
+|---|---|
+{stage_rows}
 
 ## 1. Pretraining
 
-Config `{opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_size} px, batch {cfg.optim.batch_size},
-{result.step} steps). Final loss {run['loss']:.4f}; std of the l2-normalised z {run['z_std']:.4f}, that is
-{run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy){share_text}. Checkpoint: `{result.checkpoint}`.
+Config `{opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_size} px, batch {cfg.optim.batch_size}):
+{result.step} steps, {images_seen:,} image pairs seen. Final loss {run['loss']:.4f}; std of the l2-normalised z
+{run['z_std']:.4f}, that is {run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy){share_text}.
+Checkpoint: `{result.checkpoint}`.
 
 ![loss, collapse std, k-NN accuracy and the share of z on one line over training]({png.name})
 
-## 2. k-NN top-1 (k={cfg.monitor.knn_k}, T={cfg.monitor.knn_temperature})
+## 2. k-NN top-1 (k={min(cfg.monitor.knn_k, plan.knn_bank)}, T={cfg.monitor.knn_temperature})
 
-Bank: {opts.knn_bank} training images; queries: {opts.knn_queries} held-out images (seeded subsets).
+Bank: {plan.knn_bank} training images; queries: {plan.knn_queries} held-out images (seeded subsets).
 
 | features | top-1 (%) | top-5 (%) |
 |---|---|---|
 {rows}
 
-{verdict} A few CPU minutes are far too few for SimSiam to overtake these baselines
-(FACTS: on all 60,000/10,000 images raw pixels give 78.9% and standardised pixels 81.8%);
-docs/fashion_mnist_results.md has a 51-minute ResNet-18 run that reaches 81.3% on the full sets.
+{verdict} A few CPU minutes are far too few for SimSiam to overtake the pixel baselines;
+docs/fashion_mnist_results.md has longer runs, and the figures these baselines reach on the full
+60,000 / 10,000 images.
 
 ## 3. Export and push
 
@@ -261,16 +407,19 @@ result) pushed to `{target}`{'' if pushed == target else f' (commit `{pushed}`)'
 ## Go further
 
 ```
-simsiam-hub pretrain --config configs/pretrain/fashion_mnist_resnet18_hour.yaml   # under an hour on 2 cores
-simsiam-hub knn runs/fashion_mnist_resnet18_hour/checkpoint_step00002340.pt --baselines   # all 60,000 / 10,000 images
+simsiam-hub demo --minutes 30                                           # a longer pretraining
+simsiam-hub pretrain --config fashion_mnist_resnet18_hour                # a ResNet-18 run of about an hour on 2 cores
 simsiam-hub knn {out / 'model'} --baselines
-simsiam-hub lincls {out / 'model'} --config configs/lincls/fashion_mnist_cpu.yaml
+simsiam-hub lincls {out / 'model'} --config fashion_mnist_cpu
 simsiam-hub push {out / 'model'} --repo-id YOUR_NAME/{DEMO_REPO_NAME}
-simsiam-hub ablate-stopgrad --config configs/pretrain/fashion_mnist_resnet18_cpu.yaml
-python transfer/train_net.py --num-gpus 8 --config-file configs/detection/voc0712_R_50_C4_24k.yaml MODEL.WEIGHTS {target}
+simsiam-hub ablate-stopgrad --config fashion_mnist_resnet18_cpu
+simsiam-hub-detection --num-gpus 8 --config-file voc0712_R_50_C4_24k MODEL.WEIGHTS {target}
 ```
 """
-    json_summary = {"knn": knn, "steps": result.step, "pushed": pushed, "reload_max_diff": max_diff, "detection": detection,
-                    "seconds": {n: round(d, 1) for n, d in durations.items()}, "total_seconds": round(total, 1)}  # fmt: skip
+    json_summary = {
+        "machine": machine_description(), "budget_s": plan.budget_s, "plan": dataclasses.asdict(plan), "plan_reused": reused_plan,
+        "knn": knn, "steps": result.step, "images_seen": images_seen, "pushed": pushed, "reload_max_diff": max_diff,
+        "detection": detection, "seconds": {n: round(d, 1) for n, d in durations.items()}, "total_seconds": round(total, 1),
+    }  # fmt: skip
     atomic_write_text(json.dumps(json_summary, indent=2) + "\n", out / "report.json")
     return atomic_write_text(text, out / "report.md")

@@ -18,15 +18,17 @@ from pathlib import Path
 
 import torch
 
-from .errors import SimsiamHubError
+from .errors import UsageError
 from .fileio import atomic_path
+from .loading import load_backbone_state_dict
+from .weights import check_backbone
 
 log = logging.getLogger(__name__)
 
 AUTHOR = "simsiam-hub"
 
 
-class ConversionError(SimsiamHubError, ValueError):
+class ConversionError(UsageError):
     """An output name Detectron2 would not read as a converted backbone."""
 
 
@@ -52,8 +54,6 @@ def convert_to_detectron2(state_dict: dict[str, torch.Tensor]) -> dict:
     Raises:
         simsiam_hub.weights.WeightsError: naming the missing, unexpected or misshapen tensors.
     """
-    from .weights import check_backbone
-
     backbone = check_backbone(state_dict, "resnet50", where="the backbone to convert")
     model = {}
     for name, tensor in backbone.items():
@@ -74,11 +74,9 @@ def write_detectron2(obj: dict, path: str | Path) -> Path:
 
 
 def convert_source(source: str | Path, out: str | Path, revision: str | None = None) -> Path:
-    """Convert a ResNet-50 backbone from anywhere :func:`simsiam_hub.weights.load_backbone_state_dict`
+    """Convert a ResNet-50 backbone from anywhere :func:`simsiam_hub.loading.load_backbone_state_dict`
     reads (a Hub repo id at ``revision``, a model folder, a ``.safetensors`` file, a training,
     official SimSiam/MoCo or torchvision checkpoint) into the Detectron2 file ``out``."""
-    from .weights import load_backbone_state_dict
-
     out = Path(out)
     if out.suffix != ".pkl":
         raise ConversionError(f"the Detectron2 weights file must end in .pkl (Detectron2 picks its loader by suffix), got {out}")

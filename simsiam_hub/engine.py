@@ -4,6 +4,12 @@ The step is the reference's (two forward passes through one encoder, symmetric l
 SGD with cosine lr); what this adds is mixed precision, channels_last, SyncBN on any
 backend, atomic checkpoints with exact resume, and monitors (loss, lr, collapse std,
 k-NN top-1, throughput and data wait) logged to CSV, TensorBoard and a progress bar.
+
+A reader's map of :class:`Trainer`: ``__init__`` builds the data, the model and the optimizer
+and resumes; :meth:`Trainer.run` holds the folder's lock and loops over epochs
+(:meth:`~Trainer._run_epoch`), each step being :meth:`~Trainer._step`, logged by
+:meth:`~Trainer._log_step`; :meth:`~Trainer._end_epoch` logs the epoch (k-NN, collapse
+check) and :meth:`~Trainer.save_checkpoint` writes and prunes checkpoints.
 """
 
 from __future__ import annotations
@@ -12,43 +18,57 @@ import contextlib
 import logging
 import math
 import random
-import re
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import __version__
 from .augment import two_crop_augmentation
-from .config import ConfigError, PretrainConfig, to_dict
-from .data import build_dataset, seeded_subset, targets_of
-from .distributed import (
-    DistInfo,
-    ResumableSampler,
-    barrier,
-    cleanup_distributed,
-    convert_sync_batchnorm,
-    setup_distributed,
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    find_resume_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
 )
+from .config import ConfigError, PretrainConfig, config_differences, to_dict
+from .data import DatasetError, SeededViews, build_dataset, item_name, seeded_subset, targets_of
+from .fast_augment import FastTwoCropsTransform
+from .distributed import DistInfo, ResumableSampler, barrier, cleanup_distributed, convert_sync_batchnorm, setup_distributed
 from .errors import SimsiamHubError
-from .evaluate import autocast_context, extract_features, knn_accuracy, knn_datasets
-from .fileio import atomic_torch_save, atomic_write_text, folder_lock
+from .fileio import atomic_write_text, folder_lock
+from .folder import SIMSIAM_FILE
+from .knn import extract_features, knn_accuracy, knn_datasets
 from .models import PooledFeatures, SimSiam, simsiam_loss
 from .monitor import CSVLog, collapse_ratio, std_of_l2_normalized, top_direction_share
+from .optim import build_pretrain_optimizer, set_learning_rate
+from .precision import autocast_context, resolve_amp
+from .weights import load_simsiam_state_dict
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "simsiam-hub/pretrain-checkpoint"
-CHECKPOINT_VERSION = 1
-CHECKPOINT_RE = re.compile(r"^checkpoint_step(\d{8})\.pt$")
-STEP_FIELDS = ["step", "epoch", "loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac"]
+STEP_FIELDS = ["step", "epoch", "loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac", "bad_images"]
 EPOCH_FIELDS = ["step", "epoch", "loss", "z_std", "z_std_ratio", "z_top_share", "knn_top1", "knn_top5", "images_per_s", "seconds"]
+# Settings a resumed run may change: they decide how the run is watched, logged, stored or
+# sped up, not what is computed. Any other difference from the checkpoint's config is refused.
+RESUMABLE_CHANGES = (
+    "data.num_workers", "data.root", "data.download", "data.max_bad_images", "monitor.", "run.output_dir", "run.progress",
+    "run.tensorboard", "run.log_every_steps", "run.checkpoint_every_steps", "run.keep_checkpoints", "run.max_steps",
+    "run.compile", "run.deterministic", "run.channels_last", "run.init_from",
+)  # fmt: skip
+# What a checkpoint's weights must match whatever is allowed.
+MODEL_IDENTITY = ("model.arch", "model.dim", "model.pred_dim", "model.small_stem", "optim.batch_size")
 
 
 class NonFiniteLossError(SimsiamHubError, RuntimeError):
@@ -64,10 +84,6 @@ class TrainingStopped(SimsiamHubError, RuntimeError):
         self.exit_code = 128 + signum
 
 
-class CheckpointError(SimsiamHubError, ValueError):
-    """A file that is not a simsiam-hub training checkpoint, or of another model."""
-
-
 @dataclass
 class PretrainResult:
     output_dir: Path
@@ -77,120 +93,6 @@ class PretrainResult:
     loss: float | None
     z_std: float | None
     knn_top1: float | None
-
-
-def checkpoint_path(output_dir: Path, step: int) -> Path:
-    return Path(output_dir) / f"checkpoint_step{step:08d}.pt"
-
-
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Training checkpoints in ``output_dir``, newest (highest step) first."""
-    folder = Path(output_dir)
-    if not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if CHECKPOINT_RE.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)), reverse=True)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Read a training checkpoint safely (``weights_only``) and check that it is one."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated file, foreign pickle, not a zip, ...
-        raise CheckpointError(f"{path} is not a readable training checkpoint: {type(err).__name__}: {str(err)[:200]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path} is not a simsiam-hub training checkpoint: expected format={CHECKPOINT_FORMAT!r}, found keys {found}")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint version {ckpt['version']}; this simsiam-hub reads up to {CHECKPOINT_VERSION}")
-    return ckpt
-
-
-def find_resume_checkpoint(output_dir: str | Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint in ``output_dir`` that loads; unreadable ones are skipped."""
-    for path in list_checkpoints(output_dir):
-        try:
-            return path, load_checkpoint(path)
-        except CheckpointError as err:
-            log.warning("skipping %s", err)
-    return None
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``run.amp``: auto is bf16 on GPUs and on CPUs with native bf16."""
-    if amp == "off":
-        return None
-    if amp == "fp16":
-        return torch.float16
-    if amp == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    # oneDNN also "supports" bf16 on plain AVX-512 by emulation, which made a ResNet-50 step
-    # 2.5x slower than fp32 on an AVX-512 CPU without AVX512-BF16 (bench/RESULTS.md).
-    native = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return torch.bfloat16 if any(getattr(torch.cpu, name, lambda: False)() for name in native) else None
-
-
-def build_optimizer(model: SimSiam, cfg) -> torch.optim.SGD:
-    """SGD over the trainable parameters; the predictor's group is marked ``fix_lr``."""
-    init_lr = cfg.base_lr * cfg.batch_size / 256
-    groups = [
-        {"params": [p for p in model.encoder.parameters() if p.requires_grad], "fix_lr": False},
-        {"params": [p for p in model.predictor.parameters() if p.requires_grad], "fix_lr": cfg.fix_pred_lr},
-    ]
-    return torch.optim.SGD(groups, lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def learning_rate(cfg, epoch: float) -> float:
-    """Cosine decay over ``epochs`` after an optional linear warm-up; ``epoch`` is fractional.
-
-    At whole epochs it equals the reference's per-epoch value, init_lr * 0.5 * (1 + cos(pi * e / E)).
-    """
-    init_lr = cfg.base_lr * cfg.batch_size / 256
-    if epoch < cfg.warmup_epochs:
-        return init_lr * epoch / cfg.warmup_epochs
-    progress = (epoch - cfg.warmup_epochs) / (cfg.epochs - cfg.warmup_epochs)
-    return init_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def set_learning_rate(optimizer, cfg, epoch: float) -> float:
-    lr = learning_rate(cfg, epoch)
-    init_lr = cfg.base_lr * cfg.batch_size / 256
-    for group in optimizer.param_groups:
-        group["lr"] = init_lr if group.get("fix_lr") else lr
-    return lr
-
-
-class SeededViews(Dataset):
-    """Applies the two-crop transform with random state seeded by (seed, epoch, index).
-
-    Each image's views then depend on neither the number of data-loader workers nor the
-    number of ranks nor an interruption: a resumed run, a 1-process run and a 2-process
-    run all see the same pixels.
-    """
-
-    def __init__(self, dataset: Dataset, transform, seed: int):
-        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        image, label = self.dataset[index]
-        item_seed = (self.seed * 1_000_003 + self.epoch) * 100_000_007 + index
-        state = random.getstate()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            random.seed(item_seed)
-            try:
-                views = self.transform(image)
-            finally:
-                random.setstate(state)
-        return views, label
 
 
 class GracefulStop:
@@ -234,10 +136,10 @@ def ignore_stop_signals(worker_id: int) -> None:
 
 
 def load_init_weights(model: SimSiam, path: str) -> None:
-    """``run.init_from``: a whole-model ``simsiam.safetensors`` or a training checkpoint."""
-    from .weights import load_simsiam_state_dict
-
-    state = load_simsiam_state_dict(path)
+    """``run.init_from``: a whole-model ``simsiam.safetensors`` (or a model folder holding one),
+    a training checkpoint or an official SimSiam checkpoint."""
+    path = Path(path).expanduser()
+    state = load_simsiam_state_dict(path / SIMSIAM_FILE if path.is_dir() else path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -251,6 +153,8 @@ class KNNMonitor:
 
     def __init__(self, cfg: PretrainConfig, device: torch.device, amp_dtype):
         bank, query = knn_datasets(cfg.data, cfg.monitor.knn_bank_size, cfg.monitor.knn_query_size)
+        if cfg.monitor.knn_k > len(bank):
+            raise ConfigError(f"monitor.knn_k={cfg.monitor.knn_k} is larger than the k-NN bank ({len(bank)} images): lower it or enlarge monitor.knn_bank_size")
         loader_args = dict(batch_size=256, shuffle=False, num_workers=min(cfg.data.num_workers, 4), worker_init_fn=ignore_stop_signals)
         self.bank_loader = DataLoader(bank, **loader_args)
         self.query_loader = DataLoader(query, **loader_args)
@@ -268,6 +172,16 @@ class KNNMonitor:
         )  # fmt: skip
 
 
+def pretrain_views(cfg: PretrainConfig) -> SeededViews:
+    """The pretraining data: the train split (``data.train_subset``: a seeded draw), each image's
+    two views seeded by (seed, epoch, index); ``data.fast_augment`` computes the same draws'
+    pixels faster."""
+    d = cfg.data
+    dataset = seeded_subset(build_dataset(d, "train"), d.train_subset, seed=cfg.run.seed, what="data.train_subset")
+    make = FastTwoCropsTransform if d.fast_augment else two_crop_augmentation
+    return SeededViews(dataset, make(d.image_size, min_scale=d.min_scale, blur_prob=d.blur_prob), cfg.run.seed)
+
+
 def _global_mean(value: torch.Tensor, info: DistInfo) -> float:
     if info.distributed:
         value = value.detach().clone()
@@ -276,16 +190,26 @@ def _global_mean(value: torch.Tensor, info: DistInfo) -> float:
     return value.item()
 
 
+def resume_differences(stored: dict, ours: dict) -> tuple[dict, dict]:
+    """``(refused, allowed)``: the config keys that differ between a checkpoint's run and this one,
+    split into what changes the recipe and what does not (:data:`RESUMABLE_CHANGES`)."""
+    changed = config_differences(stored, ours)
+    allowed = {k: v for k, v in changed.items() if k.startswith(RESUMABLE_CHANGES)}
+    return {k: v for k, v in changed.items() if k not in allowed}, allowed
+
+
+def _describe_changes(changes: dict) -> str:
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
+
+
 class Trainer:
     """Holds the state of one pretraining run; :meth:`run` trains to the end."""
 
-    def __init__(self, cfg: PretrainConfig, *, resume: str | None = "auto"):
+    def __init__(self, cfg: PretrainConfig, *, resume: str | None = "auto", allow_config_change: bool = False):
         self.cfg = cfg
         self.info = info = setup_distributed()
         if cfg.optim.batch_size % info.world_size:
-            raise ConfigError(
-                f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes"
-            )
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes")
         self.local_batch = cfg.optim.batch_size // info.world_size
         self.out = Path(cfg.run.output_dir)
         if cfg.run.deterministic:
@@ -296,49 +220,55 @@ class Trainer:
         random.seed(cfg.run.seed)
         self.device = info.device
         self.amp_dtype = resolve_amp(cfg.run.amp, self.device)
+        self._build_data()  # first: a bad path fails before the model is built
+        self._build_model()
+        self.step = 0
+        self.run_id = uuid.uuid4().hex
+        self.resumed_from: Path | None = None
+        self.config_changes: dict = {}
+        self.bad_images: set[int] = set()
+        self.last_metrics: dict = {}
+        if resume:
+            self._resume(resume, allow_config_change)
+        net = self.model
+        if info.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.net = torch.compile(net) if cfg.run.compile else net
+        self.knn = KNNMonitor(cfg, self.device, self.amp_dtype) if info.is_main and self._knn_enabled() else None
 
-        # Data first: a bad path fails before the model is built.
-        dataset = seeded_subset(build_dataset(cfg.data, "train"), cfg.data.train_subset, seed=cfg.run.seed)
-        augmentation = two_crop_augmentation(
-            cfg.data.image_size, min_scale=cfg.data.min_scale, blur_prob=cfg.data.blur_prob, fast=cfg.data.fast_augment
-        )
-        self.dataset = SeededViews(dataset, augmentation, cfg.run.seed)
-        self.steps_per_epoch = len(dataset) // cfg.optim.batch_size
+    def _build_data(self) -> None:
+        cfg = self.cfg
+        self.dataset = pretrain_views(cfg)
+        self.steps_per_epoch = len(self.dataset) // cfg.optim.batch_size
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"the training set has {len(dataset)} images, fewer than one batch (optim.batch_size={cfg.optim.batch_size})")
+            raise ConfigError(f"the training set has {len(self.dataset)} images, fewer than one batch (optim.batch_size={cfg.optim.batch_size})")
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
         if cfg.run.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
-        self.sampler = ResumableSampler(self.dataset, num_replicas=info.world_size, rank=info.rank, seed=cfg.run.seed)
+        self.sampler = ResumableSampler(self.dataset, num_replicas=self.info.world_size, rank=self.info.rank, seed=cfg.run.seed)
 
+    def _build_model(self) -> None:
+        cfg = self.cfg
         model = SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem)
         if cfg.run.init_from:
             load_init_weights(model, cfg.run.init_from)
-        if info.distributed:
+        if self.info.distributed:
             model = convert_sync_batchnorm(model, self.device)
         model.to(self.device)
         if cfg.run.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model
-        self.optimizer = build_optimizer(model, cfg.optim)
+        # Inputs follow the parameters' dtype: fp32, or fp64 where a test makes the default fp64.
+        self.input_dtype = next(model.parameters()).dtype
+        self.optimizer = build_pretrain_optimizer(model, cfg.optim)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.step = 0
-        self.resumed_from = None
-        if resume:
-            self._resume(resume)
-
-        net = model
-        if info.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        self.net = torch.compile(net) if cfg.run.compile else net
-        self.knn = KNNMonitor(cfg, self.device, self.amp_dtype) if info.is_main and self._knn_enabled() else None
 
     def _knn_enabled(self) -> bool:
         return self.cfg.monitor.knn_every_epochs > 0 or self.cfg.monitor.knn_every_steps > 0
 
     # --- checkpoints -------------------------------------------------------------------
-    def _resume(self, resume: str) -> None:
+    def _resume(self, resume: str, allow_config_change: bool) -> None:
         if resume == "auto":
             found = find_resume_checkpoint(self.out)
             if found is None:
@@ -346,30 +276,39 @@ class Trainer:
             path, ckpt = found
         else:
             path, ckpt = Path(resume), load_checkpoint(resume)
-        stored = ckpt.get("config", {}).get("model", {})
-        ours = to_dict(self.cfg.model)
-        if any(stored.get(k) != ours[k] for k in ("arch", "dim", "pred_dim", "small_stem")):
-            raise CheckpointError(f"{path} holds a different model: {stored}, this run configures {ours}")
-        if ckpt["global_batch"] != self.cfg.optim.batch_size:
-            raise CheckpointError(f"{path} was trained at batch {ckpt['global_batch']}, this run sets optim.batch_size={self.cfg.optim.batch_size}")
+        refused, allowed = resume_differences(ckpt.get("config", {}), to_dict(self.cfg))
+        identity = {k: v for k, v in refused.items() if k in MODEL_IDENTITY}
+        if identity:
+            raise CheckpointError(f"{path} holds a different model: {_describe_changes(identity)} (checkpoint -> this run); use another run.output_dir")
+        if refused and not allow_config_change:
+            raise CheckpointError(
+                f"{path} was trained with other settings: {_describe_changes(refused)} (checkpoint -> this run). Resuming "
+                "would mix two recipes in one run: use the checkpoint's settings, another run.output_dir, or "
+                "--allow-config-change to continue with the new ones"
+            )
+        self.config_changes = {**refused, **allowed}
+        if refused:
+            log.warning("resuming %s with changed settings (--allow-config-change): %s", path, _describe_changes(refused))
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.step = int(ckpt["step"])
+        self.run_id = ckpt.get("run_id") or self.run_id
+        self.bad_images = set(ckpt.get("bad_images", []))
         self.resumed_from = path
         if self.info.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
     def save_checkpoint(self) -> Path:
-        """Write the current state atomically (rank 0) and prune old checkpoints."""
+        """Write the current state atomically (rank 0), then delete this run's older checkpoints
+        beyond ``run.keep_checkpoints`` (never another run's, an unreadable file or the newest)."""
         path = checkpoint_path(self.out, self.step)
         if self.info.is_main:
-            atomic_torch_save(
+            save_checkpoint(
                 {
-                    "format": CHECKPOINT_FORMAT,
-                    "version": CHECKPOINT_VERSION,
                     "library_version": __version__,
+                    "run_id": self.run_id,
                     "config": to_dict(self.cfg),
                     "step": self.step,
                     "epoch": self.step / self.steps_per_epoch,
@@ -380,12 +319,12 @@ class Trainer:
                     "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict(),
                     "rng": {"torch": torch.get_rng_state()},
+                    "bad_images": sorted(self.bad_images),
                     "metrics": self.last_metrics,
                 },
                 path,
             )
-            for old in list_checkpoints(self.out)[self.cfg.run.keep_checkpoints :]:
-                old.unlink(missing_ok=True)
+            prune_checkpoints(self.out, self.run_id, self.cfg.run.keep_checkpoints)
         barrier()
         return path
 
@@ -398,168 +337,209 @@ class Trainer:
                 return self._train()
 
     def _train(self) -> PretrainResult:
-        cfg, info = self.cfg, self.info
-        self.last_metrics: dict = {}
-        if info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            from omegaconf import OmegaConf
-
-            atomic_write_text(OmegaConf.to_yaml(to_dict(cfg)), self.out / "config.yaml")
-            resume_step = self.step if self.resumed_from else None
-            step_log = CSVLog(self.out / "train_log.csv", STEP_FIELDS, resume_step)
-            epoch_log = CSVLog(self.out / "epoch_log.csv", EPOCH_FIELDS, resume_step)
-            tb = None
-            if cfg.run.tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
-
-                tb = SummaryWriter(self.out / "tb", purge_step=self.step if self.resumed_from else None)
-            bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.run.progress, desc="pretrain", unit="step", dynamic_ncols=True)
-        checkpoint = self.resumed_from
+        if self.info.is_main:
+            self._open_logs()
+        self.checkpoint = self.resumed_from
         self.net.train()
-        loss_value = z_std = knn_top1 = None
+        self.loss_value = self.z_std = self.knn_top1 = None
         stopping = False
-        while self.step < self.total_steps:
-            epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
-            self.dataset.epoch = epoch
-            self.sampler.set_epoch(epoch, skip=done_in_epoch * self.local_batch)
-            loader = DataLoader(
-                self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=cfg.data.num_workers,
-                drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=False,
-                worker_init_fn=ignore_stop_signals,
-            )  # fmt: skip
-            epoch_start, epoch_step0 = time.perf_counter(), self.step
-            loss_sum = 0.0
-            n_logged = 0
-            window_start, wait = time.perf_counter(), 0.0
-            fetch_start = time.perf_counter()
-            for (x1, x2), _ in loader:
-                wait += time.perf_counter() - fetch_start
-                lr = set_learning_rate(self.optimizer, cfg.optim, self.step / self.steps_per_epoch)
-                x1 = x1.to(self.device, non_blocking=True)
-                x2 = x2.to(self.device, non_blocking=True)
-                if cfg.run.channels_last:
-                    x1 = x1.contiguous(memory_format=torch.channels_last)
-                    x2 = x2.contiguous(memory_format=torch.channels_last)
-                with autocast_context(self.device, self.amp_dtype):
-                    p1, p2, z1, z2 = self.net(x1, x2)
-                loss = simsiam_loss(p1, p2, z1, z2, stop_gradient=cfg.model.stop_gradient)
-                loss_value = _global_mean(loss, info)
-                if not math.isfinite(loss_value):
-                    last = list_checkpoints(self.out)
-                    raise NonFiniteLossError(
-                        f"loss is {loss_value} at step {self.step + 1} (epoch {epoch}); stopped before the update. "
-                        f"Last good checkpoint: {last[0] if last else 'none yet'}. Lower optim.base_lr or set run.amp=off."
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.step += 1
-                loss_sum += loss_value
-                n_logged += 1
-
-                if info.is_main:
-                    bar.update(1)
-                    if self.step % cfg.run.log_every_steps == 0 or self.step == self.total_steps:
-                        z_std = std_of_l2_normalized(z1.detach())
-                        elapsed = time.perf_counter() - window_start
-                        steps_in_window = (self.step - 1) % cfg.run.log_every_steps + 1
-                        row = {
-                            "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss_value, "lr": lr,
-                            "z_std": z_std, "z_std_ratio": collapse_ratio(z_std, cfg.model.dim),
-                            "z_top_share": top_direction_share(z1.detach()),
-                            "images_per_s": steps_in_window * cfg.optim.batch_size / elapsed,
-                            "data_wait_frac": wait / elapsed,
-                        }  # fmt: skip
-                        step_log.write(row)
-                        if tb:
-                            for key in ("loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac"):
-                                tb.add_scalar(f"train/{key}", row[key], self.step)
-                        bar.set_postfix(loss=f"{loss_value:.3f}", z_std=f"{z_std:.4f}", img_s=f"{row['images_per_s']:.1f}")
-                        window_start, wait = time.perf_counter(), 0.0
-                    at_epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
-                    if self.knn and cfg.monitor.knn_every_steps and self.step % cfg.monitor.knn_every_steps == 0 and not at_epoch_end:
-                        self._knn_log(tb, epoch_log)  # epoch ends log their own k-NN below
-                if cfg.run.checkpoint_every_steps and self.step % cfg.run.checkpoint_every_steps == 0:
-                    checkpoint = self.save_checkpoint()
-                if self.step >= self.total_steps or self.stop.received is not None:
-                    break
-                fetch_start = time.perf_counter()
-
-            stopping = self.stop.received is not None and self.step < self.total_steps
-            if stopping and self.step % self.steps_per_epoch:  # no row for a part of an epoch: the resumed run writes it
-                if checkpoint != checkpoint_path(self.out, self.step):
-                    checkpoint = self.save_checkpoint()
-                break
-
-            epoch_end = self.step % self.steps_per_epoch == 0
-            if info.is_main and n_logged:
-                z_std = std_of_l2_normalized(z1.detach())
-                ratio = collapse_ratio(z_std, cfg.model.dim)
-                share = top_direction_share(z1.detach())
-                seconds = time.perf_counter() - epoch_start
-                row = {
-                    "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": loss_sum / n_logged,
-                    "z_std": z_std, "z_std_ratio": ratio, "z_top_share": share, "seconds": seconds,
-                    "images_per_s": (self.step - epoch_step0) * cfg.optim.batch_size / seconds,
-                }  # fmt: skip
-                every, every_steps = cfg.monitor.knn_every_epochs, cfg.monitor.knn_every_steps
-                knn_due = (
-                    (epoch_end and every and (epoch + 1) % every == 0)
-                    or (every_steps and self.step % every_steps == 0)  # a step check that fell on an epoch end
-                    or self.step == self.total_steps
-                )
-                if self.knn and knn_due:
-                    row.update(self.knn(self.model))
-                    row["knn_top1"], row["knn_top5"] = row.pop("top1"), row.pop("top5")
-                    knn_top1 = row["knn_top1"]
-                epoch_log.write(row)
-                if tb:
-                    for key in ("loss", "z_std", "z_std_ratio", "z_top_share", "knn_top1", "knn_top5"):
-                        if row.get(key) is not None:
-                            tb.add_scalar(f"epoch/{key}", row[key], self.step)
-                if ratio < cfg.monitor.collapse_warn_ratio or share > cfg.monitor.collapse_warn_share:
-                    log.warning(
-                        "collapse warning: std of l2-normalised z is %.5f, %.3f x 1/sqrt(%d) (threshold %.2f); "
-                        "%.3f of it lies on one line (threshold %.2f)",
-                        z_std, ratio, cfg.model.dim, cfg.monitor.collapse_warn_ratio, share, cfg.monitor.collapse_warn_share,
-                    )  # fmt: skip
-                knn_text = f" knn_top1={knn_top1:.2f}%" if row.get("knn_top1") is not None else ""
-                tqdm.write(
-                    f"epoch {self.step / self.steps_per_epoch:.2f}: loss={row['loss']:.4f} z_std={z_std:.4f} (x{ratio:.2f} of 1/sqrt(d), "
-                    f"{share:.2f} on one line){knn_text} {row['images_per_s']:.1f} img/s"
-                )
-                self.last_metrics = {k: v for k, v in row.items() if v is not None}
-            barrier()
-            if epoch_end or self.step >= self.total_steps:
-                if checkpoint is None or checkpoint != checkpoint_path(self.out, self.step):
-                    checkpoint = self.save_checkpoint()
-            if stopping:
-                break
-        if info.is_main:
-            bar.close()
-            if tb:
-                tb.close()
+        while self.step < self.total_steps and not stopping:
+            stopping = self._run_epoch()
+        if self.info.is_main:
+            self.bar.close()
+            if self.tb:
+                self.tb.close()
         if stopping:
             name = signal.Signals(self.stop.received).name
             raise TrainingStopped(
                 f"stopped by {name} at step {self.step} of {self.total_steps} (epoch {self.step / self.steps_per_epoch:.2f}); "
-                f"checkpoint {checkpoint}: the same command resumes from it", self.stop.received,
+                f"checkpoint {self.checkpoint}: the same command resumes from it", self.stop.received,
             )  # fmt: skip
-        if checkpoint is None:  # nothing to do: resumed at the end
-            checkpoint = self.resumed_from
-        return PretrainResult(self.out, checkpoint, self.step, self.step / self.steps_per_epoch, loss_value, z_std, knn_top1)
+        checkpoint = self.checkpoint or self.resumed_from  # None: resumed at the end, nothing to do
+        return PretrainResult(self.out, checkpoint, self.step, self.step / self.steps_per_epoch, self.loss_value, self.z_std, self.knn_top1)
 
-    def _knn_log(self, tb, epoch_log) -> None:
+    def _open_logs(self) -> None:
+        """config.yaml (a resume with changed settings adds config_stepN.yaml beside it), the
+        CSV logs (rows past a resumed step dropped), TensorBoard and the progress bar."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        text = OmegaConf.to_yaml(to_dict(cfg))
+        first = self.out / "config.yaml"
+        if not first.is_file() or not self.resumed_from:
+            atomic_write_text(text, first)
+        elif self.config_changes:
+            changed = atomic_write_text(text, self.out / f"config_step{self.step:08d}.yaml")
+            log.info("the settings from step %d on are in %s (%s)", self.step, changed, _describe_changes(self.config_changes))
+        resume_step = self.step if self.resumed_from else None
+        self.step_log = CSVLog(self.out / "train_log.csv", STEP_FIELDS, resume_step)
+        self.epoch_log = CSVLog(self.out / "epoch_log.csv", EPOCH_FIELDS, resume_step)
+        self.tb = None
+        if cfg.run.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(self.out / "tb", purge_step=resume_step)
+        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.run.progress, desc="pretrain", unit="step", dynamic_ncols=True)
+
+    def _run_epoch(self) -> bool:
+        """Train from the current step to the epoch's end (or the run's); returns whether a stop
+        signal ended it early."""
+        cfg, info = self.cfg, self.info
+        epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
+        self.dataset.epoch = epoch
+        self.sampler.set_epoch(epoch, skip=done_in_epoch * self.local_batch)
+        loader = DataLoader(
+            self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=cfg.data.num_workers,
+            drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=False,
+            worker_init_fn=ignore_stop_signals,
+        )  # fmt: skip
+        epoch_start, epoch_step0 = time.perf_counter(), self.step
+        self.loss_sum, self.n_steps = 0.0, 0
+        self.window = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
+        fetch_start = time.perf_counter()
+        z1 = None
+        for (x1, x2), _, bad in loader:
+            self.window["wait"] += time.perf_counter() - fetch_start
+            self._count_bad_images(bad)
+            lr = set_learning_rate(self.optimizer, cfg.optim, self.step / self.steps_per_epoch)
+            z1 = self._step(x1, x2, epoch)
+            if info.is_main:
+                self.bar.update(1)
+                if self.step % cfg.run.log_every_steps == 0 or self.step == self.total_steps:
+                    self._log_step(lr, z1)
+                at_epoch_end = self.step % self.steps_per_epoch == 0 or self.step == self.total_steps
+                every = cfg.monitor.knn_every_steps
+                if self.knn and every and self.step % every == 0 and not at_epoch_end:
+                    self._knn_log()  # epoch ends log their own k-NN
+            if cfg.run.checkpoint_every_steps and self.step % cfg.run.checkpoint_every_steps == 0:
+                self.checkpoint = self.save_checkpoint()
+            if self.step >= self.total_steps or self.stop.received is not None:
+                break
+            fetch_start = time.perf_counter()
+
+        stopping = self.stop.received is not None and self.step < self.total_steps
+        if stopping and self.step % self.steps_per_epoch:  # no row for a part of an epoch: the resumed run writes it
+            if self.checkpoint != checkpoint_path(self.out, self.step):
+                self.checkpoint = self.save_checkpoint()
+            return True
+        if info.is_main and self.n_steps:
+            self._end_epoch(epoch, z1, time.perf_counter() - epoch_start, self.step - epoch_step0)
+        barrier()
+        if self.checkpoint != checkpoint_path(self.out, self.step):
+            self.checkpoint = self.save_checkpoint()
+        return stopping
+
+    def _step(self, x1: torch.Tensor, x2: torch.Tensor, epoch: int) -> torch.Tensor:
+        """One optimizer step on a batch of view pairs; returns z1 (for the monitors)."""
+        cfg = self.cfg
+        x1 = x1.to(self.device, dtype=self.input_dtype, non_blocking=True)
+        x2 = x2.to(self.device, dtype=self.input_dtype, non_blocking=True)
+        if cfg.run.channels_last:
+            x1 = x1.contiguous(memory_format=torch.channels_last)
+            x2 = x2.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.amp_dtype):
+            p1, p2, z1, z2 = self.net(x1, x2)
+        loss = simsiam_loss(p1, p2, z1, z2, stop_gradient=cfg.model.stop_gradient)
+        self.loss_value = _global_mean(loss, self.info)
+        if not math.isfinite(self.loss_value):
+            last = list_checkpoints(self.out)
+            raise NonFiniteLossError(
+                f"loss is {self.loss_value} at step {self.step + 1} (epoch {epoch}); stopped before the update. "
+                f"Last good checkpoint: {last[0] if last else 'none yet'}. Lower optim.base_lr or set run.amp=off."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        self.loss_sum += self.loss_value
+        self.n_steps += 1
+        self.window["steps"] += 1
+        return z1.detach()
+
+    def _count_bad_images(self, bad: torch.Tensor) -> None:
+        """Count the unreadable images the loader passed over (the workers logged them by
+        name); stop once there are more than ``data.max_bad_images``."""
+        found = {int(i) for i in bad.flatten().tolist() if i >= 0}
+        if not found - self.bad_images:
+            return
+        self.bad_images |= found
+        limit = self.cfg.data.max_bad_images
+        if len(self.bad_images) > limit:
+            names = ", ".join(item_name(self.dataset, i) for i in sorted(self.bad_images)[:5])
+            raise DatasetError(
+                f"{len(self.bad_images)} images could not be read, more than data.max_bad_images={limit} "
+                f"(first: {names}): check the dataset, or raise the limit"
+            )
+
+    def _log_step(self, lr: float, z1: torch.Tensor) -> None:
+        cfg = self.cfg
+        self.z_std = std_of_l2_normalized(z1)
+        elapsed = time.perf_counter() - self.window["start"]
+        row = {
+            "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": self.loss_value, "lr": lr,
+            "z_std": self.z_std, "z_std_ratio": collapse_ratio(self.z_std, cfg.model.dim), "z_top_share": top_direction_share(z1),
+            "images_per_s": self.window["steps"] * cfg.optim.batch_size / elapsed, "data_wait_frac": self.window["wait"] / elapsed,
+            "bad_images": len(self.bad_images),
+        }  # fmt: skip
+        self.step_log.write(row)
+        if self.tb:
+            for key in ("loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac"):
+                self.tb.add_scalar(f"train/{key}", row[key], self.step)
+        self.bar.set_postfix(loss=f"{self.loss_value:.3f}", z_std=f"{self.z_std:.4f}", img_s=f"{row['images_per_s']:.1f}")
+        self.window = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
+
+    def _end_epoch(self, epoch: int, z1: torch.Tensor, seconds: float, steps: int) -> None:
+        """The epoch's row (mean loss, collapse statistics, k-NN when due), the collapse warning
+        and the epoch line."""
+        cfg = self.cfg
+        self.z_std = std_of_l2_normalized(z1)
+        ratio = collapse_ratio(self.z_std, cfg.model.dim)
+        share = top_direction_share(z1)
+        row = {
+            "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": self.loss_sum / self.n_steps,
+            "z_std": self.z_std, "z_std_ratio": ratio, "z_top_share": share, "seconds": seconds,
+            "images_per_s": steps * cfg.optim.batch_size / seconds,
+        }  # fmt: skip
+        every, every_steps = cfg.monitor.knn_every_epochs, cfg.monitor.knn_every_steps
+        epoch_end = self.step % self.steps_per_epoch == 0
+        knn_due = (
+            (epoch_end and every and (epoch + 1) % every == 0)
+            or (every_steps and self.step % every_steps == 0)  # a step check that fell on an epoch end
+            or self.step == self.total_steps
+        )
+        if self.knn and knn_due:
+            result = self.knn(self.model)
+            row["knn_top1"], row["knn_top5"] = result["top1"], result["top5"]
+            self.knn_top1 = row["knn_top1"]
+        self.epoch_log.write(row)
+        if self.tb:
+            for key in ("loss", "z_std", "z_std_ratio", "z_top_share", "knn_top1", "knn_top5"):
+                if row.get(key) is not None:
+                    self.tb.add_scalar(f"epoch/{key}", row[key], self.step)
+        if ratio < cfg.monitor.collapse_warn_ratio or share > cfg.monitor.collapse_warn_share:
+            log.warning(
+                "collapse warning: std of l2-normalised z is %.5f, %.3f x 1/sqrt(%d) (threshold %.2f); "
+                "%.3f of it lies on one line (threshold %.2f)",
+                self.z_std, ratio, cfg.model.dim, cfg.monitor.collapse_warn_ratio, share, cfg.monitor.collapse_warn_share,
+            )  # fmt: skip
+        knn_text = f" knn_top1={row['knn_top1']:.2f}%" if row.get("knn_top1") is not None else ""
+        tqdm.write(
+            f"epoch {self.step / self.steps_per_epoch:.2f}: loss={row['loss']:.4f} z_std={self.z_std:.4f} (x{ratio:.2f} of 1/sqrt(d), "
+            f"{share:.2f} on one line){knn_text} {row['images_per_s']:.1f} img/s"
+        )
+        self.last_metrics = {k: v for k, v in row.items() if v is not None}
+
+    def _knn_log(self) -> None:
         result = self.knn(self.model)
-        epoch_log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, "knn_top1": result["top1"], "knn_top5": result["top5"]})
-        if tb:
-            tb.add_scalar("epoch/knn_top1", result["top1"], self.step)
+        self.epoch_log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, "knn_top1": result["top1"], "knn_top5": result["top5"]})
+        if self.tb:
+            self.tb.add_scalar("epoch/knn_top1", result["top1"], self.step)
 
 
-def pretrain(cfg: PretrainConfig, *, resume: str | None = "auto") -> PretrainResult:
-    """Train SimSiam as ``cfg`` says; ``resume='auto'`` continues from the newest checkpoint."""
+def pretrain(cfg: PretrainConfig, *, resume: str | None = "auto", allow_config_change: bool = False) -> PretrainResult:
+    """Train SimSiam as ``cfg`` says; ``resume='auto'`` continues from the newest checkpoint
+    (refusing one trained with other settings unless ``allow_config_change``)."""
     try:
-        return Trainer(cfg, resume=resume).run()
+        return Trainer(cfg, resume=resume, allow_config_change=allow_config_change).run()
     finally:
         cleanup_distributed()

@@ -1,5 +1,17 @@
-"""The base of every user-facing error: the CLI prints these as one line, no traceback."""
+"""The base of every user-facing error: the CLI prints these as one line, no traceback.
+
+Exit codes follow the shell's convention: 2 for usage errors (a bad option, config key or
+value: :class:`UsageError`), 1 for everything that went wrong while running.
+"""
 
 
 class SimsiamHubError(Exception):
-    """Bad input, said clearly: what was expected and what was found."""
+    """Bad input or a failed operation, said clearly: what was expected and what was found."""
+
+    exit_code = 1
+
+
+class UsageError(SimsiamHubError, ValueError):
+    """The command was asked for something it does not take (exit code 2)."""
+
+    exit_code = 2

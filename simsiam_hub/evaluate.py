@@ -1,151 +1,59 @@
-"""Evaluation of frozen backbones: weighted k-NN (the training monitor uses the same code),
-the sources they read, and the results files they write. Linear evaluation: :mod:`.lincls`.
-
-k-NN: features global-pooled and l2-normalised; each query votes with its k nearest
-training features, weighted by exp(cos / T) (Wu et al. 2018, as in the SimSiam paper's
-monitor, k=200, T=0.1).
+"""Evaluating a pretrained backbone from wherever it lives: the sources `knn` and `lincls` read,
+the data they evaluate on, and the results files they write. The k-NN itself and feature
+extraction: :mod:`.knn`; linear evaluation: :mod:`.lincls`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import time
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .errors import SimsiamHubError
+from .config import DataConfig
+from .data import DATASETS, dataset_info
+from .fileio import atomic_write_text
+from .folder import SimsiamSection
+from .knn import knn_evaluate, knn_with_baselines
+from .loading import from_pretrained
+from .models import initial_backbone
+from .repo import is_local, resolve_model_dir
+from .results import EvalResult, write_results
 
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when dtype is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def extract_features(
-    backbone: nn.Module,
-    loader,
-    *,
-    device: torch.device | str = "cpu",
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: bool = False,
-    desc: str = "features",
-    normalize: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """l2-normalised pooled features (N, D) in fp32 and labels (N,) of every item of ``loader``.
-
-    ``backbone`` maps images to (N, D) features (a ResNet with ``fc = Identity``); it is
-    put in eval mode for the pass and restored to its previous mode after.
-    ``normalize=False`` keeps the raw pooled features (what a linear classifier sees).
-    """
-    device = torch.device(device)
-    was_training = backbone.training
-    backbone.eval()
-    features, labels = [], []
-    try:
-        for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            images = images.to(device, non_blocking=True)
-            if channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with autocast_context(device, amp_dtype):
-                out = backbone(images)
-            out = out.float().flatten(1)
-            features.append((F.normalize(out, dim=1) if normalize else out).cpu())
-            labels.append(torch.as_tensor(targets).cpu())
-    finally:
-        backbone.train(was_training)
-    return torch.cat(features), torch.cat(labels).long()
-
-
-@torch.no_grad()
-def knn_scores(
-    bank_features: torch.Tensor,
-    bank_labels: torch.Tensor,
-    query_features: torch.Tensor,
-    *,
-    num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
-    chunk_size: int = 1024,
-) -> torch.Tensor:
-    """Class scores (Nq, C): sum over the k nearest bank items of exp(sim / T), per class.
-
-    Features must be l2-normalised (similarity is the dot product). k is capped at the
-    bank size.
-    """
-    k = min(k, bank_features.shape[0])
-    scores = []
-    for start in range(0, query_features.shape[0], chunk_size):
-        sim = query_features[start : start + chunk_size] @ bank_features.T
-        top_sim, top_idx = sim.topk(k, dim=1)
-        weights = (top_sim / temperature).exp()
-        votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype, device=weights.device)
-        votes.scatter_add_(1, bank_labels[top_idx], weights)
-        scores.append(votes.cpu())
-    return torch.cat(scores)
-
-
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict[str, float]:
-    """Percent of rows whose label is among the top-k scores, for each k (capped at C)."""
-    result = {}
-    for k in ks:
-        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-        result[f"top{k}"] = 100.0 * (top == labels[:, None]).any(dim=1).float().mean().item()
-    return result
-
-
-def knn_accuracy(bank_features, bank_labels, query_features, query_labels, *, num_classes=None, k=200, temperature=0.1):
-    """k-NN top-1 and top-5 accuracy (percent) of the query set against the bank."""
-    if num_classes is None:
-        num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
-    scores = knn_scores(bank_features, bank_labels, query_features, num_classes=num_classes, k=k, temperature=temperature)
-    return topk_accuracy(scores, query_labels)
-
-
-# --- sources, datasets and results shared by `knn` and `lincls` ----------------------------
-
-
-class EvaluationError(SimsiamHubError, ValueError):
-    """An evaluation that cannot run as asked (a bad option, data that does not fit)."""
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class LoadedSource:
     """A frozen backbone to evaluate and what is known of it.
 
-    ``backbone``: a ResNet with ``fc = Identity`` in eval mode, no parameter requiring grad.
+    ``backbone``: a ResNet with ``fc = Identity`` in eval mode, no parameter requiring grad
+    (or any module mapping images to features, e.g. ``nn.Flatten()`` for raw pixels).
     ``name``: the source as given; ``revision``: the Hub commit id it resolved to (None for
-    local files and folders). ``config``: the model's description (arch, small_stem,
-    image_size, dataset, recipe, ...: the ``simsiam`` section of its config.json).
+    local files and folders). ``section``: the ``simsiam`` section of its config.json (arch,
+    stem, image size, dataset, recipe, ...), None for a module made by hand.
     """
 
     backbone: nn.Module
     name: str
-    revision: str | None
-    config: dict
+    revision: str | None = None
+    section: SimsiamSection | None = None
 
 
 def load_source(source: str | Path, revision: str | None = None) -> LoadedSource:
     """Whatever ``simsiam_hub.from_pretrained`` accepts (a Hub repo id, a model folder, a
     ``.safetensors`` file, a training/official/MoCo/torchvision checkpoint) as a frozen backbone."""
-    from .hub import from_pretrained, is_local, resolve_model_dir
-
     model = from_pretrained(source, revision=revision)
     resolved = None
     if not Path(str(source)).expanduser().is_file() and not is_local(source):
         # A Hub repo: its cache snapshot folder is named by the commit id (huggingface_hub's layout).
         resolved = resolve_model_dir(source, revision).name
     model.requires_grad_(False)
-    return LoadedSource(model.eval(), str(source), resolved, dict(getattr(model, "simsiam_config", None) or {}))
+    return LoadedSource(model.eval(), str(source), resolved, model.simsiam_config)
 
 
 def backbone_fingerprint(backbone: nn.Module) -> str:
@@ -169,122 +77,13 @@ def dataset_name(data_cfg, name: str | None = None) -> str:
 
 
 def split_name(data_cfg) -> str:
-    """What the ``val`` split of ``build_dataset`` is: the test set where a dataset has no val."""
-    return "test" if data_cfg.dataset in ("fashion_mnist", "cifar10") else "val"
-
-
-def eval_loader(dataset, *, batch_size: int, num_workers: int, device: torch.device):
-    """An ordered, unshuffled loader for feature extraction."""
-    from torch.utils.data import DataLoader
-
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda", persistent_workers=False,
-    )  # fmt: skip
-
-
-# The seeds of the fixed evaluation draws from each split (:func:`seeded_subset`): the k-NN
-# monitor, `simsiam-hub knn`, its pixel baselines and linear evaluation all take these images.
-EVAL_DRAW_SEEDS = {"train": 1, "val": 2}
-
-
-def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
-    """The k-NN bank (train split) and queries (val split) through the eval view (whole images
-    for :data:`~simsiam_hub.augment.WHOLE_IMAGE_EVAL` datasets, else a centre crop), as
-    fixed seeded subsets: the pretraining monitor and `simsiam-hub knn` draw the same images."""
-    from .augment import eval_transform
-    from .data import build_dataset, seeded_subset
-
-    transform = eval_transform(data_cfg.image_size, dataset=data_cfg.dataset)
-    bank = seeded_subset(build_dataset(data_cfg, "train", transform), bank_size, seed=EVAL_DRAW_SEEDS["train"])
-    query = seeded_subset(build_dataset(data_cfg, "val", transform), query_size, seed=EVAL_DRAW_SEEDS["val"])
-    return bank, query
-
-
-def knn_evaluate(
-    backbone: nn.Module,
-    data_cfg,
-    *,
-    k: int = 200,
-    temperature: float = 0.1,
-    val_subset: int | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Weighted k-NN top-1/top-5 (percent) of ``backbone``'s features on ``data_cfg``'s data.
-
-    The bank is the train split (``data_cfg.train_subset`` items, the monitor's seeded draw),
-    the queries the val split (``val_subset`` items); both through the eval transform at
-    ``data_cfg.image_size``. ``backbone`` is any module mapping images to (N, D) (a ResNet
-    with ``fc = Identity``, or ``nn.Flatten()`` for raw pixels); it is moved to ``device``.
-    Returns top1, top5, bank_size, query_size, num_classes and seconds.
-    """
-    if k <= 0 or temperature <= 0:
-        raise EvaluationError(f"k-NN needs k > 0 and temperature > 0, found k={k}, temperature={temperature}")
-    start = time.perf_counter()
-    device = torch.device(device)
-    bank, query = knn_datasets(data_cfg, data_cfg.train_subset, val_subset)
-    backbone.to(device)
-    if channels_last:
-        backbone.to(memory_format=torch.channels_last)
-    args = dict(device=device, amp_dtype=amp_dtype, channels_last=channels_last, progress=progress)
-    loader_args = dict(batch_size=batch_size, num_workers=data_cfg.num_workers, device=device)
-    bank_x, bank_y = extract_features(backbone, eval_loader(bank, **loader_args), desc="train features", **args)
-    query_x, query_y = extract_features(backbone, eval_loader(query, **loader_args), desc="val features", **args)
-    num_classes = int(max(bank_y.max(), query_y.max())) + 1
-    if device.type == "cuda":  # the similarity search is the slow part: do it on the GPU
-        bank_x, bank_y, query_x = bank_x.to(device), bank_y.to(device), query_x.to(device)
-    metrics = knn_accuracy(bank_x, bank_y, query_x, query_y, num_classes=num_classes, k=k, temperature=temperature)
-    return dict(
-        metrics, bank_size=len(bank), query_size=len(query), num_classes=num_classes, seconds=time.perf_counter() - start
-    )
-
-
-def pixel_features(data_cfg, split: str, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw pixels in [0, 1], flattened, of a seeded draw of ``size`` images (None: all), the
-    same draw as :func:`knn_datasets`: grayscale, at native 28 px for Fashion-MNIST (the
-    definition of FACTS.md's baselines), else resized and centre-cropped to the image size."""
-    from torchvision import transforms as T
-
-    from .data import FashionMNIST, build_dataset, seeded_subset
-
-    if data_cfg.dataset == "fashion_mnist":
-        full = FashionMNIST(data_cfg.root, train=split == "train")
-        drawn = seeded_subset(full, size, seed=EVAL_DRAW_SEEDS[split])
-        idx = torch.as_tensor(drawn.indices) if drawn is not full else torch.arange(len(full))
-        return torch.from_numpy(full.images[idx.numpy()]).flatten(1).float() / 255, full.targets[idx]
-    transform = T.Compose([T.Resize(data_cfg.image_size), T.CenterCrop(data_cfg.image_size), T.Grayscale(), T.ToTensor()])
-    drawn = seeded_subset(build_dataset(data_cfg, split, transform), size, seed=EVAL_DRAW_SEEDS[split])
-    x, y = zip(*[(img.flatten(), label) for img, label in drawn])
-    return torch.stack(x), torch.as_tensor(y)
-
-
-def knn_with_baselines(
-    backbone: nn.Module, random_init: nn.Module, data_cfg, *, val_subset: int | None = None, k: int = 200,
-    temperature: float = 0.1, **extract_options,
-) -> dict[str, dict]:
-    """k-NN of ``backbone`` beside the baselines it must beat, on the same images (the
-    ``data_cfg.train_subset`` bank, ``val_subset`` queries): ``random_init`` (the same
-    network untrained), raw pixels and standardised raw pixels (per-pixel mean and std of
-    the bank). Keys: simsiam, random_init, raw_pixels, raw_pixels_standardised;
-    ``extract_options`` go to :func:`knn_evaluate` (device, amp_dtype, channels_last, ...)."""
-    args = dict(k=k, temperature=temperature, val_subset=val_subset, **extract_options)
-    results = {name: knn_evaluate(net, data_cfg, **args) for name, net in (("simsiam", backbone), ("random_init", random_init))}
-    bx, by = pixel_features(data_cfg, "train", data_cfg.train_subset)
-    qx, qy = pixel_features(data_cfg, "val", val_subset)
-    mean, std = bx.mean(0), bx.std(0).clamp_min(1e-6)
-    for name, (b, q) in (("raw_pixels", (bx, qx)), ("raw_pixels_standardised", ((bx - mean) / std, (qx - mean) / std))):
-        results[name] = knn_accuracy(F.normalize(b, dim=1), by, F.normalize(q, dim=1), qy, k=k, temperature=temperature)
-    return results
+    """What the ``val`` split of ``build_dataset`` is called in results (``test`` where a
+    dataset has no val split)."""
+    return dataset_info(data_cfg.dataset).eval_split
 
 
 def knn_results(metrics: dict, *, data_cfg, source: LoadedSource | str, k: int, temperature: float, name: str | None = None) -> list:
-    """``metrics`` of :func:`knn_evaluate` as results-file entries (top1 and top5)."""
-    from .results import EvalResult
-
+    """``metrics`` of :func:`~simsiam_hub.knn.knn_evaluate` as results-file entries (top1, top5)."""
     recipe = {
         "protocol": "weighted k-NN on frozen global-pooled l2-normalised features",
         "k": k,
@@ -298,7 +97,7 @@ def knn_results(metrics: dict, *, data_cfg, source: LoadedSource | str, k: int, 
     return [EvalResult(metric=m, value=metrics[m], **common) for m in ("top1", "top5")]
 
 
-def data_config_for(source: LoadedSource, **options):
+def data_config_for(source: LoadedSource, **options) -> DataConfig:
     """The :class:`~simsiam_hub.config.DataConfig` to evaluate ``source`` on.
 
     Starts from the source's pretraining data when it records it (a training checkpoint:
@@ -307,18 +106,54 @@ def data_config_for(source: LoadedSource, **options):
     ``synthetic_size``, ``num_workers``) override. A dataset other than the recorded one
     does not inherit the recorded root.
     """
-    from .config import DataConfig
-    from .data import DATASETS
-
-    recipe = source.config.get("recipe")
+    section = source.section
+    recipe = section.recipe if section is not None else None
     recorded = recipe.get("data", {}) if isinstance(recipe, dict) else {}
-    values = {"dataset": "imagefolder", "image_size": source.config.get("image_size") or 224}
+    values = {"dataset": "imagefolder", "image_size": section.image_size if section else 224}
     if recorded.get("dataset") in DATASETS:
         values.update({k: recorded[k] for k in ("dataset", "root", "image_size", "synthetic_size") if recorded.get(k) is not None})
-    elif source.config.get("dataset") in DATASETS:
-        values["dataset"] = source.config["dataset"]
+    elif section is not None and section.dataset in DATASETS:
+        values["dataset"] = section.dataset
     chosen = {k: v for k, v in options.items() if v is not None}
     if chosen.get("dataset", values["dataset"]) != values["dataset"]:
         values.pop("root", None)
     values.update(chosen)
     return DataConfig(**values)
+
+
+def random_init_of(source: LoadedSource, seed: int | None = None) -> nn.Module:
+    """The same architecture at random initialisation: for a training run's weights, the run's
+    own initialisation (its seed and head widths, which draw from the same generator), else seed 0."""
+    section = source.section
+    if section is None:
+        raise ValueError(f"{source.name}: a hand-made source has no architecture to re-initialise")
+    recipe = section.recipe if isinstance(section.recipe, dict) else {}
+    model = recipe.get("model", {})
+    run_seed = recipe.get("run", {}).get("seed", 0)
+    return initial_backbone(
+        section.arch, small_stem=section.small_stem, dim=model.get("dim", 2048), pred_dim=model.get("pred_dim", 512),
+        seed=run_seed if seed is None else seed,
+    )  # fmt: skip
+
+
+def knn_with_baselines_file(source: LoadedSource, data_cfg, output: Path, **options) -> dict[str, dict]:
+    """:func:`~simsiam_hub.knn.knn_with_baselines` for ``source`` beside its random init and the
+    pixels, written to ``knn_baselines.json`` beside ``output``; returns the comparison."""
+    comparison = knn_with_baselines(source.backbone, random_init_of(source), data_cfg, **options)
+    path = output.with_name("knn_baselines.json")
+    atomic_write_text(json.dumps({"source": source.name, "image_size": data_cfg.image_size, **comparison}, indent=2) + "\n", path)
+    return comparison
+
+
+def run_knn(source: LoadedSource, data_cfg, output: Path, *, baselines: bool = False, dataset_label: str | None = None, **options) -> dict:
+    """`simsiam-hub knn`: k-NN of ``source`` (and with ``baselines`` the baselines, written beside
+    ``output``), written to the results file ``output``; returns the metrics (and
+    ``comparison`` with baselines)."""
+    if baselines:
+        comparison = knn_with_baselines_file(source, data_cfg, output, **options)
+        metrics = dict(comparison["simsiam"], comparison=comparison)
+    else:
+        metrics = knn_evaluate(source.backbone, data_cfg, **options)
+    k, temperature = options.get("k", 200), options.get("temperature", 0.1)
+    write_results(knn_results(metrics, data_cfg=data_cfg, source=source, k=k, temperature=temperature, name=dataset_label), output)
+    return metrics

@@ -42,6 +42,8 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
+from .augment import moco_v2_augmentation
+
 # ITU-R 601-2 luma, the weights of PIL's convert("L") and torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
 # HSV -> RGB: channel n takes k = (n + H) mod 6 with n = 5, 3, 1 for R, G, B.
@@ -73,9 +75,7 @@ class FastMocoV2View:
     """
 
     def __init__(self, size: int = 224, **kwargs):
-        from . import augment
-
-        recipe = augment.moco_v2_augmentation(size, **kwargs).transforms
+        recipe = moco_v2_augmentation(size, **kwargs).transforms
         kinds = (T.RandomResizedCrop, T.RandomApply, T.RandomGrayscale, T.RandomApply, T.RandomHorizontalFlip, T.ToTensor, T.Normalize)
         if len(recipe) != len(kinds) or not all(isinstance(t, k) for t, k in zip(recipe, kinds)):
             raise TypeError(f"fast_augment mirrors a MoCo v2 recipe of {[k.__name__ for k in kinds]}; found {recipe}")

@@ -1,11 +1,14 @@
-"""Atomic file writes: a file appears under its final name complete, or not at all; and a lock
-that keeps two processes from writing one output folder."""
+"""Writing files safely: a file or a folder appears under its final name complete, or not at
+all; a full disk is said in one line; one process at a time writes an output folder."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import functools
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -13,10 +16,15 @@ from pathlib import Path
 from .errors import SimsiamHubError
 
 LOCK_NAME = ".lock"
+OWNER_NAME = ".lock.owner"
 
 
 class FolderInUseError(SimsiamHubError, RuntimeError):
     """Another live process holds the folder's lock."""
+
+
+class StorageError(SimsiamHubError, OSError):
+    """A write that failed for lack of space (or another refusal of the file system)."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -31,21 +39,59 @@ def _fsync_dir(folder: Path) -> None:
 
 
 @functools.cache
-def _new_file_mode() -> int:
-    """0666 less the process umask: the mode a plain ``open(path, "w")`` creates. Read once:
-    reading the umask means setting it, which would race files other threads create."""
+def _umask() -> int:
+    """The process umask. Read once: reading it means setting it, which would race files other
+    threads create."""
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
+
+
+def _new_file_mode() -> int:
+    """0666 less the umask: the mode a plain ``open(path, "w")`` creates."""
+    return 0o666 & ~_umask()
+
+
+def _os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: itself, or one in its cause/context chain (torch.save
+    reports a failed write as a RuntimeError whose context is the OSError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError) and err.errno is not None:
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _storage_error(err: BaseException, path: Path) -> StorageError | None:
+    """A one-line :class:`StorageError` for a write refused by the file system, else None."""
+    os_error = _os_error_in(err)
+    if os_error is None or os_error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return None
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "the disk quota is exhausted",
+        errno.EFBIG: "the file grew past the size this process may write (ulimit -f)",
+    }[os_error.errno]
+    kept = "the previous file is kept" if path.exists() else "nothing was written"
+    return StorageError(f"{reason} while writing {path} ({free}): {kept}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success fsync it and rename it into place.
 
-    On any error the temporary file is removed and ``path`` keeps its old content.
+    On any error the temporary file is removed and ``path`` keeps its old content; a write
+    refused for lack of space raises :class:`StorageError`.
     """
     path = Path(path)
+    if path.is_dir():
+        raise SimsiamHubError(f"{path} is a folder: expected a file path to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -57,6 +103,11 @@ def atomic_path(path: str | os.PathLike):
         os.chmod(tmp, _new_file_mode())  # mkstemp makes it 0600; give what open() would
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except Exception as err:
+        storage = _storage_error(err, path)
+        if storage is not None:
+            raise storage from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -65,7 +116,8 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:  # a file object: a failed write then carries its OSError
+            torch.save(obj, f)
     return Path(path)
 
 
@@ -75,37 +127,98 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+# --- whole folders ----------------------------------------------------------------------------
+
+_RENAME_EXCHANGE = 2  # renameat2 flag (Linux >= 3.15): swap two paths in one step
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths atomically where the kernel can (Linux), else return False."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd = -100
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE) == 0
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path`` whole.
+
+    On disk ``path`` is the old folder or the new one, never a mix of their files: the new
+    folder is built apart and swapped in with one rename (an atomic exchange on Linux; elsewhere
+    the old folder is moved aside first, for a moment leaving no folder), so a reader that opens
+    the folder once reads one version. A failure or a kill while building leaves ``path`` as it
+    was and a hidden ``.NAME.partial-*`` folder beside it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SimsiamHubError(f"{path} is a file: expected a folder path to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give what mkdir would
+        for child in tmp.iterdir():
+            _fsync_file(child)
+        _fsync_dir(tmp)
+        if not path.exists():
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp)  # now the old folder
+        else:
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        _fsync_dir(path.parent)
+    except Exception as err:
+        storage = _storage_error(err, path)
+        if storage is not None:
+            raise storage from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync_file(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+
+
+# --- one writer per folder ------------------------------------------------------------------
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | os.PathLike, purpose: str = "run.output_dir"):
-    """Hold an exclusive lock on ``folder`` (its ``.lock`` file) for the ``with`` block.
+    """Hold an exclusive lock on ``folder`` for the ``with`` block (the ``filelock`` library's
+    kernel lock on ``.lock``: it goes with the process, so a killed run leaves none behind).
 
-    A second process asking for it is refused at once with :class:`FolderInUseError`, naming
-    the holder; two trainers in one folder would truncate each other's logs and interleave
-    checkpoints. The lock is the kernel's (``flock``): it goes with the process, so a killed
-    run leaves no stale lock behind. Where ``fcntl`` is missing (Windows) nothing is locked.
+    A second process asking for it is refused at once with :class:`FolderInUseError`, naming the
+    holder; two trainers in one folder would truncate each other's logs and interleave
+    checkpoints. The holder's pid and host go into ``.lock.owner`` (filelock truncates the lock
+    file itself on every attempt, so it cannot carry them).
     """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
+    from filelock import FileLock, Timeout
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_NAME, "a+", encoding="utf-8") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "a process that did not say which"
-            raise FolderInUseError(
-                f"{folder} is in use by another process ({holder}): two of them writing one folder would "
-                f"overwrite each other's checkpoints and logs; wait for it to end, stop it, or set another {purpose}"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(folder / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        owner = folder / OWNER_NAME
+        holder = owner.read_text(encoding="utf-8").strip() if owner.is_file() else ""
+        raise FolderInUseError(
+            f"{folder} is in use by another process ({holder or 'a process that did not say which'}): two of them "
+            f"writing one folder would overwrite each other's checkpoints and logs; wait for it to end, stop it, "
+            f"or set another {purpose}"
+        ) from None
+    try:
+        (folder / OWNER_NAME).write_text(f"pid {os.getpid()} on {socket.gethostname()}\n", encoding="utf-8")
+        yield
+    finally:
+        lock.release()

@@ -29,7 +29,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -40,23 +39,18 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .augment import eval_transform, linear_train_transform
-from .config import ConfigError, DataConfig, to_dict
-from .data import build_dataset, seeded_subset, targets_of
+from .checkpoint import load_tagged
+from .config import ConfigError, LinclsConfig, LinclsOptimConfig, scaled_lr, to_dict
+from .data import SeededViews, build_dataset, seeded_subset, targets_of
 from .distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
 from .errors import SimsiamHubError
-from .evaluate import (
-    EVAL_DRAW_SEEDS,
-    LoadedSource,
-    autocast_context,
-    backbone_fingerprint,
-    dataset_name,
-    eval_loader,
-    extract_features,
-    load_source,
-    split_name,
-    topk_accuracy,
-)
+from .evaluate import LoadedSource, backbone_fingerprint, dataset_name, load_source, split_name
 from .fileio import atomic_torch_save
+from .knn import EVAL_DRAW_SEEDS, eval_loader, extract_features, topk_accuracy
+from .monitor import CSVLog
+from .optim import set_learning_rate
+from .precision import autocast_context, resolve_amp
+from .results import EvalResult, write_results
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +59,6 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_FILE = "checkpoint.pt"
 RESULTS_FILE = "results_lincls.json"
 LOG_FIELDS = ["step", "epoch", "lr", "loss", "top1", "top5", "best_top1", "seconds", "images_per_s"]
-OPTIMIZERS = ("lars", "sgd")
 
 
 class BackboneChangedError(SimsiamHubError, RuntimeError):
@@ -74,80 +67,6 @@ class BackboneChangedError(SimsiamHubError, RuntimeError):
 
 class LinclsCheckpointError(SimsiamHubError, ValueError):
     """A file that is not a linear-evaluation checkpoint, or one of another run."""
-
-
-# --- config --------------------------------------------------------------------------------
-
-
-def _require(ok: bool, key: str, value, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"config value {key}={value!r} is invalid: expected {expected}")
-
-
-@dataclass
-class LinclsDataConfig(DataConfig):
-    """Pretraining's data options (``blur_prob`` is unused here) plus the linear protocol's."""
-
-    min_scale: float = 0.08  # train RandomResizedCrop scale (min_scale, 1); the reference: 0.08
-    val_subset: Optional[int] = None  # evaluate on this many val images (seeded draw; None: all)
-    cache_features: bool = False  # true: train on stored un-augmented features (see the module docs)
-    name: Optional[str] = None  # dataset name in results (None: the dataset, or the ImageFolder's folder)
-
-    def __post_init__(self):
-        super().__post_init__()
-        _require(self.val_subset is None or self.val_subset > 0, "data.val_subset", self.val_subset, "a positive integer or null")
-
-
-@dataclass
-class LinclsOptimConfig:
-    epochs: int = 90
-    batch_size: int = 4096  # global, over all ranks
-    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
-    optimizer: str = "lars"  # lars (the reference) | sgd
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    trust_coefficient: float = 0.001  # LARS
-    warmup_epochs: float = 0.0  # linear warm-up before the cosine decay (the reference has none)
-
-    def __post_init__(self):
-        _require(self.epochs > 0, "optim.epochs", self.epochs, "a positive integer")
-        _require(self.batch_size > 0, "optim.batch_size", self.batch_size, "a positive integer")
-        _require(self.base_lr > 0, "optim.base_lr", self.base_lr, "a positive number")
-        _require(self.optimizer in OPTIMIZERS, "optim.optimizer", self.optimizer, "one of " + ", ".join(OPTIMIZERS))
-        _require(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "a number in [0, 1)")
-        _require(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
-        _require(self.trust_coefficient > 0, "optim.trust_coefficient", self.trust_coefficient, "a positive number")
-        _require(0 <= self.warmup_epochs < self.epochs, "optim.warmup_epochs", self.warmup_epochs, "a number in [0, epochs)")
-
-
-@dataclass
-class LinclsRunConfig:
-    output_dir: str = "runs/lincls"
-    seed: int = 0
-    amp: str = "auto"  # backbone forward: auto (bf16 on GPU and on CPUs with native bf16) | bf16 | fp16 | off
-    channels_last: bool = True
-    eval_every_epochs: int = 1  # evaluate on val every N epochs (and always after the last)
-    eval_batch_size: int = 256  # feature extraction batch
-    stop_after_epochs: Optional[int] = None  # stop early after this many epochs in total (the schedule is unchanged)
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.amp in ("False", "false", "none"):  # YAML reads a bare `off` as false (as config.RunConfig)
-            self.amp = "off"
-        _require(self.amp in ("auto", "bf16", "fp16", "off"), "run.amp", self.amp, "one of 'auto', 'bf16', 'fp16', 'off'")
-        _require(self.eval_every_epochs > 0, "run.eval_every_epochs", self.eval_every_epochs, "a positive integer")
-        _require(self.eval_batch_size > 0, "run.eval_batch_size", self.eval_batch_size, "a positive integer")
-        _require(
-            self.stop_after_epochs is None or self.stop_after_epochs > 0,
-            "run.stop_after_epochs", self.stop_after_epochs, "a positive integer or null",
-        )  # fmt: skip
-
-
-@dataclass
-class LinclsConfig:
-    data: LinclsDataConfig = field(default_factory=LinclsDataConfig)
-    optim: LinclsOptimConfig = field(default_factory=LinclsOptimConfig)
-    run: LinclsRunConfig = field(default_factory=LinclsRunConfig)
 
 
 # --- the parts -------------------------------------------------------------------------------
@@ -170,7 +89,7 @@ def build_optimizer(fc: nn.Linear, cfg: LinclsOptimConfig) -> torch.optim.Optimi
     on the bias. With the recipe's weight decay of 0 the two agree exactly (up to timm's
     eps = 1e-8 in the denominator); with weight decay timm divides by |g| + wd * |w|.
     """
-    init_lr = cfg.base_lr * cfg.batch_size / 256
+    init_lr = scaled_lr(cfg.base_lr, cfg.batch_size)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(fc.parameters(), lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     from timm.optim import Lars
@@ -228,8 +147,6 @@ class LinearEvaluation:
         self.local_batch = cfg.optim.batch_size // info.world_size
         self.out = Path(cfg.run.output_dir)
         self.device = info.device
-        from .engine import resolve_amp
-
         self.amp_dtype = resolve_amp(cfg.run.amp, self.device)
         torch.manual_seed(cfg.run.seed)
 
@@ -243,8 +160,6 @@ class LinearEvaluation:
         self.train_size, self.val_size = len(train), len(val)
         self.train_set = train
         if not cached:
-            from .engine import SeededViews
-
             self.train_set = SeededViews(train, linear_train_transform(size, min_scale=cfg.data.min_scale), cfg.run.seed)
             self.sampler = ResumableSampler(self.train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.run.seed)
         # Each rank evaluates its own share of val; the counts are summed.
@@ -359,7 +274,7 @@ class LinearEvaluation:
             self.train_set, batch_size=self.local_batch, sampler=self.sampler, num_workers=self.cfg.data.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
         )  # fmt: skip
-        for images, labels in loader:
+        for images, labels, _ in loader:  # unreadable images are passed over by SeededViews
             images = images.to(self.device, non_blocking=True)
             if self.cfg.run.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -386,9 +301,6 @@ class LinearEvaluation:
 
     # --- training ------------------------------------------------------------------------
     def run(self) -> LinclsResult:
-        from .engine import set_learning_rate
-        from .monitor import CSVLog
-
         cfg, info = self.cfg, self.info
         run_start = time.perf_counter()
         end_epoch = cfg.optim.epochs if cfg.run.stop_after_epochs is None else min(cfg.optim.epochs, cfg.run.stop_after_epochs)
@@ -456,8 +368,6 @@ class LinearEvaluation:
 
     def write_results(self) -> Path:
         """``results_lincls.json``: top1/top5 after the last epoch, and at the best epoch."""
-        from .results import EvalResult, write_results
-
         cfg = self.cfg
         recipe = {
             "protocol": "linear classifier on a frozen backbone in eval mode (simsiam main_lincls)",
@@ -467,7 +377,7 @@ class LinearEvaluation:
             ),
             "epochs": cfg.optim.epochs,
             "batch_size": cfg.optim.batch_size,
-            "lr": cfg.optim.base_lr * cfg.optim.batch_size / 256,
+            "lr": scaled_lr(cfg.optim.base_lr, cfg.optim.batch_size),
             "optimizer": cfg.optim.optimizer,
             "trust_coefficient": cfg.optim.trust_coefficient if cfg.optim.optimizer == "lars" else None,
             "momentum": cfg.optim.momentum,
@@ -490,19 +400,7 @@ class LinearEvaluation:
 
 def load_lincls_checkpoint(path: str | Path) -> dict:
     """Read a linear-evaluation checkpoint safely (``weights_only``) and check that it is one."""
-    path = Path(path)
-    if not path.is_file():
-        raise LinclsCheckpointError(f"linear-evaluation checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated, a foreign pickle, not a zip
-        raise LinclsCheckpointError(f"{path} is not a readable checkpoint: {type(err).__name__}: {str(err)[:200]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise LinclsCheckpointError(f"{path} is not a linear-evaluation checkpoint: expected format={CHECKPOINT_FORMAT!r}, found {found}")
-    if ckpt.get("version", 0) > CHECKPOINT_VERSION:
-        raise LinclsCheckpointError(f"{path} has version {ckpt['version']}; this simsiam-hub reads up to {CHECKPOINT_VERSION}")
-    return ckpt
+    return load_tagged(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, error=LinclsCheckpointError, what="linear-evaluation checkpoint")
 
 
 def linear_eval(

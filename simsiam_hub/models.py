@@ -98,10 +98,6 @@ class SimSiam(nn.Module):
         z2 = self.encoder(x2)
         return self.predictor(z1), self.predictor(z2), z1, z2
 
-    def backbone_state_dict(self) -> dict[str, torch.Tensor]:
-        """The ResNet trunk's tensors under torchvision names, without the projector."""
-        return {k: v for k, v in self.encoder.state_dict().items() if not k.startswith("fc.")}
-
 
 def simsiam_loss(
     p1: torch.Tensor,

@@ -1,8 +1,12 @@
-"""Named model variants (the official SimSiam releases and ours) and the download cache.
+"""Named model variants (the official SimSiam releases and ours) and simsiam-hub's one cache.
 
 A variant names where its weights live: a Hub repo (``repo_id``, the first choice) and, for
 the official releases, the original checkpoint (``source_url``) that
 ``simsiam-hub import-official`` converts when the Hub repo does not exist yet.
+
+The cache (``$SIMSIAM_HUB_CACHE``, else ``$HF_HOME/simsiam_hub``) holds downloaded checkpoints,
+each with its SHA-256, and the model folders converted from them; Hub repos stay in
+huggingface_hub's own cache.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ class Variant:
     recipe: str
     top1: Optional[float]  # published ImageNet linear-evaluation top-1 (%), None if not measured
     license: str
+    # SHA-256 of source_url's file where its publisher gives one; the official releases give
+    # none, so the first download's digest is recorded and every later use is checked against it.
+    sha256: Optional[str] = None
 
 
 VARIANTS = (
@@ -92,11 +99,13 @@ def get_variant(name_or_repo_id: str) -> Variant | None:
 
 
 def cache_dir() -> Path:
-    """``$SIMSIAM_HUB_CACHE``, else ``$XDG_CACHE_HOME/simsiam_hub`` (``~/.cache/simsiam_hub``)."""
+    """``$SIMSIAM_HUB_CACHE``, else ``simsiam_hub`` under huggingface_hub's home (``$HF_HOME``,
+    by default ``~/.cache/huggingface``)."""
+    from huggingface_hub import constants
+
     if os.environ.get("SIMSIAM_HUB_CACHE"):
         return Path(os.environ["SIMSIAM_HUB_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "simsiam_hub"
+    return Path(constants.HF_HOME).expanduser() / "simsiam_hub"
 
 
 def download_path(url: str) -> Path:
@@ -111,15 +120,43 @@ def converted_dir(variant: Variant) -> Path:
     return cache_dir() / "models" / variant.name
 
 
-def download(url: str, *, progress: bool = True) -> Path:
-    """Download ``url`` into the cache with a progress bar (once: a cached file is reused)."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(path: Path, expected: str | None, url: str) -> Path:
+    """``path``, its SHA-256 checked against ``expected`` or the digest recorded at download."""
+    recorded = path.with_name(path.name + ".sha256")
+    expected = expected or (recorded.read_text().split()[0] if recorded.is_file() else None)
+    actual = file_sha256(path)
+    if expected and actual != expected:
+        raise DownloadError(
+            f"{path} (from {url}) has SHA-256 {actual}, expected {expected}: the file is corrupt or was replaced; "
+            "delete it to download it again"
+        )
+    if not recorded.is_file():
+        recorded.write_text(f"{actual}  {path.name}\n")
+    return path
+
+
+def download(url: str, *, sha256: str | None = None, progress: bool = True) -> Path:
+    """Download ``url`` into the cache with a progress bar, once: a cached file is reused after
+    its SHA-256 is checked (against ``sha256``, else the digest recorded when it was downloaded).
+    With ``HF_HUB_OFFLINE=1`` nothing is downloaded."""
     import urllib.error
 
+    from huggingface_hub import constants
     from torch.hub import download_url_to_file
 
     dest = download_path(url)
     if dest.is_file():
-        return dest
+        return _verified(dest, sha256, url)
+    if constants.HF_HUB_OFFLINE:
+        raise DownloadError(f"HF_HUB_OFFLINE=1: {url} is not in the cache ({dest.parent}) and nothing is downloaded offline")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         # Writes to a temporary file beside `dest` and renames it when complete.
@@ -128,7 +165,11 @@ def download(url: str, *, progress: bool = True) -> Path:
         raise DownloadError(f"could not download {url}: expected HTTP 200, found HTTP {err.code} {err.reason}") from None
     except (urllib.error.URLError, OSError) as err:
         raise DownloadError(f"could not download {url}: {getattr(err, 'reason', err)}") from None
-    return dest
+    try:
+        return _verified(dest, sha256, url)
+    except DownloadError:
+        dest.unlink(missing_ok=True)
+        raise
 
 
 def variant_status(variant: Variant) -> str:

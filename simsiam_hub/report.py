@@ -1,8 +1,11 @@
-"""Plots of training runs (loss, collapse std, k-NN accuracy) from their CSV logs."""
+"""Plots of training runs (loss, collapse std, k-NN accuracy) from their CSV logs, and the
+machine a figure was measured on."""
 
 from __future__ import annotations
 
 import math
+import os
+import platform
 from pathlib import Path
 
 from .monitor import read_csv, two_point_ratio
@@ -93,3 +96,25 @@ def summarize_run(run_dir: str | Path) -> dict[str, float | None]:
         "knn_top1": c["knn_top1"][-1] if c["knn_top1"] else None,
         "knn_top1_best": max(c["knn_top1"]) if c["knn_top1"] else None,
     }
+
+
+def machine_description() -> str:
+    """The CPU (model name, the vector extensions that decide its speed here), its cores, the
+    GPU if any, and torch's version: what every published figure names."""
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features"):
+                flags = set(value.split())
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve", "bf16") if f in flags]
+    text = f"{model} ({platform.machine()}{', ' + ', '.join(shown) if shown else ''}), {os.cpu_count()} cores"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name()}"
+    return text + f", torch {torch.__version__}"

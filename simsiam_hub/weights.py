@@ -23,14 +23,18 @@ safetensors                ``model.safetensors`` (backbone) or ``simsiam.safeten
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
+from . import __version__
+from .checkpoint import PRETRAIN_FORMAT, load_checkpoint, safe_torch_load
 from .errors import SimsiamHubError
 from .fileio import atomic_path
+from .models import build_backbone
 
 BACKBONE_FILE = "model.safetensors"
 SIMSIAM_FILE = "simsiam.safetensors"
@@ -81,32 +85,8 @@ class LoadedWeights:
 # --- reading ----------------------------------------------------------------------------
 
 
-def _torch_load(path: Path):
-    """``torch.load(weights_only=True)``, memory-mapped where the file allows it."""
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    try:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as err:
-            if "mmap" not in str(err):  # legacy (pre-zip) files cannot be mapped: read them whole
-                raise
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated file, a pickle of arbitrary objects, not a checkpoint at all
-        text = str(err).strip()
-        # torch's weights_only refusal is long and suggests weights_only=False: keep only its reason.
-        refused = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. |\n\n|$)", text, re.S)
-        reason = refused.group(1).strip() if refused else (text.splitlines()[0][:300] if text else "")
-        raise WeightsError(
-            f"{path} is not a checkpoint that loads safely (torch.load with weights_only=True): "
-            f"expected a state dict of tensors, found {type(err).__name__}: {reason}"
-        ) from None
-
-
 def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """``(tensors, metadata)`` of a safetensors file; a truncated or corrupt one is refused."""
-    from safetensors import SafetensorError, safe_open
-
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     try:
@@ -186,8 +166,6 @@ def check_backbone(
     so that the result loads strictly into torchvision and timm. Anything else that does not
     match is refused with the first mismatched keys and shapes.
     """
-    from .models import build_backbone
-
     expected = _reference_shapes(lambda: build_backbone(arch, small_stem=small_stem))
     backbone = dict(backbone)
     for key in expected:
@@ -223,11 +201,9 @@ def read_weights(path: str | Path) -> LoadedWeights:
         kind, backbone, whole = split_state_dict(state, str(path))
         kind = "safetensors"
     else:
-        obj = _torch_load(path)
-        if isinstance(obj, dict) and isinstance(obj.get("format"), str) and obj["format"].startswith("simsiam-hub/"):
-            from .engine import load_checkpoint  # validates format and version
-
-            ckpt = load_checkpoint(path)
+        obj = safe_torch_load(path, error=WeightsError, mmap=True)
+        if isinstance(obj, dict) and obj.get("format") == PRETRAIN_FORMAT:
+            ckpt = load_checkpoint(path)  # validates the version
             info = {k: ckpt.get(k) for k in ("config", "epoch", "step", "global_batch", "library_version", "metrics")}
             kind, backbone, whole = split_state_dict(ckpt["model"], str(path))
             kind = "simsiam-hub"
@@ -244,35 +220,6 @@ def read_weights(path: str | Path) -> LoadedWeights:
     arch, small_stem = infer_arch(backbone, str(path))
     backbone = check_backbone(backbone, arch, small_stem, str(path))
     return LoadedWeights(kind, backbone, whole, arch, small_stem, info)
-
-
-def load_backbone_state_dict(
-    source: str | Path, revision: str | None = None, *, arch: str | None = "resnet50"
-) -> dict[str, torch.Tensor]:
-    """Backbone tensors under torchvision names, without ``fc``, from any source.
-
-    ``source``: a Hub repo id (``revision`` pins a branch, tag or commit), a model folder,
-    a ``.safetensors`` file, one of our training checkpoints, an official SimSiam or MoCo
-    checkpoint, or a torchvision state dict. ``arch`` (default ResNet-50) is checked key by
-    key and shape by shape; ``arch=None`` accepts any ResNet this library builds.
-    """
-    path = Path(source).expanduser()
-    if path.is_file():
-        loaded = read_weights(path)
-        backbone, found_arch, small_stem, where = loaded.backbone, loaded.arch, loaded.small_stem, str(path)
-    else:
-        from .hub import resolve_model_dir
-
-        folder = resolve_model_dir(source, revision, files=(BACKBONE_FILE,))
-        state, _ = read_safetensors(folder / BACKBONE_FILE)
-        where = f"{source}/{BACKBONE_FILE}"
-        found_arch, small_stem = infer_arch(state, where)
-        backbone = check_backbone(state, found_arch, small_stem, where)
-    if arch is not None and (arch != found_arch or small_stem):
-        # Another network than asked for (a small stem included): the same check against the
-        # requested arch refuses it with the first mismatched keys and shapes.
-        check_backbone(backbone, arch, False, where)
-    return backbone
 
 
 def load_simsiam_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -304,8 +251,6 @@ def backbone_metadata(
     source: str,
 ) -> dict[str, str]:
     """The ``__metadata__`` of ``model.safetensors`` (strings only, as safetensors requires)."""
-    from . import __version__
-
     values = {
         "format": "pt",
         "arch": arch,
@@ -323,15 +268,7 @@ def backbone_metadata(
 def save_safetensors(state: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
     """Write ``state`` atomically as safetensors. Tensors are made contiguous (channels_last
     weights from training are not) and cloned off any shared storage."""
-    from safetensors.torch import save_file
-
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return Path(path)
-
-
-def save_backbone(backbone: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str]) -> Path:
-    """``model.safetensors``: the backbone, checked, with string metadata."""
-    arch, small_stem = infer_arch(backbone)
-    return save_safetensors(check_backbone(backbone, arch, small_stem), path, metadata)

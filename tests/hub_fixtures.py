@@ -372,7 +372,7 @@ def _warm_up() -> None:
     import huggingface_hub  # noqa: F401
     import torchvision  # noqa: F401
 
-    import simsiam_hub.hub  # noqa: F401
+    import simsiam_hub.loading  # noqa: F401
 
 
 def client_pool(env: dict) -> ProcessPoolExecutor:

@@ -17,7 +17,8 @@ import torch
 
 from simsiam_hub import engine
 from simsiam_hub.config import ConfigError, PretrainConfig, load_config
-from simsiam_hub.engine import NonFiniteLossError, list_checkpoints, load_checkpoint, pretrain
+from simsiam_hub.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from simsiam_hub.engine import NonFiniteLossError, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,12 +33,15 @@ def tiny(out, *extra):
     ]  # fmt: skip
 
 
-def cli(*args, nproc=None, env=None, **kwargs):
-    launcher = [sys.executable, "-m", "simsiam_hub.cli"]
+def cli(*args, nproc=None, env=None, launcher=None, **kwargs):
+    """``simsiam-hub ARGS`` in a subprocess (under torchrun with ``nproc``); ``launcher``: a script
+    to run instead of ``-m simsiam_hub.cli`` (tests/ddp_launcher.py)."""
+    program = [str(launcher)] if launcher else ["-m", "simsiam_hub.cli"]
+    prefix = [sys.executable]
     if nproc:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "simsiam_hub.cli"]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.Popen([*launcher, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+        prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.Popen([*prefix, *program, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
 def run_cli(*args, **kwargs):
@@ -50,37 +54,70 @@ def final_model(out):
     return load_checkpoint(list_checkpoints(out)[0])["model"]
 
 
-def test_ddp_two_processes_match_one_process(tmp_path):
-    """2 ranks x 8 images with SyncBN == 1 rank x 16 images: same weights after 4 steps.
-
-    NCHW here: channels_last convolutions on the CPU pick other fp32 kernels, whose rounding
-    differences outgrow the tolerance (tests/test_distributed.py checks the mechanism in fp64).
-    """
+def ddp_gap(tmp_path, plant: str | None = None) -> tuple[float, int]:
+    """The largest |one-process - two-process| weight difference after 4 steps, relative to what
+    training moved that tensor (at least 1e-6: a BatchNorm running mean of about 1e-16 moves by
+    rounding alone), over all tensors (fp64 end to end); and how many tensors moved."""
+    launcher = ROOT / "tests" / "ddp_launcher.py"
     args = ("run.max_steps=4", "run.channels_last=false")
-    code, log = run_cli("pretrain", *tiny(tmp_path / "one", *args))
-    assert code == 0, log
-    code, log = run_cli("pretrain", *tiny(tmp_path / "two", *args), nproc=2)
-    assert code == 0, log
-    one, two = final_model(tmp_path / "one"), final_model(tmp_path / "two")
-    assert load_checkpoint(list_checkpoints(tmp_path / "two")[0])["world_size"] == 2
-    assert one.keys() == two.keys()
-    torch.manual_seed(0)  # the runs' seed: the common initialisation
-    init = engine.SimSiam("resnet18", 64, 16, small_stem=True).state_dict()
-    moved = 0
-    for key in one:
-        if not one[key].is_floating_point():
-            assert torch.equal(one[key], two[key]), key
+    one, two = tmp_path / "one", tmp_path / f"two_{plant}"
+    if not list_checkpoints(one):
+        code, log = run_cli("pretrain", *tiny(one, *args), launcher=launcher)
+        assert code == 0, log[-3000:]
+    code, log = run_cli("pretrain", *tiny(two, *args), nproc=2, launcher=launcher, env={"SIMSIAM_TEST_PLANT": plant or ""})
+    assert code == 0, log[-3000:]
+    assert load_checkpoint(list_checkpoints(two)[0])["world_size"] == 2
+    a, b = final_model(one), final_model(two)
+    assert a.keys() == b.keys()
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)  # the runs' seed: their common initialisation
+        init = engine.SimSiam("resnet18", 64, 16, small_stem=True).state_dict()
+    finally:
+        torch.set_default_dtype(default)
+    gap, moved = 0.0, 0
+    for key in a:
+        assert a[key].dtype == b[key].dtype
+        if not a[key].is_floating_point():
+            assert torch.equal(a[key], b[key]) or plant, key
             continue
-        update = (one[key] - init[key]).norm()
-        moved += bool(update > 0)
-        # fp32 sums in another order: the runs may differ by a tiny fraction of what training moved
-        assert (one[key] - two[key]).norm() <= 1e-3 * update + 1e-6, key
+        assert a[key].dtype == torch.float64, key
+        update = (a[key] - init[key]).norm().item()
+        moved += update > 0
+        gap = max(gap, (a[key] - b[key]).norm().item() / max(update, 1e-6))
+    return gap, moved
+
+
+def test_ddp_two_processes_match_one_process(tmp_path_factory):
+    """2 ranks x 8 images with synchronised BatchNorm == 1 rank x 16 images: the same weights
+    after 4 steps, run in float64 end to end (tests/ddp_launcher.py).
+
+    Why float64: in float32 the two runs differ by rounding alone, and by how much depends on
+    the CPU: oneDNN picks other convolution kernels for batch 8 and batch 16, and 4 SGD steps
+    amplify their different rounding. On 2 cores of an AMD EPYC (AVX2, no AVX-512) the float32
+    runs differed by 2e-4 in conv1's weight, ten times what a bound tuned on an Intel AVX-512
+    machine allowed. In float64 the same runs agree to within 5e-13 of what training moved each
+    tensor (median 2e-15, measured on that AMD machine): the difference was rounding, not DDP.
+    The bound below (1e-8) leaves a margin of 10^4 for other CPUs, while each bug DDP
+    equivalence exists to catch moves some tensor by more than 1e-4 of its update
+    (test_ddp_check_catches_planted_bugs)."""
+    gap, moved = ddp_gap(tmp_path_factory.getbasetemp() / "ddp_runs")
     assert moved > 50  # the runs did train
+    assert gap < 1e-8, gap
+
+
+@pytest.mark.parametrize("plant", ["summed_gradients", "unsynced_batchnorm", "same_images"])
+def test_ddp_check_catches_planted_bugs(tmp_path_factory, plant):
+    """The equivalence check above fails for each bug it is there to catch."""
+    gap, moved = ddp_gap(tmp_path_factory.getbasetemp() / "ddp_runs", plant)
+    assert moved > 50
+    assert gap > 1e-4, (plant, gap)
 
 
 def test_knn_every_steps_also_runs_on_epoch_ends(tmp_path):
     # 4 steps an epoch, a check every 2 steps and none per epoch: steps 2, 4 (an epoch end), 6, 8.
-    cfg = load_config(PretrainConfig, None, tiny(tmp_path, "monitor.knn_every_steps=2", "monitor.knn_bank_size=32", "monitor.knn_query_size=16"))
+    cfg = load_config(PretrainConfig, None, tiny(tmp_path, "monitor.knn_every_steps=2", "monitor.knn_bank_size=32", "monitor.knn_query_size=16", "monitor.knn_k=20"))
     pretrain(cfg, resume=None)
     with open(tmp_path / "epoch_log.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["knn_top1"]]
@@ -204,8 +241,107 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     with pytest.raises(engine.CheckpointError, match="not a simsiam-hub training checkpoint.*found keys \\['state_dict'\\]"):
         load_checkpoint(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(engine.CheckpointError, match="not a readable training checkpoint"):
+    with pytest.raises(engine.CheckpointError, match=r"junk.pt is not a readable checkpoint \(truncated or not a torch file\?\)"):
         load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_pruning_deletes_only_this_runs_older_checkpoints(tmp_path):
+    """A junk file named like a newer checkpoint and a checkpoint of another run sit in the
+    folder: pruning (keep 1) leaves both, deletes this run's older ones, keeps its newest."""
+    args = ("run.checkpoint_every_steps=2", "run.keep_checkpoints=1")
+    pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "other", "run.max_steps=2")))
+    pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", *args, "run.max_steps=4")))
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["checkpoint_step00000004.pt"]
+    junk = tmp_path / "run" / "checkpoint_step00000099.pt"
+    junk.write_bytes(os.urandom(4096))
+    foreign = tmp_path / "run" / "checkpoint_step00000003.pt"
+    foreign.write_bytes(list_checkpoints(tmp_path / "other")[0].read_bytes())
+
+    result = pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", *args, "run.max_steps=8")))  # resumes at 4
+    assert result.step == 8 and result.checkpoint.is_file()
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert names == ["checkpoint_step00000099.pt", "checkpoint_step00000008.pt", "checkpoint_step00000003.pt"]
+    assert load_checkpoint(result.checkpoint)["step"] == 8
+
+
+def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
+    pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "run.max_steps=1")))
+    first = (tmp_path / "config.yaml").read_text()
+    changed = tiny(tmp_path, "data.image_size=24", "optim.base_lr=0.1", "run.seed=1", "run.max_steps=2")
+    message = r"trained with other settings: data.image_size 16 -> 24, optim.base_lr 0.05 -> 0.1, run.seed 0 -> 1 .*--allow-config-change"
+    with pytest.raises(engine.CheckpointError, match=message):
+        pretrain(load_config(PretrainConfig, None, changed))
+    code, log = run_cli("pretrain", *changed)
+    assert code == 1 and "Traceback" not in log and "--allow-config-change" in log.strip().splitlines()[-1]
+
+    # What changes nothing computed (logging, workers, checkpoint cadence) resumes as it is.
+    assert pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "run.max_steps=2", "run.log_every_steps=5"))).step == 2
+    assert (tmp_path / "config.yaml").read_text() == first
+    allowed = pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "optim.base_lr=0.1", "run.max_steps=3")), allow_config_change=True)
+    assert allowed.step == 3
+    assert (tmp_path / "config.yaml").read_text() == first  # the run's first settings are never overwritten
+    assert "base_lr: 0.1" in (tmp_path / "config_step00000002.yaml").read_text()
+    assert load_checkpoint(allowed.checkpoint)["config"]["optim"]["base_lr"] == 0.1
+
+
+def make_image_folder(root, broken: bool):
+    """train/ and val/ with 2 classes of 16 small PNGs each; with ``broken``, one truncated JPEG in train/."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for k, colour in enumerate(((200, 30, 30), (30, 30, 200))):
+            folder = root / split / f"c{k}"
+            folder.mkdir(parents=True)
+            for i in range(16):
+                Image.new("RGB", (20, 20), tuple(min(255, c + 3 * i) for c in colour)).save(folder / f"{i}.png")
+    if broken:
+        Image.new("RGB", (64, 64), (90, 90, 90)).save(root / "train" / "c0" / "broken.jpg", quality=95)
+        data = (root / "train" / "c0" / "broken.jpg").read_bytes()
+        (root / "train" / "c0" / "broken.jpg").write_bytes(data[: len(data) // 3])
+    return root
+
+
+def test_an_unreadable_image_is_skipped_by_name_and_the_run_stays_reproducible(tmp_path, caplog):
+    data = make_image_folder(tmp_path / "data", broken=True)
+    folder_args = ["data.dataset=imagefolder", f"data.root={data}", "run.max_steps=2"]  # 33 images: 2 steps of 16
+    with caplog.at_level("WARNING"):
+        first = pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "a", *folder_args)))
+    assert any("skipping unreadable image" in r.message and "broken.jpg" in r.message for r in caplog.records)
+    ckpt = load_checkpoint(first.checkpoint)
+    assert len(ckpt["bad_images"]) == 1
+    assert open(tmp_path / "a" / "train_log.csv").read().splitlines()[-1].split(",")[-1] == "1"  # bad_images column
+
+    again = pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "b", *folder_args)))
+    for key, value in load_checkpoint(again.checkpoint)["model"].items():
+        assert torch.equal(value, ckpt["model"][key]), key  # the replacement image is drawn from the seed
+
+    with pytest.raises(engine.DatasetError, match=r"1 images could not be read, more than data.max_bad_images=0 \(first: .*broken.jpg\)"):
+        pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "c", *folder_args, "data.max_bad_images=0")))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE refuses writes this way on Linux")
+def test_a_refused_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoint(tmp_path):
+    """The file system refuses the checkpoint at step 4 (a file-size limit below a checkpoint's
+    size, as a full disk would): the run stops in one line, the checkpoint of step 2 intact."""
+    import resource
+
+    out = tmp_path / "run"
+    args = ("run.checkpoint_every_steps=2", "run.max_steps=4")
+    pretrain(load_config(PretrainConfig, None, tiny(out, "run.checkpoint_every_steps=2", "run.max_steps=2")))
+    previous = list_checkpoints(out)[0]
+    limit = previous.stat().st_size // 2
+
+    def limited():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a refused write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    code, log = run_cli("pretrain", *tiny(out, *args), preexec_fn=limited)
+    last = log.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in log, log[-2000:]
+    assert last.startswith("simsiam-hub pretrain: error: the file grew past the size this process may write (ulimit -f) while writing ")
+    assert "checkpoint_step00000004.pt" in last and last.endswith("nothing was written")
+    assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
+    assert list_checkpoints(out) == [previous] and load_checkpoint(previous)["step"] == 2
 
 
 @pytest.mark.parametrize(
@@ -237,6 +373,8 @@ def test_every_shipped_pretrain_config_loads():
 
 def test_cli_reports_errors_in_one_line(tmp_path):
     code, log = run_cli("pretrain", "data.dataset=imagefolder", f"data.root={tmp_path / 'missing'}")
-    assert code == 2
+    assert code == 1  # a runtime error; a bad key or value is a usage error
+    code_usage, log_usage = run_cli("pretrain", "optim.epochs=0")
+    assert code_usage == 2 and log_usage.strip().splitlines()[-1] == "simsiam-hub pretrain: error: config value optim.epochs=0 is invalid: expected a positive integer"
     assert log.strip().splitlines()[-1] == f"simsiam-hub pretrain: error: data.root does not exist: {tmp_path / 'missing'}"
     assert "Traceback" not in log

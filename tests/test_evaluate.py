@@ -16,13 +16,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from simsiam_hub.config import DataConfig, load_config
-from simsiam_hub.evaluate import LoadedSource, knn_accuracy, knn_evaluate, knn_scores
+from simsiam_hub.config import DataConfig, LinclsConfig, LinclsOptimConfig, load_config
+from simsiam_hub.evaluate import LoadedSource
+from simsiam_hub.knn import EvaluationError, knn_accuracy, knn_evaluate, knn_scores
 from simsiam_hub.lincls import (
     BackboneChangedError,
     LinclsCheckpointError,
-    LinclsConfig,
-    LinclsOptimConfig,
     build_optimizer,
     linear_eval,
     load_lincls_checkpoint,
@@ -58,7 +57,7 @@ def lincls_config(root: Path, out: Path, *overrides: str) -> LinclsConfig:
 
 
 def random_source(name: str = "random resnet18") -> LoadedSource:
-    return LoadedSource(build_backbone("resnet18").eval().requires_grad_(False), name, None, {})
+    return LoadedSource(build_backbone("resnet18").eval().requires_grad_(False), name)
 
 
 # --- k-NN ---------------------------------------------------------------------------------
@@ -79,9 +78,11 @@ def test_knn_matches_brute_force_reference():
     bank_labels = torch.randint(0, 7, (300,), generator=g)
     queries = F.normalize(torch.randn(50, 16, generator=g), dim=1)
     query_labels = torch.randint(0, 7, (50,), generator=g)
-    for k in (1, 20, 1000):  # 1000 > bank: capped at the bank size
+    with pytest.raises(EvaluationError, match="k=301 needs a bank of at least k items, found 300"):
+        knn_scores(bank, bank_labels, queries, num_classes=7, k=301)  # never silently capped
+    for k in (1, 20, 300):
         scores = knn_scores(bank, bank_labels, queries, num_classes=7, k=k, temperature=0.07, chunk_size=16)
-        expected = brute_force_knn(bank, bank_labels, queries, 7, min(k, 300), 0.07)
+        expected = brute_force_knn(bank, bank_labels, queries, 7, k, 0.07)
         torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-6)
         acc = knn_accuracy(bank, bank_labels, queries, query_labels, num_classes=7, k=k, temperature=0.07)
         ranked = expected.argsort(dim=1, descending=True)
@@ -179,7 +180,7 @@ class SneakyBackbone(nn.Module):
 def test_a_changed_backbone_fails_loudly(color_folder, tmp_path):
     cfg = lincls_config(color_folder, tmp_path / "run", "optim.epochs=1", "data.cache_features=true")
     with pytest.raises(BackboneChangedError, match="bn.running_mean"):
-        linear_eval(cfg, LoadedSource(SneakyBackbone(), "sneaky", None, {}), resume=None)
+        linear_eval(cfg, LoadedSource(SneakyBackbone(), "sneaky"), resume=None)
 
 
 def test_resume_continues_exactly_and_refuses_another_run(color_folder, tmp_path):
@@ -188,7 +189,7 @@ def test_resume_continues_exactly_and_refuses_another_run(color_folder, tmp_path
     def source(name="random resnet18"):
         backbone = build_backbone("resnet18")
         backbone.load_state_dict(weights)
-        return LoadedSource(backbone.eval().requires_grad_(False), name, None, {})
+        return LoadedSource(backbone.eval().requires_grad_(False), name)
 
     cached = ("optim.epochs=4", "data.cache_features=true")
     whole = linear_eval(lincls_config(color_folder, tmp_path / "whole", *cached), source(), resume=None)
@@ -248,7 +249,7 @@ def test_cli_results_reach_a_model_card(tiny_checkpoint, color_folder, tmp_path,
     from huggingface_hub import ModelCard
 
     from simsiam_hub.cli import main
-    from simsiam_hub.hub import export
+    from simsiam_hub.export import export
 
     # knn: the data options come from the checkpoint; results land beside it, where export looks.
     assert main(["knn", str(tiny_checkpoint), "--workers", "0", "--no-progress", "--k", "20"]) == 0
@@ -270,26 +271,24 @@ def test_cli_results_reach_a_model_card(tiny_checkpoint, color_folder, tmp_path,
     card = ModelCard.load(card_dir / "README.md")  # huggingface_hub parses the metadata back
     entries = [e for e in card.data.eval_results if e.dataset_name == color_folder.name]
 
-    def parsed(task: str, metric: str) -> float:
-        """The value of our (task, metric), however the card names it: `metric` under a task name
-        that says the task, or `TASK_metric`."""
-        words = {"knn": "k-NN", "linear": "Linear"}
-        hits = [
-            e.metric_value for e in entries
-            if e.metric_type == f"{task}_{metric}" or (e.metric_type == metric and words[task] in e.task_name)
-        ]  # fmt: skip
-        assert len(hits) == 1, (task, metric, [(e.task_name, e.metric_type) for e in entries])
+    # One task entry per evaluation, each with the standard metric type and a name saying what it is.
+    def parsed(task_type: str, metric_type: str, metric_name: str) -> float:
+        hits = [e.metric_value for e in entries if (e.task_type, e.metric_type, e.metric_name) == (task_type, metric_type, metric_name)]
+        assert len(hits) == 1, (task_type, metric_name, [(e.task_type, e.metric_type, e.metric_name) for e in entries])
         return hits[0]
 
-    assert parsed("knn", "top1") == pytest.approx(knn["top1"].value, abs=1e-3)
-    assert parsed("linear", "top1") == pytest.approx(linear["top1"].value, abs=1e-3)
-    assert parsed("linear", "top1_best") == pytest.approx(linear["top1_best"].value, abs=1e-3)
+    assert parsed("image-feature-extraction", "accuracy", "top-1 accuracy") == pytest.approx(knn["top1"].value, abs=1e-3)
+    assert parsed("image-classification", "accuracy", "top-1 accuracy") == pytest.approx(linear["top1"].value, abs=1e-3)
+    assert parsed("image-classification", "accuracy", "top-1 accuracy, best epoch") == pytest.approx(linear["top1_best"].value, abs=1e-3)
+    assert parsed("image-classification", "top_5_accuracy", "top-5 accuracy") == pytest.approx(linear["top5"].value, abs=1e-3)
     assert {e.dataset_split for e in entries} == {"val"}
+    assert {e.task_name for e in entries} == {"k-NN classification of frozen features", "Linear classification on the frozen backbone"}
 
 
 def test_knn_baselines_score_the_runs_own_initialisation(tiny_checkpoint, color_folder, tmp_path, capsys):
     from simsiam_hub.cli import main
-    from simsiam_hub.engine import Trainer, load_checkpoint
+    from simsiam_hub.checkpoint import load_checkpoint
+    from simsiam_hub.engine import Trainer
     from simsiam_hub.config import PretrainConfig, from_dict
     from simsiam_hub.models import initial_backbone
 
@@ -320,7 +319,7 @@ def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
     assert main(["knn", str(tiny_checkpoint), "--dataset", "imagenet", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "data.dataset='imagenet'" in err and "expected one of" in err and "Traceback" not in err
-    assert main(["lincls", str(tmp_path / "missing.pt"), f"run.output_dir={tmp_path}"]) == 2
+    assert main(["lincls", str(tmp_path / "missing.pt"), f"run.output_dir={tmp_path}"]) == 1
     assert "missing.pt" in capsys.readouterr().err
     assert main(["lincls", str(tiny_checkpoint), "optim.optimizer=adam", f"run.output_dir={tmp_path}"]) == 2
     assert "optim.optimizer='adam'" in capsys.readouterr().err

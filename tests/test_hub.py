@@ -30,7 +30,8 @@ from hub_fixtures import (  # noqa: F401 (fixtures)
 from torch import nn
 
 from simsiam_hub.cli import main
-from simsiam_hub.hub import NotCachedError, RepoNotFoundError, from_pretrained, pull, push_to_hub
+from simsiam_hub.loading import from_pretrained
+from simsiam_hub.repo import NotCachedError, RepoNotFoundError, pull, push_to_hub
 from simsiam_hub.results import EvalResult, write_results
 from simsiam_hub.weights import read_safetensors, save_safetensors
 
@@ -59,10 +60,10 @@ def load_state(ref: str, revision: str | None = None) -> dict:
 
 
 def call(name: str, *args, **kwargs):
-    """``simsiam_hub.hub.<name>(*args, **kwargs)``."""
-    import simsiam_hub.hub
+    """``simsiam_hub.repo.<name>(*args, **kwargs)``."""
+    import simsiam_hub.repo
 
-    return getattr(simsiam_hub.hub, name)(*args, **kwargs)
+    return getattr(simsiam_hub.repo, name)(*args, **kwargs)
 
 
 def timm_state(name: str) -> dict:
@@ -176,7 +177,7 @@ def test_export_writes_a_timm_compatible_folder_and_model_card(exported, trained
     card = ModelCard.load(exported / "README.md")
     assert card.data.license == "apache-2.0" and "simsiam" in card.data.tags
     found = {(r.task_type, r.dataset_name, r.metric_type, r.metric_value) for r in card.data.eval_results}
-    assert found == {("image-classification", "synthetic", "knn_top1", 31.25), ("object-detection", "voc07", "ap50", 41.5)}
+    assert found == {("image-feature-extraction", "synthetic", "accuracy", 31.25), ("object-detection", "voc07", "map_50", 41.5)}
     for text in ("torch.hub.load(", "simsiam_hub.from_pretrained(", "timm.create_model(", "@inproceedings{chen2021exploring", "base_lr: 0.05", "41.50 ± 0.40"):
         assert text in card.text
 
@@ -232,7 +233,9 @@ def test_timm_loads_the_hub_repo_strictly(exported, pushed, client):
 def test_second_push_makes_a_new_revision(exported, pushed, fake_hub, client, tmp_path):
     v2 = tmp_path / "v2"
     v2.mkdir()
-    shutil.copyfile(exported / "config.json", v2 / "config.json")
+    config = json.loads((exported / "config.json").read_text())
+    config["simsiam"]["has_simsiam"] = False  # a folder of the backbone alone
+    (v2 / "config.json").write_text(json.dumps(config))
     state, metadata = read_safetensors(exported / "model.safetensors")
     save_safetensors(dict(state, **{"conv1.weight": state["conv1.weight"] * 2}), v2 / "model.safetensors", metadata)
     second = client.submit(call, "push_to_hub", v2, REPO, commit_message="v2").result()
@@ -257,7 +260,7 @@ def test_offline_mode_serves_the_cache_and_fails_clearly(pushed, fake_hub, clien
     with pytest.raises(NotCachedError, match="not in the Hub cache .* and HF_HUB_OFFLINE=1"):
         offline_client.submit(load_state, "test-org/never-downloaded").result()
     rc, out, err = offline_client.submit(run_cli, ["pull", "test-org/never-downloaded"]).result()
-    assert rc == 2 and err.startswith("simsiam-hub pull: error: test-org/never-downloaded is not in the Hub cache")
+    assert rc == 1 and err.startswith("simsiam-hub pull: error: test-org/never-downloaded is not in the Hub cache")
     assert len(fake_hub.requests) == seen  # offline: not one request
 
 
@@ -265,11 +268,11 @@ def test_missing_repo_revision_or_token_is_a_clear_error(exported, pushed, clien
     with pytest.raises(RepoNotFoundError, match="repo test-org/does-not-exist not found on http://127.0.0.1"):
         client.submit(load_state, "test-org/does-not-exist").result()
     rc, _, err = client.submit(run_cli, ["pull", "test-org/does-not-exist"]).result()
-    assert rc == 2 and err.count("\n") == 1 and "not found" in err
+    assert rc == 1 and err.count("\n") == 1 and "not found" in err
     rc, _, err = client.submit(run_cli, ["pull", REPO, "--revision", "no-such-branch"]).result()
-    assert rc == 2 and "no such revision" in err
+    assert rc == 1 and "no such revision" in err
     rc, _, err = client.submit(run_cli, ["pull", "not a repo id"]).result()
-    assert rc == 2 and "neither an existing local folder nor a valid Hub repo id" in err
+    assert rc == 2 and "neither an existing local folder nor a valid Hub repo id" in err  # a usage error
     with pytest.raises(Exception, match="HTTP 401") as no_token:
         client.submit(call, "push_to_hub", exported, "test-org/other", token=False).result()
     assert TOKEN not in str(no_token.value)
@@ -285,7 +288,12 @@ def test_local_folder_works_wherever_a_repo_id_does(exported, tmp_path):
     assert push_to_hub(exported, str(target), results=[linear]) == str(target)
     assert_same_tensors(from_pretrained(target).state_dict(), from_pretrained(exported).state_dict())
     results = ModelCard.load(target / "README.md").data.eval_results
-    assert sorted((r.metric_type, r.metric_value) for r in results) == [("ap50", 41.5), ("knn_top1", 31.25), ("linear_top1", 55.0)]
+    found = sorted((r.task_type, r.task_name, r.metric_type, r.metric_value) for r in results)
+    assert found == [
+        ("image-classification", "Linear classification on the frozen backbone", "accuracy", 55.0),
+        ("image-feature-extraction", "k-NN classification of frozen features", "accuracy", 31.25),
+        ("object-detection", "Object detection (fine-tuned, Detectron2 R50-C4)", "map_50", 41.5),
+    ]
     assert (exported / "README.md").read_text() == card_before  # the source folder is left as it was
     copy = pull(str(target), out=tmp_path / "copy")
     assert (copy / "model.safetensors").read_bytes() == (exported / "model.safetensors").read_bytes()

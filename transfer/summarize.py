@@ -22,7 +22,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from simsiam_hub.errors import SimsiamHubError
+from simsiam_hub.errors import SimsiamHubError, UsageError
 from simsiam_hub.results import EvalResult, read_results, write_results
 
 RESULTS_FILE = "detection_results.json"  # what train_net.py writes per trial
@@ -45,7 +45,7 @@ PAPER_LABEL = "SimSiam, paper (Table 5, 200 ep)"
 _PER_TRIAL = ("seed", "trial")  # recipe entries that differ between trials of one experiment
 
 
-class SummaryError(SimsiamHubError, ValueError):
+class SummaryError(UsageError):
     """No per-trial results where they were expected, or trials that do not belong together."""
 
 
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
             print(f"\nwrote {args.json}")
     except SimsiamHubError as err:
         print(f"summarize.py: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     return 0
 
 

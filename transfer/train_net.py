@@ -23,6 +23,7 @@ Builtin datasets (``voc_2007_trainval``, ``voc_2012_trainval``, ``voc_2007_test`
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances, register_pascal_voc
+from detectron2.data.datasets import register_coco_instances
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.layers import get_norm
@@ -43,8 +44,10 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from simsiam_hub.errors import SimsiamHubError
+from simsiam_hub.detectron2 import convert_source
+from simsiam_hub.errors import SimsiamHubError, UsageError
 from simsiam_hub.fileio import atomic_write_text
+from simsiam_hub.resources import shipped_configs
 from simsiam_hub.results import EvalResult, write_results
 
 log = logging.getLogger("detectron2.simsiam_hub")
@@ -65,7 +68,7 @@ BENCHMARKS = {
 TASKS = {"bbox": "detection", "segm": "instance-segmentation"}
 
 
-class TransferError(SimsiamHubError):
+class TransferError(UsageError):
     """A fine-tuning run that cannot start as asked: a config, dataset or weights problem."""
 
 
@@ -114,14 +117,21 @@ def _registered(name: str, **where) -> bool:
     raise TransferError(f"dataset name {name!r} is taken by other data ({meta.get('dirname') or meta.get('json_file')}): choose another name")
 
 
-def register_voc(name: str, folder: str, split: str, classes) -> None:
-    """Register a Pascal VOC layout folder (JPEGImages/, Annotations/, ImageSets/Main/SPLIT.txt).
+# Image files a VOC folder's JPEGImages/ may hold, found by id (Detectron2's loader assumes .jpg).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".JPG", ".JPEG", ".PNG", ".TIF", ".TIFF", ".BMP")
+OBJECT_TAGS = ("name", "pose", "truncated", "difficult", "bndbox")  # what Detectron2's VOC evaluator reads
 
-    Its object names are checked against ``classes`` here, not deep inside a data loader.
-    Registered as year 2012, so that its AP is the area under the precision/recall curve
-    (Detectron2 uses VOC2007's 11-point AP only for year 2007).
+
+def voc_records(name: str, root: Path, split: str, classes) -> list[dict]:
+    """A Pascal VOC folder's split as Detectron2 dataset dicts, every file checked first.
+
+    Detectron2's own ``load_voc_instances`` reads the same XML the same way (1-based inclusive
+    boxes become ``xmin - 1, ymin - 1``), but assumes ``.jpg`` images and reads the split file
+    with ``np.loadtxt``, which fails on a split of one image. Anything that would fail later,
+    deep inside a data loader, is refused here in one line naming the file.
     """
-    root = Path(folder).expanduser()
+    from detectron2.structures import BoxMode
+
     ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
     for needed in (root / "JPEGImages", root / "Annotations", ids_file):
         if not needed.exists():
@@ -129,31 +139,55 @@ def register_voc(name: str, folder: str, split: str, classes) -> None:
                 f"--register-voc {name}: {needed} not found; expected a Pascal VOC layout "
                 f"(JPEGImages/, Annotations/, ImageSets/Main/{split}.txt) under {root}"
             )
-    ids = ids_file.read_text().split()
+    ids = [line.split()[0] for line in ids_file.read_text().splitlines() if line.strip()]
     if not ids:
         raise TransferError(f"--register-voc {name}: {ids_file} lists no images")
-    found = set()
+    records = []
     for image_id in ids:
+        image = next((root / "JPEGImages" / f"{image_id}{s}" for s in IMAGE_SUFFIXES if (root / "JPEGImages" / f"{image_id}{s}").is_file()), None)
+        if image is None:
+            raise TransferError(f"--register-voc {name}: no image for {image_id!r} in {root / 'JPEGImages'} (expected {image_id}.jpg, .png, .tif or .bmp)")
         xml = root / "Annotations" / f"{image_id}.xml"
         try:
-            objects = list(ET.parse(xml).getroot().iter("object"))
+            tree = ET.parse(xml).getroot()
+            height, width = int(tree.findtext("size/height")), int(tree.findtext("size/width"))
         except (OSError, ET.ParseError) as err:
             raise TransferError(f"--register-voc {name}: cannot read annotation {xml}: {err}") from None
-        for obj in objects:
-            # Detectron2's VOC evaluator reads all of these for every object.
-            absent = [tag for tag in ("name", "pose", "truncated", "difficult", "bndbox") if obj.find(tag) is None]
+        except (TypeError, ValueError):
+            raise TransferError(f"--register-voc {name}: {xml} has no integer <size><width> and <height>") from None
+        instances = []
+        for obj in tree.iter("object"):
+            absent = [tag for tag in OBJECT_TAGS if obj.find(tag) is None]
             if absent:
                 raise TransferError(f"--register-voc {name}: {xml} has an <object> without {', '.join(f'<{t}>' for t in absent)}")
-            found.add(obj.findtext("name"))
-    unknown = sorted(found - set(classes))
-    if unknown:
-        raise TransferError(
-            f"--register-voc {name}: annotations name classes not in the class list {list(classes)}: {unknown} (set --classes)"
-        )
+            label = obj.findtext("name")
+            if label not in classes:
+                raise TransferError(f"--register-voc {name}: {xml} names the class {label!r}, not in the class list {list(classes)} (set --classes)")
+            try:
+                box = [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
+            except (TypeError, ValueError):
+                raise TransferError(f"--register-voc {name}: {xml} has a <bndbox> without numeric xmin, ymin, xmax, ymax") from None
+            box[0] -= 1.0
+            box[1] -= 1.0
+            instances.append({"category_id": list(classes).index(label), "bbox": box, "bbox_mode": BoxMode.XYXY_ABS})
+        records.append({"file_name": str(image), "image_id": image_id, "height": height, "width": width, "annotations": instances})
+    return records
+
+
+def register_voc(name: str, folder: str, split: str, classes) -> None:
+    """Register a Pascal VOC layout folder (JPEGImages/, Annotations/, ImageSets/Main/SPLIT.txt),
+    checked file by file before any model is built (:func:`voc_records`).
+
+    Registered as year 2012, so that its AP is the area under the precision/recall curve
+    (Detectron2 uses VOC2007's 11-point AP only for year 2007).
+    """
+    root = Path(folder).expanduser()
+    records = voc_records(name, root, split, classes)
     if _registered(name, dirname=str(root), split=split, thing_classes=list(classes)):
         return
-    register_pascal_voc(name, str(root), split, 2012, list(classes))
-    MetadataCatalog.get(name).evaluator_type = "pascal_voc"  # as Detectron2's builtin VOC sets
+    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
+    # The metadata Detectron2's register_pascal_voc sets, which its VOC evaluator reads.
+    MetadataCatalog.get(name).set(thing_classes=list(classes), dirname=str(root), year=2012, split=split, evaluator_type="pascal_voc")
 
 
 def register_coco(name: str, json_file: str, image_root: str) -> None:
@@ -241,8 +275,6 @@ def resolve_weights(weights: str, output_dir: str) -> str:
         return str(path)
     out = Path(output_dir) / CONVERTED_WEIGHTS
     if comm.get_local_rank() == 0:  # one conversion per machine; the write is atomic
-        from simsiam_hub.detectron2 import convert_source
-
         convert_source(str(path) if path.exists() else weights, out)
     comm.synchronize()
     return str(out)
@@ -251,12 +283,24 @@ def resolve_weights(weights: str, output_dir: str) -> str:
 # --- setup and runs ---------------------------------------------------------------------
 
 
-def load_config(config_file: str, opts=()):
-    """Detectron2's config: its defaults, ``config_file`` (with ``_BASE_``) and ``KEY VALUE`` overrides."""
+def resolve_config_file(config_file: str) -> str:
+    """A config file: the path given, or the shipped detection config of that name
+    (``voc07_R_50_C4``; ``simsiam-hub configs --kind detection`` lists them)."""
     if not config_file:
-        raise TransferError("--config-file is required (see configs/detection/)")
-    if not os.path.isfile(config_file):
-        raise TransferError(f"config file not found: {config_file}")
+        raise TransferError("--config-file is required: a YAML file or a shipped detection config's name (simsiam-hub configs --kind detection)")
+    if os.path.isfile(config_file):
+        return config_file
+    shipped = shipped_configs("detection")
+    name = Path(config_file).name.removesuffix(".yaml")
+    if name in shipped and Path(config_file).parent.name in ("", ".", "detection"):
+        return str(shipped[name])
+    raise TransferError(f"config file not found: {config_file} (shipped detection configs: {', '.join(shipped)})")
+
+
+def load_config(config_file: str, opts=()):
+    """Detectron2's config: its defaults, ``config_file`` (a path or a shipped config's name, with
+    ``_BASE_``) and ``KEY VALUE`` overrides."""
+    config_file = resolve_config_file(config_file)
     cfg = get_cfg()
     try:
         cfg.merge_from_file(config_file)
@@ -409,6 +453,7 @@ def cli(argv=None) -> int:
     if args.eval_only and args.trials != 1:
         parser.error("--eval-only evaluates one model: --trials does not apply")
     try:
+        args.config_file = resolve_config_file(args.config_file)  # a shipped config's name works too
         launch(
             main,
             args.num_gpus,
@@ -419,7 +464,7 @@ def cli(argv=None) -> int:
         )
     except SimsiamHubError as err:
         print(f"train_net.py: error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code
     return 0
 
 

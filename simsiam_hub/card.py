@@ -1,0 +1,270 @@
+"""The model card: a model folder's ``README.md``, made with huggingface_hub's ``ModelCard`` from
+its ``config.json`` and evaluation results, which also become the card's model-index.
+
+model-index groups results by task type and dataset, so each evaluation protocol has a task
+type of its own: k-NN of frozen features is ``image-feature-extraction``, a linear classifier
+``image-classification``, the fine-tuned detector ``object-detection`` and its masks
+``image-segmentation``. Metric types are the standard ones (``accuracy``, and torchmetrics'
+``map``, ``map_50``, ``map_75`` for COCO-style AP); their names say what was measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from huggingface_hub import EvalResult as HfEvalResult
+from huggingface_hub import ModelCard, ModelCardData, constants
+
+from .data import dataset_info
+from .fileio import atomic_write_text
+from .folder import BACKBONE_FILE, CARD_FILE, CONFIG_FILE, RESULTS_FILE, SIMSIAM_FILE, SimsiamSection, read_config
+from .models import feature_dim
+from .registry import GITHUB_REPO, OFFICIAL_CODE_URL, PAPER_URL
+from .results import EvalResult, read_results, write_results
+
+# Benchmarks named in results beyond the datasets we build (data.DATASETS), for the card's `datasets`.
+HUB_DATASETS = {
+    "imagenet-1k": "ILSVRC/imagenet-1k",
+    "voc07": "HuggingFaceM4/pascal_voc",
+    "voc0712": "HuggingFaceM4/pascal_voc",
+    "coco2017": "detection-datasets/coco",
+}
+# Our task -> (model-index task type, task name).
+TASK_TYPES = {
+    "knn": ("image-feature-extraction", "k-NN classification of frozen features"),
+    "linear": ("image-classification", "Linear classification on the frozen backbone"),
+    "detection": ("object-detection", "Object detection (fine-tuned, Detectron2 R50-C4)"),
+    "instance-segmentation": ("image-segmentation", "Instance segmentation (fine-tuned, Detectron2 R50-C4)"),
+}
+# Our metric -> (standard metric type, descriptive name).
+METRICS = {
+    "top1": ("accuracy", "top-1 accuracy"),
+    "top5": ("top_5_accuracy", "top-5 accuracy"),
+    "top1_best": ("accuracy", "top-1 accuracy, best epoch"),
+    "top5_best": ("top_5_accuracy", "top-5 accuracy, best epoch"),
+    "AP": ("map", "AP"),
+    "AP50": ("map_50", "AP50"),
+    "AP75": ("map_75", "AP75"),
+}
+CITATION = """@inproceedings{chen2021exploring,
+  title     = {Exploring Simple Siamese Representation Learning},
+  author    = {Chen, Xinlei and He, Kaiming},
+  booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages     = {15750--15758},
+  year      = {2021}
+}"""
+
+
+def hub_dataset_id(name: str) -> str | None:
+    return dataset_info(name).hub_id or HUB_DATASETS.get(name)
+
+
+def _source_url(r: EvalResult) -> str | None:
+    """A link to what was evaluated: an http source as is, a Hub repo at the commit evaluated."""
+    if r.source.startswith(("http://", "https://")):
+        return r.source
+    if r.source_revision:
+        return f"{constants.ENDPOINT}/{r.source}/tree/{r.source_revision}"
+    return None
+
+
+def _metric_name(r: EvalResult) -> str:
+    name = METRICS.get(r.metric, (None, r.metric))[1]
+    if r.task == "instance-segmentation":
+        name = f"mask {name}"
+    elif r.task == "detection":
+        name = f"box {name}"
+    protocol = r.recipe.get("protocol_name") if isinstance(r.recipe, dict) else None
+    if protocol:
+        name += f" ({protocol})"
+    if r.std is not None:
+        name += f", mean of {r.num_trials} trials, std {r.std:.2f}"
+    return name
+
+
+def model_index_results(results: list[EvalResult]) -> list[HfEvalResult]:
+    """``results`` as huggingface_hub ``EvalResult`` entries for the card's model-index."""
+    out = []
+    for r in results:
+        task_type, task_name = TASK_TYPES[r.task]
+        url = _source_url(r)
+        out.append(
+            HfEvalResult(
+                task_type=task_type,
+                task_name=task_name,
+                dataset_type=hub_dataset_id(r.dataset) or r.dataset,
+                dataset_name=r.dataset,
+                dataset_split=r.split,
+                metric_type=METRICS.get(r.metric, (r.metric.lower(), None))[0],
+                metric_name=_metric_name(r),
+                metric_value=round(r.value, 4),
+                source_name=r.source if url else None,  # model-index wants both or neither
+                source_url=url,
+            )
+        )
+    return out
+
+
+def _results_table(results: list[EvalResult]) -> str:
+    if not results:
+        return (
+            "No evaluation results were attached to this export: `simsiam-hub knn`/`lincls` and the "
+            "detection transfer write results files that `simsiam-hub export --results FILE` adds here."
+        )
+    rows = ["| task | protocol | dataset | split | metric | value | trials | source |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        value = f"{r.value:.2f}" + (f" ± {r.std:.2f}" if r.std is not None else "")
+        protocol = (r.recipe.get("protocol_name") or r.recipe.get("protocol") or "-") if isinstance(r.recipe, dict) else "-"
+        rows.append(f"| {r.task} | {protocol} | {r.dataset} | {r.split} | {r.metric} | {value} | {r.num_trials} | {r.source or '-'} |")
+    return "\n".join(rows)
+
+
+def _input_text(section: SimsiamSection, pretrained_cfg: dict) -> str:
+    size = section.image_size
+    crop_pct = pretrained_cfg.get("crop_pct", 0.875)
+    interpolation = pretrained_cfg.get("interpolation", "bilinear")
+    if crop_pct >= 1:
+        view = f"eval: resize to {size} ({interpolation}, the whole image)"
+    else:
+        view = f"eval: resize to {round(size / crop_pct)} ({interpolation}) then centre-crop {size}"
+    return f"{size} px RGB; {view}; mean {pretrained_cfg.get('mean')}, std {pretrained_cfg.get('std')}"
+
+
+def build_card(
+    section: SimsiamSection, pretrained_cfg: dict, results: list[EvalResult], *, name: str, repo_id: str | None = None
+) -> ModelCard:
+    """The model card (a huggingface_hub ``ModelCard``) of a model folder."""
+    timm_ok = not section.small_stem
+    ref = repo_id or f"<org>/{name}"
+    dataset_id = hub_dataset_id(section.dataset)
+    eval_results = model_index_results(results)
+    data = ModelCardData(
+        license=section.license,
+        library_name="timm" if timm_ok else "pytorch",
+        pipeline_tag="image-feature-extraction",
+        tags=["simsiam", "self-supervised-learning", "image-feature-extraction", "resnet", section.arch, "safetensors"]
+        + (["timm"] if timm_ok else []),
+        datasets=[dataset_id] if dataset_id else None,
+        model_name=name if eval_results else None,
+        eval_results=eval_results or None,
+    )
+    what = {
+        "simsiam": "pretrained with SimSiam (self-supervised: no labels)",
+        "moco": "pretrained with MoCo (self-supervised), imported for comparison",
+        "supervised": "trained with labels (supervised), imported as a baseline",
+    }.get(section.method, f"pretrained with {section.method}")
+    stem = "small-image stem (3x3/1 conv, no max-pool)" if section.small_stem else "standard stem (7x7/2 conv, max-pool)"
+    if isinstance(section.recipe, dict):
+        recipe_text = "```yaml\n" + yaml.safe_dump(section.recipe, sort_keys=False).strip() + "\n```"
+    else:
+        recipe_text = str(section.recipe or "not recorded")
+    num_features = feature_dim(section.arch)
+    timm_text = (
+        f'```python\nimport timm\nmodel = timm.create_model("hf-hub:{ref}", pretrained=True)  # num_classes=0: pooled features\n```'
+        if timm_ok
+        else "timm builds the standard stem only: load this small-stem model with `from_pretrained`."
+    )
+    files = [
+        f"- `{BACKBONE_FILE}`: the backbone alone (torchvision/timm names, no `fc`), with its recipe as metadata",
+        f"- `{CONFIG_FILE}`: timm-compatible config, plus a `simsiam` section (arch, stem, recipe, source)",
+        f"- `{CARD_FILE}`: this card; `{RESULTS_FILE}`: the evaluation results, when there are any",
+    ]
+    if section.has_simsiam:
+        files.append(
+            f"- `{SIMSIAM_FILE}`: the whole SimSiam model (projector dim {section.dim}, predictor dim {section.pred_dim}), "
+            f"to continue pretraining: `simsiam-hub pretrain --init-from {SIMSIAM_FILE}`"
+        )
+    unknown = "unknown"
+    body = f"""
+# {name}
+
+A {section.arch} backbone {what}. SimSiam: [Chen & He, *Exploring Simple Siamese Representation
+Learning*, CVPR 2021]({PAPER_URL}) ([official code]({OFFICIAL_CODE_URL})). Made with simsiam-hub.
+
+| | |
+|---|---|
+| architecture | {section.arch}, {stem}; torchvision parameter names; `fc` removed: {num_features}-d pooled features |
+| method | {section.method} |
+| pretraining data | {section.dataset} |
+| epochs | {section.epochs if section.epochs is not None else unknown} |
+| batch size | {section.batch_size if section.batch_size is not None else unknown} |
+| input | {_input_text(section, pretrained_cfg)} |
+| source | {section.source} |
+| license | {section.license} |
+
+## Evaluation
+
+{_results_table(results)}
+
+## How to load
+
+With torch.hub (downloads this repo through the simsiam-hub code):
+
+```python
+import torch
+model = torch.hub.load("{GITHUB_REPO}", "simsiam_resnet50", pretrained=True, repo_id="{ref}")
+```
+
+With simsiam-hub (`pip install simsiam-hub`); a local folder works as well as a repo id:
+
+```python
+import simsiam_hub
+model = simsiam_hub.from_pretrained("{ref}")  # eval mode, fc = Identity
+features = model(model.transform(image).unsqueeze(0))  # (1, {num_features})
+```
+
+With timm:
+
+{timm_text}
+
+For detection transfer: `simsiam-hub convert-detectron2 {ref} --out backbone.pkl`.
+
+## Training recipe
+
+{recipe_text}
+
+## Files
+
+{chr(10).join(files)}
+
+## License
+
+{section.license}{" (the official SimSiam weights are released under CC-BY-NC 4.0: non-commercial use)" if section.license == 'cc-by-nc-4.0' else ""}.
+
+## Citation
+
+```bibtex
+{CITATION}
+```
+"""
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+
+
+def merge_results(*groups) -> list[EvalResult]:
+    """Results in order, a later entry replacing an earlier one of the same evaluation (task,
+    protocol, metric, dataset, split)."""
+    merged: dict[tuple, EvalResult] = {}
+    for group in groups:
+        for r in group:
+            protocol = r.recipe.get("protocol_name") if isinstance(r.recipe, dict) else None
+            merged[(r.task, protocol, r.metric, r.dataset, r.split)] = r
+    return list(merged.values())
+
+
+def folder_results(folder: str | Path) -> list[EvalResult]:
+    path = Path(folder) / RESULTS_FILE
+    return read_results(path) if path.is_file() else []
+
+
+def write_card(folder: str | Path, results: list[EvalResult], *, repo_id: str | None = None, name: str | None = None) -> Path:
+    """(Re)write a model folder's README.md and results.json from its config.json and ``results``."""
+    folder = Path(folder)
+    section, pretrained_cfg = read_config(folder)
+    if results:
+        write_results(results, folder / RESULTS_FILE)
+    else:
+        (folder / RESULTS_FILE).unlink(missing_ok=True)
+    name = name or (repo_id.split("/")[-1] if repo_id else None) or section.variant or folder.resolve().name
+    card = build_card(section, pretrained_cfg, results, name=name, repo_id=repo_id)
+    return atomic_write_text(str(card), folder / CARD_FILE)

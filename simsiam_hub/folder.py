@@ -1,0 +1,220 @@
+"""The model folder: what a model repo (a Hub repo, or a local folder) holds, its ``config.json``
+with the typed ``simsiam`` section, and the checks a folder must pass before it is published.
+
+``model.safetensors``    the backbone alone, torchvision/timm names, no ``fc``, string metadata
+``config.json``          timm's format (``architecture``, ``num_classes: 0``, ``num_features``,
+                         ``pretrained_cfg``) plus a ``simsiam`` section (:class:`SimsiamSection`)
+``README.md``            the model card (:mod:`.card`), evaluation results as model-index
+``results.json``         evaluation results (:mod:`.results` format), when there are any
+``simsiam.safetensors``  optional: the whole SimSiam model, to continue pretraining
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from . import __version__
+from .augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
+from .errors import SimsiamHubError
+from .models import ARCHS, feature_dim
+from .results import ResultsError, read_results
+from .weights import WeightsError, check_backbone, infer_arch, read_safetensors, split_state_dict
+
+log = logging.getLogger(__name__)
+
+BACKBONE_FILE = "model.safetensors"
+SIMSIAM_FILE = "simsiam.safetensors"
+CONFIG_FILE = "config.json"
+CARD_FILE = "README.md"
+RESULTS_FILE = "results.json"
+MODEL_FILES = (BACKBONE_FILE, CONFIG_FILE, CARD_FILE, RESULTS_FILE, SIMSIAM_FILE)
+PAPER_ID = "arXiv:2011.10566"
+PAPER_NAME = "Exploring Simple Siamese Representation Learning"
+
+
+class FolderError(SimsiamHubError, ValueError):
+    """A model folder that is incomplete, inconsistent or not a model folder at all."""
+
+
+@dataclass
+class SimsiamSection:
+    """The ``simsiam`` section of ``config.json``: what the card, the loaders and the evaluation
+    commands need to know of the weights (as timm's ``PretrainedCfg`` is for timm)."""
+
+    arch: str
+    small_stem: bool = False
+    image_size: int = 224  # the training crop size; the eval transform's size
+    method: str = "simsiam"  # simsiam | moco | supervised
+    epochs: Optional[float] = None
+    batch_size: Optional[int] = None
+    dataset: str = "unknown"  # the pretraining data (our dataset names, or e.g. imagenet-1k)
+    source: str = ""  # where the weights came from
+    license: str = "other"
+    dim: Optional[int] = None  # projector width, when the whole model is included
+    pred_dim: Optional[int] = None
+    has_simsiam: bool = False  # simsiam.safetensors is in the folder
+    variant: Optional[str] = None  # registry name, for the official releases
+    recipe: Union[dict, str, None] = None  # the training config (our runs) or a sentence
+    library_version: str = f"simsiam-hub {__version__}"
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise FolderError(f"simsiam.arch: expected one of {', '.join(ARCHS)}, found {self.arch!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict, where: str = "config.json") -> "SimsiamSection":
+        """From a ``simsiam`` section; keys a newer simsiam-hub added are ignored (logged)."""
+        if not isinstance(values, dict):
+            raise FolderError(f"{where}: the simsiam section should be a JSON object, found {type(values).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            log.debug("%s: ignoring unknown simsiam keys %s", where, unknown)
+        try:
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except TypeError as err:
+            raise FolderError(f"{where}: the simsiam section is incomplete: {err}") from None
+
+    @classmethod
+    def from_timm_config(cls, config: dict, where: str = "config.json") -> "SimsiamSection":
+        """A folder made by timm (no ``simsiam`` section): what its timm fields say."""
+        size = (config.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
+        arch = config.get("architecture")
+        if arch not in ARCHS:
+            raise FolderError(f"{where}: expected an architecture among {', '.join(ARCHS)}, found {arch!r}")
+        return cls(arch=arch, image_size=int(size), method="unknown", source=where)
+
+
+def timm_config(section: SimsiamSection) -> dict:
+    """config.json: timm's format (what ``timm.create_model('hf-hub:...')`` reads), plus ours."""
+    size = section.image_size
+    return {
+        "architecture": section.arch,
+        "num_classes": 0,
+        "num_features": feature_dim(section.arch),
+        "global_pool": "avg",
+        "pretrained_cfg": {
+            "tag": section.method,
+            "custom_load": False,
+            "input_size": [3, size, size],
+            "fixed_input_size": False,
+            "interpolation": "bilinear",
+            "crop_pct": eval_crop_pct(section.dataset),
+            "crop_mode": "center",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "num_classes": 0,
+            "pool_size": [max(1, size // 32)] * 2,
+            "first_conv": "conv1",
+            "classifier": "fc",
+            "license": section.license,
+            "paper_ids": PAPER_ID,
+            "paper_name": PAPER_NAME,
+        },
+        "simsiam": section.to_json(),
+    }
+
+
+def read_config(folder: str | Path) -> tuple[SimsiamSection, dict]:
+    """``(simsiam section, pretrained_cfg)`` of a model folder's ``config.json``; a folder
+    made by timm, without the section, gets one from its timm fields."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FolderError(f"{path} not found: a model folder has {', '.join(MODEL_FILES[:2])}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise FolderError(f"{path} is not a readable config.json: {err}") from None
+    if not isinstance(config, dict):
+        raise FolderError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    pretrained_cfg = config.get("pretrained_cfg") or {}
+    if "simsiam" in config:
+        return SimsiamSection.from_json(config["simsiam"], str(path)), pretrained_cfg
+    return SimsiamSection.from_timm_config(config, str(path)), pretrained_cfg
+
+
+def write_config(folder: str | Path, section: SimsiamSection) -> Path:
+    path = Path(folder) / CONFIG_FILE
+    path.write_text(json.dumps(timm_config(section), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def read_backbone(folder: str | Path, where: str | None = None):
+    """``(backbone tensors, section)`` of a folder's ``model.safetensors``: torchvision names
+    without ``fc`` (a timm folder with a classifier still gives its backbone), checked against
+    the architecture its ``config.json`` names."""
+    folder = Path(folder)
+    section, _ = read_config(folder)
+    where = where or str(folder / BACKBONE_FILE)
+    state, _ = read_safetensors(folder / BACKBONE_FILE)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    arch, small_stem = infer_arch(state, where)
+    if (arch, small_stem) != (section.arch, section.small_stem):
+        stem = lambda small: " with the small stem" if small else ""  # noqa: E731
+        raise FolderError(
+            f"{where} holds a {arch}{stem(small_stem)} backbone, but config.json says {section.arch}{stem(section.small_stem)}"
+        )
+    return check_backbone(state, arch, small_stem, where), section
+
+
+def is_model_folder(path: Path) -> bool:
+    """A folder of this project's files only, whose config.json has a ``simsiam`` section."""
+    names = [p.name for p in path.iterdir() if not p.name.startswith(".")]
+    if not names or any(name not in MODEL_FILES for name in names) or CONFIG_FILE not in names:
+        return False
+    try:
+        return "simsiam" in json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+
+
+def check_destination(path: str | Path, *, force: bool = False, what: str = "--out") -> Path:
+    """``path`` as a folder that may be (re)written with a model folder: new, empty, or a model
+    folder of this project. Anything else is refused unless ``force`` (its files then go)."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise FolderError(f"{what} {path} is a file: expected a folder to write the model into")
+    if not path.exists() or force or not any(path.iterdir()) or is_model_folder(path):
+        return path
+    found = sorted(p.name for p in path.iterdir())
+    raise FolderError(
+        f"{what} {path} is not empty and is not a simsiam-hub model folder (found {', '.join(found[:6])}"
+        f"{', ...' if len(found) > 6 else ''}): refusing to replace it; choose a new or empty folder, "
+        "or pass --force to replace it and everything in it"
+    )
+
+
+def validate_folder(folder: str | Path, where: str | None = None) -> SimsiamSection:
+    """Everything a published model folder promises, checked: config.json, the backbone's
+    safetensors (complete, of the architecture config.json names), the whole model's when
+    present (its widths), results.json when present. Returns the section."""
+    folder = Path(folder)
+    where = where or str(folder)
+    try:
+        backbone, section = read_backbone(folder, f"{where}/{BACKBONE_FILE}")
+        whole_path = folder / SIMSIAM_FILE
+        if whole_path.is_file():
+            state, _ = read_safetensors(whole_path)
+            _, whole_backbone, whole = split_state_dict(state, f"{where}/{SIMSIAM_FILE}")
+            if whole is None:
+                raise FolderError(f"{where}/{SIMSIAM_FILE} holds no projector and predictor: expected the whole SimSiam model")
+            if infer_arch(whole_backbone, f"{where}/{SIMSIAM_FILE}") != (section.arch, section.small_stem):
+                raise FolderError(f"{where}/{SIMSIAM_FILE} is not of the {section.arch} that config.json names")
+            dims = (int(whole["encoder.fc.6.weight"].shape[0]), int(whole["predictor.0.weight"].shape[0]))
+            if section.dim is not None and dims != (section.dim, section.pred_dim):
+                raise FolderError(f"{where}/{SIMSIAM_FILE} has dim/pred_dim {dims}, config.json says {(section.dim, section.pred_dim)}")
+        elif section.has_simsiam:
+            raise FolderError(f"{where}: config.json says simsiam.safetensors is included, and it is missing")
+        if (folder / RESULTS_FILE).is_file():
+            read_results(folder / RESULTS_FILE)
+    except (WeightsError, ResultsError) as err:
+        raise FolderError(str(err)) from None
+    return section
