@@ -22,6 +22,16 @@ from simsiam_hub.engine import Trainer, load_checkpoint, pretrain, resolve_amp
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.fixture(autouse=True)
+def restore_global_torch_state():
+    """run.deterministic=true turns on torch's deterministic mode for the process: put it back, so
+    that the tests after these run as they would alone."""
+    mode = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    torch.use_deterministic_algorithms(mode[0], warn_only=mode[1])
+
+
 def tiny(out, *extra):
     return load_config(
         PretrainConfig, None,
