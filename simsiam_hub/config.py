@@ -58,6 +58,9 @@ class DataConfig:
     min_scale: float = 0.2  # RandomResizedCrop scale range is (min_scale, 1.0)
     blur_prob: float = 0.5  # probability of the Gaussian blur (the MoCo v2 recipe: 0.5)
     fast_augment: bool = False  # the same augmentation draws, pixels computed faster (fast_augment.py)
+    # loader: the whole augmentation on the data-loader workers; device: they crop, and the training
+    # device (the GPU) does jitter, grayscale, blur, flip and normalisation in batches (device_augment.py)
+    augment_on: str = "loader"
     synthetic_size: int = 512  # images in the synthetic set (tests)
 
     def __post_init__(self):
@@ -69,6 +72,7 @@ class DataConfig:
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(0.0 < self.min_scale <= 1.0, "data.min_scale", self.min_scale, "a number in (0, 1]")
         _check(0.0 <= self.blur_prob <= 1.0, "data.blur_prob", self.blur_prob, "a probability in [0, 1]")
+        _one_of("data.augment_on", self.augment_on, ("loader", "device"))
         _check(self.synthetic_size > 0, "data.synthetic_size", self.synthetic_size, "a positive integer")
 
 

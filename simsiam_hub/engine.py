@@ -28,6 +28,7 @@ from . import __version__
 from .augment import two_crop_augmentation
 from .config import ConfigError, PretrainConfig, to_dict
 from .data import build_dataset, seeded_subset, targets_of
+from .device_augment import DeviceTwoCropsTransform
 from .distributed import (
     DistInfo,
     ResumableSampler,
@@ -302,6 +303,12 @@ class Trainer:
         augmentation = two_crop_augmentation(
             cfg.data.image_size, min_scale=cfg.data.min_scale, blur_prob=cfg.data.blur_prob, fast=cfg.data.fast_augment
         )
+        # data.augment_on=device: the loader sends uint8 crops and their draws, _views_to_device finishes them.
+        self.device_views = None
+        if cfg.data.augment_on == "device":
+            augmentation = self.device_views = DeviceTwoCropsTransform(
+                cfg.data.image_size, min_scale=cfg.data.min_scale, blur_prob=cfg.data.blur_prob
+            )
         self.dataset = SeededViews(dataset, augmentation, cfg.run.seed)
         self.steps_per_epoch = len(dataset) // cfg.optim.batch_size
         if self.steps_per_epoch == 0:
@@ -435,8 +442,7 @@ class Trainer:
             for (x1, x2), _ in loader:
                 wait += time.perf_counter() - fetch_start
                 lr = set_learning_rate(self.optimizer, cfg.optim, self.step / self.steps_per_epoch)
-                x1 = x1.to(self.device, non_blocking=True)
-                x2 = x2.to(self.device, non_blocking=True)
+                x1, x2 = self._views_to_device(x1, x2)
                 if cfg.run.channels_last:
                     x1 = x1.contiguous(memory_format=torch.channels_last)
                     x2 = x2.contiguous(memory_format=torch.channels_last)
@@ -549,6 +555,14 @@ class Trainer:
         if checkpoint is None:  # nothing to do: resumed at the end
             checkpoint = self.resumed_from
         return PretrainResult(self.out, checkpoint, self.step, self.step / self.steps_per_epoch, loss_value, z_std, knn_top1)
+
+    def _views_to_device(self, x1, x2) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch's two views as float tensors on the training device; with data.augment_on=device
+        the jitter, grayscale, blur, flip and normalisation run there (device_augment.py)."""
+        if self.device_views is not None:
+            x1, x2 = self.device_views.finish([x1, x2], self.device)
+            return x1, x2
+        return x1.to(self.device, non_blocking=True), x2.to(self.device, non_blocking=True)
 
     def _knn_log(self, tb, epoch_log) -> None:
         result = self.knn(self.model)
