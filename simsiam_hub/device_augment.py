@@ -12,7 +12,7 @@ in tests.
 
 The pixel ops are ``fast_augment``'s own functions and formulas, applied to the views of a batch
 that drew them (the batch is split by (jitter position, op) and by step, and each part is
-gathered, changed and put back). Everything that depends on the draws alone (which views, the
+gathered, changed and put back; the blur also by kernel radius). Everything that depends on the draws alone (which views, the
 factors, the hue step, the blur taps) is worked out on the host from the packed draws, so the
 device never waits for the host. The result equals ``FastMocoV2View.apply`` per image up to float
 rounding: the batched blur sums the same taps in the same order (fused multiply-adds may round
@@ -113,10 +113,12 @@ class DeviceTwoCropsTransform:
                 rows = [i for i, p in enumerate(draws) if p.jitter is not None and p.jitter[0][position] == op]
                 _jitter(x, rows, op, [draws[i].jitter[1 + op] for i in rows])
         _update(x, [i for i, p in enumerate(draws) if p.grayscale], lambda v: _gray(v).expand_as(v))
-        blurred = [i for i, p in enumerate(draws) if p.blur_sigma is not None]
-        if blurred:
-            taps = _padded_kernels([draws[i].blur_sigma for i in blurred]).to(x.device, non_blocking=True)
-            _update(x, blurred, lambda v: _blur(v, taps))
+        kernels = {i: gaussian_kernel(p.blur_sigma) for i, p in enumerate(draws) if p.blur_sigma is not None}
+        for width in sorted({len(k) for k in kernels.values()}):  # one group per kernel radius
+            rows = [i for i, k in kernels.items() if len(k) == width]
+            # float32 taps: the rounding fast_augment's add_(alpha=w) gives each of them
+            taps = torch.tensor([kernels[i] for i in rows], dtype=torch.float32).to(x.device, non_blocking=True)
+            _update(x, rows, lambda v: _blur(v, taps))
         _update(x, [i for i, p in enumerate(draws) if p.flip], lambda v: v.flip(-1))
         scale, shift = self.view._norm_scale.to(x.device), self.view._norm_shift.to(x.device)
         return x.mul_(scale).sub_(shift)
@@ -168,24 +170,9 @@ def _jitter(x: torch.Tensor, rows: list[int], op: int, factors: list[float]) -> 
         _update(x, rows, lambda v: _rotate_hue(v, f))
 
 
-def _padded_kernels(sigmas: list[float]) -> torch.Tensor:
-    """``gaussian_kernel`` of each sigma, centred in rows of the widest one's length and
-    zero beyond its own radius: float32 (n, 2 R + 1)."""
-    kernels = [gaussian_kernel(s) for s in sigmas]
-    width = max(len(k) for k in kernels)
-    taps = torch.zeros(len(kernels), width, dtype=torch.float64)
-    for i, k in enumerate(kernels):
-        start = (width - len(k)) // 2
-        taps[i, start : start + len(k)] = torch.tensor(k, dtype=torch.float64)
-    return taps.float()  # the rounding fast_augment's add_(alpha=w) applies to each tap
-
-
 def _blur(x: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
-    """Separable blur of (n, C, H, W), view i with taps[i], edges replicated (``_gaussian_blur``).
-
-    A view whose kernel is narrower than the widest gets zero taps at the ends: they add
-    exact zeros, so its sum is the same sequence of additions as on its own.
-    """
+    """Separable blur of (n, C, H, W), view i with its own taps[i] (n, 2 r + 1), edges replicated:
+    ``_gaussian_blur``'s sums, in its order."""
     width = taps.shape[1]
     radius = width // 2
     weights = taps.t().reshape(width, -1, 1, 1, 1)  # weights[t]: tap t of each view, (n, 1, 1, 1)
