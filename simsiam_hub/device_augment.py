@@ -89,6 +89,7 @@ class DeviceTwoCropsTransform:
     def __init__(self, size: int = 224, **kwargs):
         """``kwargs`` as for ``augment.moco_v2_augmentation`` (min_scale, blur_prob, mean, std)."""
         self.view = FastMocoV2View(size, **kwargs)
+        self._normalisation: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, image) -> list[CropView]:
         draws = [self.view.draw(image), self.view.draw(image)]
@@ -117,26 +118,34 @@ class DeviceTwoCropsTransform:
         for width in sorted({len(k) for k in kernels.values()}):  # one group per kernel radius
             rows = [i for i, k in kernels.items() if len(k) == width]
             # float32 taps: the rounding fast_augment's add_(alpha=w) gives each of them
-            taps = torch.tensor([kernels[i] for i in rows], dtype=torch.float32).to(x.device, non_blocking=True)
+            taps = _to_device(torch.tensor([kernels[i] for i in rows], dtype=torch.float32), x.device)
             _update(x, rows, lambda v: _blur(v, taps))
         _update(x, [i for i, p in enumerate(draws) if p.flip], lambda v: v.flip(-1))
-        scale, shift = self.view._norm_scale.to(x.device), self.view._norm_shift.to(x.device)
+        if x.device not in self._normalisation:
+            self._normalisation[x.device] = (self.view._norm_scale.to(x.device), self.view._norm_shift.to(x.device))
+        scale, shift = self._normalisation[x.device]
         return x.mul_(scale).sub_(shift)
 
     def __repr__(self):
         return f"{type(self).__name__}({self.view!r})"
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on ``device``. To a GPU through pinned memory, so that the copy joins
+    the stream's queue instead of waiting for the work already in it (a pageable copy waits)."""
+    return (t.pin_memory() if device.type == "cuda" else t).to(device, non_blocking=True)
+
+
 def _update(x: torch.Tensor, rows: list[int], fn) -> None:
     """x[rows] = fn(x[rows]) in place; nothing when ``rows`` is empty."""
     if rows:
-        index = torch.tensor(rows).to(x.device, non_blocking=True)
+        index = _to_device(torch.tensor(rows), x.device)
         x.index_copy_(0, index, fn(x.index_select(0, index)))
 
 
 def _per_view(values, device) -> torch.Tensor:
     """One float32 factor per view, shaped (n, 1, 1, 1) to broadcast over (n, C, H, W)."""
-    return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1).to(device, non_blocking=True)
+    return _to_device(torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1), device)
 
 
 def _jitter(x: torch.Tensor, rows: list[int], op: int, factors: list[float]) -> None:

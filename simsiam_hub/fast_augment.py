@@ -31,6 +31,7 @@ the DCT's own downscaling.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -45,8 +46,8 @@ from torchvision.transforms.v2 import functional as TF
 # ITU-R 601-2 luma, the weights of PIL's convert("L") and torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
 # HSV -> RGB: channel n takes k = (n + H) mod 6 with n = 5, 3, 1 for R, G, B.
-_HSV_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)
-_SEXTANT_OFFSETS = torch.tensor([0.0, 2.0, 4.0]).view(3, 1, 1)
+_HSV_OFFSETS = (5.0, 3.0, 1.0)
+_SEXTANT_OFFSETS = (0.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,12 @@ def _channel(x: torch.Tensor, index: int) -> torch.Tensor:
     return x.narrow(-3, index, 1)
 
 
+@functools.lru_cache(maxsize=None)
+def _per_channel(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """A (3, 1, 1) constant on ``device``, made there once (not copied over at every call)."""
+    return torch.tensor(values).view(3, 1, 1).to(device)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
     """Luma (..., 1, H, W) of an RGB tensor (..., 3, H, W)."""
     return (_channel(x, 0) * _LUMA[0]).add_(_channel(x, 1), alpha=_LUMA[1]).add_(_channel(x, 2), alpha=_LUMA[2])
@@ -236,7 +243,7 @@ def _rotate_hue(x: torch.Tensor, sextants) -> torch.Tensor:
     torch.sub(b, r, out=d_g)
     torch.sub(r, g, out=d_b)
     wrap = torch.sign(d_r).clamp_(max=0)  # -1 where R's candidate is negative
-    d.mul_(inv_c).add_(_SEXTANT_OFFSETS.to(x.device))
+    d.mul_(inv_c).add_(_per_channel(_SEXTANT_OFFSETS, x.device))
     d_r.sub_(wrap, alpha=6.0)
     is_max = torch.sign(x - v).add_(1.0)  # exactly 1 on the maxima, 0 elsewhere
     d.mul_(is_max)
@@ -245,7 +252,7 @@ def _rotate_hue(x: torch.Tensor, sextants) -> torch.Tensor:
     # HSV -> RGB with the shifted hue: channel n = v - c * T((n + hue6) mod 6) for n = 5, 3, 1,
     # T(k) = clamp(min(k, 4 - k), 0, 1). Here k lies in (0.4, 11.6), where T(k mod 6) is
     # clamp(2 - ||k - 5| - 3|, 0, 1): 2 minus the distance to the nearer of 2 and 8.
-    k = torch.add(_HSV_OFFSETS.to(x.device) + (sextants - 5.0), hue6)
+    k = torch.add(_per_channel(_HSV_OFFSETS, x.device) + (sextants - 5.0), hue6)
     weight = k.abs_().sub_(3.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
     return weight.mul_(c).neg_().add_(v)
 
