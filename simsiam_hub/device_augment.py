@@ -10,17 +10,18 @@ packed in a row of 16 numbers. :meth:`DeviceTwoCropsTransform.finish` then appli
 normalisation to a whole batch, on whatever device the batch is: the GPU in training, the CPU
 in tests.
 
-The pixel ops are ``fast_augment``'s own functions and formulas, applied to the views of a batch
-that drew them (the batch is split by (jitter position, op) and by step, and each part is
-gathered, changed and put back; the blur also by kernel radius). Everything that depends on the draws alone (which views, the
-factors, the hue step, the blur taps) is worked out on the host from the packed draws, so the
-device never waits for the host. The result equals ``FastMocoV2View.apply`` per image up to float
-rounding: the batched blur sums the same taps in the same order (fused multiply-adds may round
-differently), and the contrast op's mean luma, which PIL rounds to an integer, is a reduction
-whose summation order differs; where that mean lies within rounding of a half-integer, the two
-paths can round it to neighbouring integers, which moves that view by at most
-``|1 - contrast factor|`` <= 0.4 of a level (of 255) before the later ops (tests/test_device_augment.py
-holds the bound).
+The pixel ops are ``fast_augment``'s own functions and formulas, each applied to the views of
+the batch that drew it: the views are grouped by (place in the jitter order, op), and for the
+grayscale, the blur (by kernel radius) and the flip, and each group is gathered, changed and
+put back. Everything that depends on the draws alone (the groups, the factors, the hue steps,
+the blur taps) is worked out on the host from the packed draws, so the host never waits for the
+device. The result equals ``FastMocoV2View.apply`` view by view up to float rounding (the blur
+sums the same taps in the same order, but fused multiply-adds may round differently), with one
+larger case: the contrast op blends with the mean luma rounded to an integer, a reduction whose
+summation order differs; where that mean lies within rounding of a half-integer the two paths
+can round it to neighbouring integers, which shifts the view uniformly by ``|1 - contrast|``
+<= 0.4 of a level of 255 (at most 0.56 after a later brightness op). tests/test_device_augment.py
+holds that bound.
 """
 
 from __future__ import annotations
