@@ -36,6 +36,7 @@ from .fast_augment import (
     FastMocoV2View,
     ViewParams,
     _gray,
+    _per_channel,
     _rotate_hue,
     decode_for_crops,
     gaussian_kernel,
@@ -90,7 +91,10 @@ class DeviceTwoCropsTransform:
     def __init__(self, size: int = 224, **kwargs):
         """``kwargs`` as for ``augment.moco_v2_augmentation`` (min_scale, blur_prob, mean, std)."""
         self.view = FastMocoV2View(size, **kwargs)
-        self._normalisation: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # The normalisation's per-channel constants as numbers: the transform travels to the
+        # loader workers, so it holds no device tensor (_per_channel keeps one per device).
+        self._scale = tuple(self.view._norm_scale.flatten().tolist())
+        self._shift = tuple(self.view._norm_shift.flatten().tolist())
 
     def __call__(self, image) -> list[CropView]:
         draws = [self.view.draw(image), self.view.draw(image)]
@@ -122,10 +126,7 @@ class DeviceTwoCropsTransform:
             taps = _to_device(torch.tensor([kernels[i] for i in rows], dtype=torch.float32), x.device)
             _update(x, rows, lambda v: _blur(v, taps))
         _update(x, [i for i, p in enumerate(draws) if p.flip], lambda v: v.flip(-1))
-        if x.device not in self._normalisation:
-            self._normalisation[x.device] = (self.view._norm_scale.to(x.device), self.view._norm_shift.to(x.device))
-        scale, shift = self._normalisation[x.device]
-        return x.mul_(scale).sub_(shift)
+        return x.mul_(_per_channel(self._scale, x.device)).sub_(_per_channel(self._shift, x.device))
 
     def __repr__(self):
         return f"{type(self).__name__}({self.view!r})"
