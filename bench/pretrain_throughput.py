@@ -27,6 +27,12 @@ Two-crop augmentation, one thread (images/s per core), on generated 500x375 JPEG
               gets with data.fast_augment=true and ImageFolder's decoding loader)
   fast+draft  the same from the undecoded JPEG (``Image.open`` only), which lets it decode
               at 1/2, 1/4 or 1/8 scale when both crops allow it
+  crop only   the loader's part of data.augment_on=device
+              (device_augment.DeviceTwoCropsTransform): the draws and the uint8 crops, from the
+              decoded image; jitter, grayscale, blur and flip then run batched on the device
+
+``--compile`` adds a third training variant, ours under ``torch.compile`` (the engine's
+run.compile=true). End to end from a JPEG folder, with loader workers: bench/end_to_end.py.
 
     python bench/pretrain_throughput.py                  # CPU: ResNet-50, 128 px, batch 32
     python bench/pretrain_throughput.py --steps 2 --arch resnet18 --size 64 --no-memory
@@ -57,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simsiam_hub.augment import two_crop_augmentation  # noqa: E402
 from simsiam_hub.config import OptimConfig  # noqa: E402
+from simsiam_hub.device_augment import DeviceTwoCropsTransform  # noqa: E402
 from simsiam_hub.optim import build_pretrain_optimizer  # noqa: E402
 from simsiam_hub.precision import autocast_context, resolve_amp  # noqa: E402
 from simsiam_hub.fast_augment import FastTwoCropsTransform  # noqa: E402
@@ -112,17 +119,21 @@ class Variant:
         self.model = SimSiam(args.arch)
         self.model.load_state_dict(state)
         self.model.to(device).train()
-        self.amp_dtype = resolve_amp(args.amp, device) if name == "ours" else None
-        if name == "ours":
+        self.ours = name.startswith("ours")  # "ours", or "ours+compile": the same under torch.compile
+        self.amp_dtype = resolve_amp(args.amp, device) if self.ours else None
+        self.net = self.model
+        if self.ours:
             self.model.to(memory_format=torch.channels_last)
             self.optimizer = ours_optimizer(self.model, args.batch_size)
             self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+            if name == "ours+compile":
+                self.net = torch.compile(self.model)  # compiles on the first (warm-up) step
         else:
             self.optimizer = reference_optimizer(self.model, args.batch_size)
 
     def step(self, x1, x2) -> float:
-        if self.name == "ours":
-            return ours_step(self.model, self.optimizer, self.scaler, x1, x2, amp_dtype=self.amp_dtype, channels_last=True)
+        if self.ours:
+            return ours_step(self.net, self.optimizer, self.scaler, x1, x2, amp_dtype=self.amp_dtype, channels_last=True)
         return reference_step(self.model, self.optimizer, x1, x2)
 
 
@@ -176,10 +187,12 @@ def make_batch(jpegs: list[bytes], batch_size: int, size: int, seed: int = 0):
 def bench_augmentation(jpegs: list[bytes], size: int, repeats: int) -> dict[str, float]:
     """Median images/s (two views each) of each pipeline on one thread, interleaved."""
     reference, fast = two_crop_augmentation(size), FastTwoCropsTransform(size)
+    crop_only = DeviceTwoCropsTransform(size)
     pipelines = {
         "reference": lambda data: reference(Image.open(io.BytesIO(data)).convert("RGB")),
         "fast": lambda data: fast(Image.open(io.BytesIO(data)).convert("RGB")),
         "fast+draft": lambda data: fast(Image.open(io.BytesIO(data))),
+        "crop only": lambda data: crop_only(Image.open(io.BytesIO(data)).convert("RGB")),
     }
     rates: dict[str, list[float]] = {name: [] for name in pipelines}
     names = list(pipelines)
@@ -297,6 +310,7 @@ def main(argv=None) -> int:
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="our step's autocast, as run.amp (auto: precision.resolve_amp)")
     parser.add_argument("--threads", type=int, help="torch threads for the training steps (unset: torch's default, one per core)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile (run.compile=true)")
     parser.add_argument("--skip-train", action="store_true", help="only the augmentation benchmark")
     parser.add_argument("--skip-aug", action="store_true", help="only the training-step benchmark")
     parser.add_argument("--memory-probe", choices=("reference", "ours"), help=argparse.SUPPRESS)
@@ -325,7 +339,10 @@ def main(argv=None) -> int:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         print(f"\ntwo-crop augmentation, images/s on one core (median of {args.aug_repeats} rounds of {len(jpegs)} images)")
-        print(f"{'input -> output':<22}{'reference':>11}{'fast':>9}{'fast+draft':>12}{'fast/ref':>10}{'draft/ref':>11}{'drafted':>9}")
+        print(
+            f"{'input -> output':<22}{'reference':>11}{'fast':>9}{'fast+draft':>12}{'fast/ref':>10}{'draft/ref':>11}{'drafted':>9}"
+            f"{'crop only':>11}{'crop/ref':>10}"
+        )
         small = []
         for i in range(len(jpegs)):
             buf = io.BytesIO()
@@ -342,6 +359,7 @@ def main(argv=None) -> int:
             print(
                 f"{label + ' -> ' + str(size):<22}{rates['reference']:>11.1f}{rates['fast']:>9.1f}{rates['fast+draft']:>12.1f}"
                 f"{rates['fast'] / rates['reference']:>9.2f}x{rates['fast+draft'] / rates['reference']:>10.2f}x{drafted:>9.0%}"
+                f"{rates['crop only']:>11.1f}{rates['crop only'] / rates['reference']:>9.2f}x"
             )
         torch.set_num_threads(threads)
 
@@ -351,11 +369,15 @@ def main(argv=None) -> int:
     amp = resolve_amp(args.amp, device)
     why = " (no native bf16 on this CPU: resolve_amp('auto') keeps fp32)" if amp is None and args.amp == "auto" else ""
     print(f"ours: autocast {str(amp).replace('torch.', '') if amp else 'off'}{why}, channels_last; reference: fp32, NCHW")
+    if device.type == "cuda":
+        tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
+        print(f"reference on the GPU as torch runs it by default: cuDNN convolutions in TF32 {tf32}, matmuls TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
     x1, x2 = make_batch(jpegs, args.batch_size, args.size)
     x1, x2 = x1.to(device), x2.to(device)
     torch.manual_seed(0)
     state = SimSiam(args.arch).state_dict()
-    variants = [Variant(name, state, args, device) for name in ("reference", "ours")]
+    names = ("reference", "ours", "ours+compile") if args.compile else ("reference", "ours")
+    variants = [Variant(name, state, args, device) for name in names]
     del state
     times: dict[str, list[float]] = {v.name: [] for v in variants}
     peak_gpu = {}
@@ -372,10 +394,11 @@ def main(argv=None) -> int:
     rate = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
     flops = training_flops_per_image(args.arch, args.size)
     print(f"{'variant':<12}{'images/s':>10}{'s/step':>9}{'TFLOP/s':>9}   (median of {args.steps} steps, interleaved)")
-    for name in ("reference", "ours"):
+    for name in names:
         tflops = f"{rate[name] * flops / 1e12:>9.3f}" if flops else f"{'n/a':>9}"
-        print(f"{name:<12}{rate[name]:>10.2f}{statistics.median(times[name]):>9.3f}{tflops}")
-    print(f"ours / reference: {rate['ours'] / rate['reference']:.2f}x")
+        print(f"{name:<14}{rate[name]:>8.2f}{statistics.median(times[name]):>9.3f}{tflops}")
+    for name in names[1:]:
+        print(f"{name} / reference: {rate[name] / rate['reference']:.2f}x")
     if flops:
         print(f"FLOPs per image (two views, forward + backward, fvcore x 2 x 3): {flops / 1e9:.1f} GFLOP")
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""

@@ -100,12 +100,16 @@ class PretrainDataConfig(DataConfig):
     blur_prob: float = 0.5  # probability of the Gaussian blur (the MoCo v2 recipe: 0.5)
     fast_augment: bool = False  # the same augmentation draws, pixels computed faster (fast_augment.py)
     max_bad_images: int = 100  # unreadable images skipped (and logged) before the run stops
+    # loader: the whole augmentation on the data-loader workers; device: they crop, and the training
+    # device (the GPU) does jitter, grayscale, blur, flip and normalisation in batches (device_augment.py)
+    augment_on: str = "loader"
 
     def __post_init__(self):
         super().__post_init__()
         _check(0.0 < self.min_scale <= 1.0, "data.min_scale", self.min_scale, "a number in (0, 1]")
         _check(0.0 <= self.blur_prob <= 1.0, "data.blur_prob", self.blur_prob, "a probability in [0, 1]")
         _check(self.max_bad_images >= 0, "data.max_bad_images", self.max_bad_images, "an integer >= 0")
+        _one_of("data.augment_on", self.augment_on, ("loader", "device"))
 
 
 @dataclass

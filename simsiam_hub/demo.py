@@ -31,7 +31,7 @@ from .checkpoint import list_checkpoints
 from .config import PretrainConfig, load_config
 from .data import build_dataset, dataset_info
 from .detectron2 import convert_source
-from .engine import pretrain, pretrain_views
+from .engine import pretrain, pretrain_views, views_to_device
 from .errors import SimsiamHubError
 from .export import export
 from .fileio import atomic_write_text
@@ -127,12 +127,13 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
     memory = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model.to(memory_format=memory)
     optimizer = build_pretrain_optimizer(model, cfg.optim)
-    loader = iter(DataLoader(pretrain_views(cfg), batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers, drop_last=True))
+    views = pretrain_views(cfg)
+    loader = iter(DataLoader(views, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers, drop_last=True))
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
         (x1, x2), _, _ = next(loader)
-        x1, x2 = (x.to(device).contiguous(memory_format=memory) for x in (x1, x2))
+        x1, x2 = (x.contiguous(memory_format=memory) for x in views_to_device(views, x1, x2, device))
         with autocast_context(device, amp):
             p1, p2, z1, z2 = model(x1, x2)
         loss = simsiam_loss(p1, p2, z1, z2)

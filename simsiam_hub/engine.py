@@ -44,9 +44,10 @@ from .checkpoint import (
 )
 from .config import ConfigError, PretrainConfig, config_differences, to_dict
 from .data import DatasetError, SeededViews, build_dataset, item_name, seeded_subset, targets_of
-from .fast_augment import FastTwoCropsTransform
+from .device_augment import DeviceTwoCropsTransform
 from .distributed import DistInfo, ResumableSampler, barrier, cleanup_distributed, convert_sync_batchnorm, setup_distributed
 from .errors import SimsiamHubError
+from .fast_augment import FastTwoCropsTransform
 from .fileio import atomic_write_text, folder_lock
 from .folder import SIMSIAM_FILE
 from .knn import extract_features, knn_accuracy, knn_datasets
@@ -174,12 +175,25 @@ class KNNMonitor:
 
 def pretrain_views(cfg: PretrainConfig) -> SeededViews:
     """The pretraining data: the train split (``data.train_subset``: a seeded draw), each image's
-    two views seeded by (seed, epoch, index); ``data.fast_augment`` computes the same draws'
-    pixels faster."""
+    two views seeded by (seed, epoch, index). ``data.fast_augment`` computes the same draws'
+    pixels faster; ``data.augment_on=device`` has the loader crop only, and
+    :func:`views_to_device` finish the batch on the training device."""
     d = cfg.data
     dataset = seeded_subset(build_dataset(d, "train"), d.train_subset, seed=cfg.run.seed, what="data.train_subset")
-    make = FastTwoCropsTransform if d.fast_augment else two_crop_augmentation
+    if d.augment_on == "device":
+        make = DeviceTwoCropsTransform
+    else:
+        make = FastTwoCropsTransform if d.fast_augment else two_crop_augmentation
     return SeededViews(dataset, make(d.image_size, min_scale=d.min_scale, blur_prob=d.blur_prob), cfg.run.seed)
+
+
+def views_to_device(views: SeededViews, x1, x2, device: torch.device, dtype: torch.dtype = torch.float32):
+    """A batch's two views as ``dtype`` tensors on the training device; with
+    ``data.augment_on=device`` the jitter, grayscale, blur, flip and normalisation run there
+    (:mod:`.device_augment`)."""
+    if isinstance(views.transform, DeviceTwoCropsTransform):
+        x1, x2 = views.transform.finish([x1, x2], device)
+    return x1.to(device, dtype=dtype, non_blocking=True), x2.to(device, dtype=dtype, non_blocking=True)
 
 
 def _global_mean(value: torch.Tensor, info: DistInfo) -> float:
@@ -431,8 +445,7 @@ class Trainer:
     def _step(self, x1: torch.Tensor, x2: torch.Tensor, epoch: int) -> torch.Tensor:
         """One optimizer step on a batch of view pairs; returns z1 (for the monitors)."""
         cfg = self.cfg
-        x1 = x1.to(self.device, dtype=self.input_dtype, non_blocking=True)
-        x2 = x2.to(self.device, dtype=self.input_dtype, non_blocking=True)
+        x1, x2 = views_to_device(self.dataset, x1, x2, self.device, self.input_dtype)
         if cfg.run.channels_last:
             x1 = x1.contiguous(memory_format=torch.channels_last)
             x2 = x2.contiguous(memory_format=torch.channels_last)

@@ -31,6 +31,7 @@ the DCT's own downscaling.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 from dataclasses import dataclass
@@ -47,8 +48,8 @@ from .augment import moco_v2_augmentation
 # ITU-R 601-2 luma, the weights of PIL's convert("L") and torchvision's rgb_to_grayscale.
 _LUMA = (0.299, 0.587, 0.114)
 # HSV -> RGB: channel n takes k = (n + H) mod 6 with n = 5, 3, 1 for R, G, B.
-_HSV_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)
-_SEXTANT_OFFSETS = torch.tensor([0.0, 2.0, 4.0]).view(3, 1, 1)
+_HSV_OFFSETS = (5.0, 3.0, 1.0)
+_SEXTANT_OFFSETS = (0.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class FastMocoV2View:
         ``source`` is the image as a uint8 tensor (H, W, 3) at the size the box refers to
         (``scale`` 1), or a PIL image decoded at 1/``scale`` of that size.
         """
-        x = self._crop(source, params.box, scale).float()
+        x = self.resized_crop(source, params.box, scale).float()
         if params.jitter is not None:
             order, b, c, s, h = params.jitter
             for op in order:
@@ -132,7 +133,8 @@ class FastMocoV2View:
             x = x.flip(-1)
         return (x * self._norm_scale).sub_(self._norm_shift).contiguous()
 
-    def _crop(self, source, box, scale: int) -> torch.Tensor:
+    def resized_crop(self, source, box, scale: int = 1) -> torch.Tensor:
+        """The box of ``source`` (as for :meth:`apply`) resized to uint8 (3, size, size)."""
         top, left, height, width = box
         out = (self.size, self.size)
         if scale == 1:
@@ -191,9 +193,21 @@ def decode_for_crops(image: Image.Image, boxes, size: int) -> tuple[Image.Image,
     return image, scale
 
 
+# The pixel ops below take (3, H, W) or a batch (N, 3, H, W): device_augment.py applies them
+# to the views of a batch that drew them.
+def _channel(x: torch.Tensor, index: int) -> torch.Tensor:
+    return x.narrow(-3, index, 1)
+
+
+@functools.lru_cache(maxsize=None)
+def _per_channel(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """A (3, 1, 1) constant on ``device``, made there once (not copied over at every call)."""
+    return torch.tensor(values).view(3, 1, 1).to(device)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    """Luma (1, H, W) of an RGB tensor (3, H, W)."""
-    return (x[0:1] * _LUMA[0]).add_(x[1:2], alpha=_LUMA[1]).add_(x[2:3], alpha=_LUMA[2])
+    """Luma (..., 1, H, W) of an RGB tensor (..., 3, H, W)."""
+    return (_channel(x, 0) * _LUMA[0]).add_(_channel(x, 1), alpha=_LUMA[1]).add_(_channel(x, 2), alpha=_LUMA[2])
 
 
 def _shift_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
@@ -204,10 +218,19 @@ def _shift_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
     abs and clamp only: on CPU those are vectorised, while argmax, floor, comparisons,
     ``where`` and reductions over the channel dimension are several times slower.
     """
-    steps = int(hue * 255)  # truncation toward zero, as np.int32(hue * 255)
-    if steps == 0:
-        return x
-    r, g, b = x[0], x[1], x[2]
+    steps = hue_steps(hue)
+    return x if steps == 0 else _rotate_hue(x, 6.0 * steps / 256.0)
+
+
+def hue_steps(hue: float) -> int:
+    """The hue factor as the 1/256 turns that PIL's path of ``adjust_hue`` shifts by."""
+    return int(hue * 255)  # truncation toward zero, as np.int32(hue * 255)
+
+
+def _rotate_hue(x: torch.Tensor, sextants) -> torch.Tensor:
+    """Add ``sextants`` (a float, or a tensor (N, 1, 1, 1): one per image) to the HSV hue
+    of (..., 3, H, W), in sixths of a turn."""
+    r, g, b = _channel(x, 0), _channel(x, 1), _channel(x, 2)
     v = torch.maximum(torch.maximum(r, g), b)
     c = v - torch.minimum(torch.minimum(r, g), b)
     inv_c = c.clamp_min(1e-6).reciprocal_()
@@ -215,29 +238,29 @@ def _shift_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
     # R: (g - b) / c mod 6, G: (b - r) / c + 2, B: (r - g) / c + 4. Where two channels tie
     # for the maximum their candidates agree, so the mean over the maxima is the hue.
     d = torch.empty_like(x)
-    torch.sub(g, b, out=d[0])
-    torch.sub(b, r, out=d[1])
-    torch.sub(r, g, out=d[2])
-    wrap = torch.sign(d[0]).clamp_(max=0)  # -1 where R's candidate is negative
-    d.mul_(inv_c).add_(_SEXTANT_OFFSETS)
-    d[0].sub_(wrap, alpha=6.0)
+    d_r, d_g, d_b = _channel(d, 0), _channel(d, 1), _channel(d, 2)
+    torch.sub(g, b, out=d_r)
+    torch.sub(b, r, out=d_g)
+    torch.sub(r, g, out=d_b)
+    wrap = torch.sign(d_r).clamp_(max=0)  # -1 where R's candidate is negative
+    d.mul_(inv_c).add_(_per_channel(_SEXTANT_OFFSETS, x.device))
+    d_r.sub_(wrap, alpha=6.0)
     is_max = torch.sign(x - v).add_(1.0)  # exactly 1 on the maxima, 0 elsewhere
     d.mul_(is_max)
-    hue6 = (d[0] + d[1]).add_(d[2]).div_((is_max[0] + is_max[1]).add_(is_max[2]))  # in [0, 6)
+    maxima = (_channel(is_max, 0) + _channel(is_max, 1)).add_(_channel(is_max, 2))
+    hue6 = (d_r + d_g).add_(d_b).div_(maxima)  # in [0, 6)
     # HSV -> RGB with the shifted hue: channel n = v - c * T((n + hue6) mod 6) for n = 5, 3, 1,
     # T(k) = clamp(min(k, 4 - k), 0, 1). Here k lies in (0.4, 11.6), where T(k mod 6) is
     # clamp(2 - ||k - 5| - 3|, 0, 1): 2 minus the distance to the nearer of 2 and 8.
-    k = torch.add(_HSV_OFFSETS + (6.0 * steps / 256.0 - 5.0), hue6)
+    k = torch.add(_per_channel(_HSV_OFFSETS, x.device) + (sextants - 5.0), hue6)
     weight = k.abs_().sub_(3.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
     return weight.mul_(c).neg_().add_(v)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of (C, H, W), kernel radius ceil(3 sigma), edges replicated."""
-    radius = max(1, math.ceil(3 * sigma))
-    weights = [math.exp(-(i * i) / (2 * sigma * sigma)) for i in range(-radius, radius + 1)]
-    total = sum(weights)
-    weights = [w / total for w in weights]
+    weights = gaussian_kernel(sigma)
+    radius = len(weights) // 2
     for dim in (-1, -2):
         n = x.shape[dim]
         pad = (radius, radius, 0, 0) if dim == -1 else (0, 0, radius, radius)
@@ -247,3 +270,11 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
             out.add_(padded.narrow(dim, i, n), alpha=weights[i])
         x = out
     return x
+
+
+def gaussian_kernel(sigma: float) -> list[float]:
+    """The blur's 1-D taps: a Gaussian of ``sigma`` truncated at radius ceil(3 sigma), summing to 1."""
+    radius = max(1, math.ceil(3 * sigma))
+    weights = [math.exp(-(i * i) / (2 * sigma * sigma)) for i in range(-radius, radius + 1)]
+    total = sum(weights)
+    return [w / total for w in weights]

@@ -146,6 +146,13 @@ def test_augmentation_law(path, record_reference):
     """Rates, ranges and the independence of the two views, from 1200 images (2400 views)."""
     images = _photos(8, 200, 150) * 150
     draws = _reference_draws(record_reference, images, seed=1) if path == "reference" else _fast_draws(images, seed=2)
+    check_moco_v2_law(draws, image_size=(200, 150))
+
+
+def check_moco_v2_law(draws: list[list[ViewParams]], image_size: tuple[int, int]) -> None:
+    """The recipe's rates, ranges and independence, from 1200 pairs of draws on images of
+    ``image_size`` (width, height); tests/test_device_augment.py checks its path with it too."""
+    width, height = image_size
     views = [v for pair in draws for v in pair]
     n = len(views)
     assert n == 2400
@@ -161,10 +168,10 @@ def test_augmentation_law(path, record_reference):
 
     # Crop scale: area fraction in [0.2, 1] (up to the rounding of the sides), both ends
     # reached, and distributed as the law says (Kolmogorov-Smirnov distance, 1% level).
-    scales = np.sort([v.box[2] * v.box[3] / (200 * 150) for v in views])
+    scales = np.sort([v.box[2] * v.box[3] / (width * height) for v in views])
     assert scales.min() >= 0.2 * 0.97 and scales.max() <= 1.0
     assert scales.min() < 0.21 and scales.max() > 0.95
-    ks = np.abs(_crop_scale_cdf(scales, aspect=200 / 150) - np.arange(1, n + 1) / n).max()
+    ks = np.abs(_crop_scale_cdf(scales, aspect=width / height) - np.arange(1, n + 1) / n).max()
     assert ks < 1.63 / np.sqrt(n) + 0.005  # + the rounding of the box sides
 
     sigmas = np.array([v.blur_sigma for v in views if v.blur_sigma is not None])
