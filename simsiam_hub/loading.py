@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import torch
-from huggingface_hub import constants
 
 from . import registry
 from .augment import transform_from_pretrained_cfg
@@ -151,7 +150,8 @@ def load_backbone_state_dict(
 def load_variant(ref: str | None = None, revision: str | None = None, head: str = "backbone", **hub_options):
     """``from_pretrained`` with the registry's fallback: a variant (by name or repo id) loads from
     its Hub repo when that exists, else its official checkpoint is downloaded and converted
-    once into the cache (and it says so; never with ``HF_HUB_OFFLINE=1``). Anything else goes to
+    once into the cache (and it says so; with ``HF_HUB_OFFLINE=1`` only from a file downloaded
+    before). Anything else goes to
     ``from_pretrained``. ``hub_options``: ``from_pretrained``'s keywords."""
     ref = ref or registry.get_variant(registry.DEFAULT_VARIANT).repo_id
     variant = registry.get_variant(ref)
@@ -164,8 +164,8 @@ def load_variant(ref: str | None = None, revision: str | None = None, head: str 
         if (folder / BACKBONE_FILE).is_file():
             log.warning("%s; using the converted official release in %s", err, folder)
             return from_pretrained(folder, head=head)
-        if variant.source_url is None or revision is not None or constants.HF_HUB_OFFLINE:
-            raise  # nothing to fall back on, or offline: no network at all
+        if variant.source_url is None or revision is not None:
+            raise  # nothing to fall back on (offline, the download cache may still serve it)
         log.warning(
             "%s; converting the official release %s instead (licence %s) into %s",
             err, variant.source_url, variant.license, folder,

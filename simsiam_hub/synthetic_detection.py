@@ -49,9 +49,12 @@ def make_image(rng: random.Random, size: tuple[int, int], n_objects: int, classe
     return img, objects
 
 
-def make_voc(root: str | Path, splits: dict[str, int], *, size=(192, 128), objects=2, seed=0, classes=CLASSES) -> Path:
-    """A Pascal VOC tree: JPEGImages/, Annotations/ (with <pose>, which Detectron2's loader
-    reads), ImageSets/Main/{split}.txt for each ``split: number of images``."""
+def make_voc(
+    root: str | Path, splits: dict[str, int], *, size=(192, 128), objects=2, seed=0, classes=CLASSES, image_format: str = "jpg"
+) -> Path:
+    """A Pascal VOC tree: JPEGImages/ (``image_format``: jpg, or png as user folders often
+    have), Annotations/ (with <pose>, which Detectron2's evaluator reads), ImageSets/Main/{split}.txt
+    for each ``split: number of images``."""
     root = Path(root)
     for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -61,7 +64,7 @@ def make_voc(root: str | Path, splits: dict[str, int], *, size=(192, 128), objec
         for i in range(n):
             image_id = f"{split}_{i:04d}"
             img, objs = make_image(rng, size, objects, classes)
-            img.save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+            img.save(root / "JPEGImages" / f"{image_id}.{image_format}", **({"quality": 95} if image_format == "jpg" else {}))
             xml_objects = "".join(
                 f"<object><name>{cls}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
                 # VOC boxes are 1-based inclusive pixel indices
@@ -69,7 +72,7 @@ def make_voc(root: str | Path, splits: dict[str, int], *, size=(192, 128), objec
                 for cls, (x0, y0, x1, y1), _ in objs
             )
             (root / "Annotations" / f"{image_id}.xml").write_text(
-                f"<annotation><folder>VOC</folder><filename>{image_id}.jpg</filename>"
+                f"<annotation><folder>VOC</folder><filename>{image_id}.{image_format}</filename>"
                 f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>"
                 f"<segmented>0</segmented>{xml_objects}</annotation>"
             )

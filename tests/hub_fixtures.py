@@ -1,7 +1,7 @@
 """A small Hugging Face Hub on 127.0.0.1 for the tests, and the fixtures around it.
 
 `FakeHub` speaks the subset of the Hub HTTP API that huggingface_hub's client uses
-(../shared/FACTS.md lists it): create repo, branches, preupload, commit (ndjson, with
+(what huggingface_hub 2.4.0 sends, checked against its source): create repo, branches, preupload, commit (ndjson, with
 regular and LFS files), the git-lfs batch API, repo info, tree listing, HEAD/GET resolve.
 It is honest: content is stored and served back byte for byte, every commit gets a new
 commit id over its parent and its files, LFS uploads are checked against their sha256,

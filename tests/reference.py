@@ -1,4 +1,4 @@
-"""The reference SimSiam, written from facebookresearch/simsiam's builder.py (FACTS.md) independently
+"""The reference SimSiam, written from facebookresearch/simsiam's builder.py (commit a7bc177) independently
 of simsiam_hub.models, for the tests to compare against."""
 
 from torch import nn

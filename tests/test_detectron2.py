@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import pickle
+import re
 import statistics
 import subprocess
 import sys
@@ -384,6 +385,35 @@ def test_voc07_fine_tune_trials_and_summary_from_the_command_line(model_folder, 
 
 
 @needs_detectron2
+def test_a_voc_folder_with_png_images_and_a_one_image_split_fine_tunes(model_folder, tmp_path):
+    """A user's VOC folder as it often comes: PNG images in JPEGImages/ and a test split of one
+    image, through the installed module and a config given by name. A broken annotation is
+    refused before any model is built, in one line naming the file."""
+    # seed 4: the one test image holds all three classes (VOC's AP is NaN for a class without any)
+    data = make_voc(tmp_path / "mine", {"trainval": 2, "test": 1}, seed=4, objects=3, image_format="png")
+    assert not list((data / "JPEGImages").glob("*.jpg"))
+    assert (data / "ImageSets" / "Main" / "test.txt").read_text().split() == ["test_0000"]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "simsiam_hub.transfer.train_net", "--config-file", "voc07_R_50_C4_smoke",
+           "--register-voc", "mine_train", str(data), "trainval", "--register-voc", "mine_test", str(data), "test",
+           "--classes", "bird,cat,dog", "MODEL.WEIGHTS", str(model_folder), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2",
+           "DATASETS.TRAIN", "('mine_train',)", "DATASETS.TEST", "('mine_test',)"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = read_results(out / "detection_results.json")
+    assert [(r.dataset, r.metric) for r in results] == [("mine_test", m) for m in ("AP50", "AP", "AP75")]
+    assert all(math.isfinite(r.value) for r in results)
+
+    xml = data / "Annotations" / "test_0000.xml"
+    xml.write_text(re.sub(r"<xmin>\d+</xmin>", "<xmin>left</xmin>", xml.read_text(), count=1))
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert last == f"train_net.py: error: --register-voc mine_test: {xml} has a <bndbox> without numeric xmin, ymin, xmax, ymax"
+
+
+@needs_detectron2
 def test_coco_mask_rcnn_fine_tune_eval_only_and_resume(train_net, converted_fresh, tmp_path):
     """Mask R-CNN C4 on a user's COCO json (polygon masks, 3 categories with ids 1, 3, 5)."""
     data = make_coco(tmp_path / "coco", {"train": 4, "val": 2}, seed=2)
@@ -433,7 +463,7 @@ def test_train_net_refuses_clearly(train_net, tmp_path, capsys):
         "not found (Detectron2's builtin datasets live under $DETECTRON2_DATASETS": base,
         "--register-voc mine: ": ["--register-voc", "mine", str(tmp_path / "nowhere"), "train", *base],
         "has an <object> without <pose>": ["--register-voc", "no_pose", str(no_pose), "train", "--classes", "bird,cat,dog", *base],
-        "annotations name classes not in the class list": ["--register-voc", "mine2", str(data), "train", "--classes", "horse", *base],
+        "names the class 'bird', not in the class list ['horse'] (set --classes)": ["--register-voc", "mine2", str(data), "train", "--classes", "horse", *base],
         "MODEL.WEIGHTS is not set": ["--register-voc", "mine3", str(data), "train", "--classes", "bird,cat,dog", *base,
                                      "DATASETS.TRAIN", "('mine3',)", "DATASETS.TEST", "('mine3',)"],  # fmt: skip
         "MODEL.WEIGHTS file not found": ["--register-voc", "mine3", str(data), "train", "--classes", "bird,cat,dog", *base,

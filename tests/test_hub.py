@@ -9,6 +9,7 @@ huggingface_hub at that Hub before it is imported; this process is left as it wa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -64,6 +65,13 @@ def call(name: str, *args, **kwargs):
     import simsiam_hub.repo
 
     return getattr(simsiam_hub.repo, name)(*args, **kwargs)
+
+
+def call_loading(name: str, *args, **kwargs) -> dict:
+    """``simsiam_hub.loading.<name>(*args, **kwargs).state_dict()``."""
+    import simsiam_hub.loading
+
+    return getattr(simsiam_hub.loading, name)(*args, **kwargs).state_dict()
 
 
 def timm_state(name: str) -> dict:
@@ -253,7 +261,7 @@ def test_second_push_makes_a_new_revision(exported, pushed, fake_hub, client, tm
     assert_same_tensors(client.submit(load_state, REPO, "experiment").result(), from_pretrained(exported).state_dict())
 
 
-def test_offline_mode_serves_the_cache_and_fails_clearly(pushed, fake_hub, client, offline_client):
+def test_offline_mode_serves_the_cache_and_fails_clearly(exported, pushed, fake_hub, client, offline_client, tmp_path):
     online = client.submit(load_state, REPO, pushed).result()  # into the Hub cache
     seen = len(fake_hub.requests)
     assert_same_tensors(offline_client.submit(load_state, REPO, pushed).result(), online)
@@ -261,7 +269,16 @@ def test_offline_mode_serves_the_cache_and_fails_clearly(pushed, fake_hub, clien
         offline_client.submit(load_state, "test-org/never-downloaded").result()
     rc, out, err = offline_client.submit(run_cli, ["pull", "test-org/never-downloaded"]).result()
     assert rc == 1 and err.startswith("simsiam-hub pull: error: test-org/never-downloaded is not in the Hub cache")
+    rc, out, err = offline_client.submit(run_cli, ["push", str(exported), "--repo-id", "test-org/offline"]).result()
+    assert rc == 1 and "HF_HUB_OFFLINE=1: pushing to test-org/offline" in err and "needs the network" in err
     assert len(fake_hub.requests) == seen  # offline: not one request
+    # huggingface_hub's own keywords pass through: the cached revision with local_files_only,
+    # and a cache_dir of one's own.
+    assert_same_tensors(client.submit(call_loading, "from_pretrained", REPO, pushed, local_files_only=True).result(), online)
+    assert len(fake_hub.requests) == seen
+    own = tmp_path / "own-cache"
+    assert_same_tensors(client.submit(call_loading, "from_pretrained", REPO, pushed, cache_dir=str(own)).result(), online)
+    assert list(own.rglob("model.safetensors"))
 
 
 def test_missing_repo_revision_or_token_is_a_clear_error(exported, pushed, client):
@@ -275,7 +292,7 @@ def test_missing_repo_revision_or_token_is_a_clear_error(exported, pushed, clien
     assert rc == 2 and "neither an existing local folder nor a valid Hub repo id" in err  # a usage error
     with pytest.raises(Exception, match="HTTP 401") as no_token:
         client.submit(call, "push_to_hub", exported, "test-org/other", token=False).result()
-    assert TOKEN not in str(no_token.value)
+    assert TOKEN not in str(no_token.value) and "set HF_TOKEN or run `hf auth login`" in str(no_token.value)
 
 
 def test_local_folder_works_wherever_a_repo_id_does(exported, tmp_path):
@@ -301,7 +318,7 @@ def test_local_folder_works_wherever_a_repo_id_does(exported, tmp_path):
         from_pretrained(target, revision="main")
 
 
-def test_import_official_url_and_torch_hub_fallback(official_checkpoint, fake_hub, client, tmp_path, monkeypatch):
+def test_import_official_url_and_torch_hub_fallback(official_checkpoint, fake_hub, client, offline_client, tmp_path, monkeypatch):
     from simsiam_hub.registry import DEFAULT_VARIANT, download_path, get_variant
 
     fake_hub.static["simsiam/checkpoint_0099.pth.tar"] = official_checkpoint.path.read_bytes()
@@ -311,11 +328,25 @@ def test_import_official_url_and_torch_hub_fallback(official_checkpoint, fake_hu
         assert rc == 0, err
     assert [r for r in fake_hub.requests if r[1].startswith("/static/")] == [("GET", "/static/simsiam/checkpoint_0099.pth.tar")]
     assert_same_tensors(from_pretrained(tmp_path / "imported").state_dict(), official_checkpoint.backbone)
+    # The download's SHA-256 was recorded; a cached file that changed since is refused, not used.
+    monkeypatch.setenv("SIMSIAM_HUB_CACHE", client.env["SIMSIAM_HUB_CACHE"])
+    cached_url = download_path(url)
+    assert cached_url.with_name(cached_url.name + ".sha256").read_text().split()[0] == hashlib.sha256(cached_url.read_bytes()).hexdigest()
+    good = cached_url.read_bytes()
+    cached_url.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    rc, out, err = client.submit(run_cli, ["import-official", url, "--out", str(tmp_path / "again")]).result()
+    assert rc == 1 and "has SHA-256" in err and "the file is corrupt or was replaced" in err
+    cached_url.write_bytes(good)
+
+    # Offline, the fallback to the official release downloads nothing.
+    variant = get_variant(DEFAULT_VARIANT)
+    seen = len(fake_hub.requests)
+    with pytest.raises(Exception, match=r"HF_HUB_OFFLINE=1: .*checkpoint_0099.pth.tar is not in the cache"):
+        offline_client.submit(torch_hub_load, pretrained=True).result()
+    assert len(fake_hub.requests) == seen
 
     # torch.hub's default: the Hub repo of the default variant does not exist (here), so the
     # official release is converted from the (pre-filled) download cache, and it says so.
-    variant = get_variant(DEFAULT_VARIANT)
-    monkeypatch.setenv("SIMSIAM_HUB_CACHE", client.env["SIMSIAM_HUB_CACHE"])
     cached = download_path(variant.source_url)
     cached.parent.mkdir(parents=True, exist_ok=True)
     os.link(official_checkpoint.path, cached)

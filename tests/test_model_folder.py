@@ -1,0 +1,291 @@
+"""Model folders on a local disk: written whole, checked before they are published, never
+written over a folder that is not one, described right (card, config, transform), and the
+package's layering. The Hub side is tests/test_hub.py.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from huggingface_hub import ModelCard, metadata_load
+
+from simsiam_hub.cli import main
+from simsiam_hub.export import export
+from simsiam_hub.folder import FolderError, read_config
+from simsiam_hub.loading import from_pretrained
+from simsiam_hub.repo import push_to_hub
+from simsiam_hub.results import EvalResult
+from simsiam_hub.weights import read_safetensors, save_safetensors
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def resnet18_file(folder: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    path = folder / f"resnet18_seed{seed}.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("weights")
+    return resnet18_file(folder, 0), resnet18_file(folder, 1)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def cli(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+# --- writing folders ------------------------------------------------------------------------------
+
+
+def test_export_and_push_refuse_a_folder_that_is_not_a_model_folder(weights, tmp_path, capsys, monkeypatch):
+    project = tmp_path / "project"
+    project.mkdir()
+    before = {"README.md": b"# my project\n", "config.json": b'{"mine": true}\n', "results.json": b"[]\n", "main.py": b"print(1)\n"}
+    for name, data in before.items():
+        (project / name).write_bytes(data)
+
+    code, err = cli(capsys, "export", weights[0], "--out", project)
+    assert code == 1 and err.count("\n") == 1
+    assert f"--out {project} is not empty and is not a simsiam-hub model folder (found README.md, config.json, main.py, results.json)" in err
+    code, err = cli(capsys, "push", weights[0], "--repo-id", project)
+    assert code == 1 and "--repo-id" in err and "not a simsiam-hub model folder" in err
+    assert files(project) == before  # nothing replaced, nothing deleted
+
+    monkeypatch.chdir(project)
+    code, err = cli(capsys, "push", weights[0], "--repo-id", ".")
+    assert code == 1 and "is the current folder" in err and files(project) == before
+
+    # A model folder of this project may be replaced; --force replaces anything.
+    assert cli(capsys, "export", weights[0], "--out", tmp_path / "model")[0] == 0
+    assert cli(capsys, "export", weights[1], "--out", tmp_path / "model")[0] == 0
+    assert cli(capsys, "export", weights[0], "--out", project, "--force")[0] == 0
+    assert sorted(files(project)) == ["README.md", "config.json", "model.safetensors"]
+
+
+def test_a_destination_that_is_a_file_is_one_clear_error(weights, tmp_path, capsys):
+    afile = tmp_path / "a-file"
+    afile.write_text("x")
+    export(weights[0], tmp_path / "model")
+    for argv in (["export", weights[0], "--out", afile], ["push", tmp_path / "model", "--repo-id", afile], ["pull", tmp_path / "model", "--out", afile]):
+        code, err = cli(capsys, *argv)
+        assert code == 1 and err.count("\n") == 1 and f"{afile} is a file: expected a folder" in err, (argv, err)
+    assert afile.read_text() == "x"
+
+
+KILL_AFTER_FIRST_WRITE = """
+import os, signal, sys
+import simsiam_hub.export as export_module
+from simsiam_hub.cli import main
+real = export_module.save_safetensors
+
+def dying(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)  # killed just after the new weights file is written
+
+export_module.save_safetensors = dying
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_export_killed_mid_folder_leaves_the_old_folder_or_none(weights, tmp_path):
+    model = tmp_path / "model"
+    export(weights[0], model)
+    old = files(model)
+    for target in (model, tmp_path / "fresh"):
+        proc = subprocess.run(
+            [sys.executable, "-c", KILL_AFTER_FIRST_WRITE, "export", str(weights[1]), "--out", str(target)],
+            capture_output=True, text=True, timeout=600, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
+    assert files(model) == old  # the old weights beside the old config and card, all of them
+    seed0 = torchvision.models.resnet18()
+    seed0.load_state_dict(torch.load(weights[0], weights_only=True))
+    assert torch.equal(from_pretrained(model).state_dict()["conv1.weight"], seed0.state_dict()["conv1.weight"])
+    assert not (tmp_path / "fresh").exists()  # nothing under the final name
+    assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p.name not in ("model",)), list(tmp_path.iterdir())
+
+
+def test_push_checks_the_folder_before_it_publishes(weights, tmp_path, capsys):
+    good = export(weights[0], tmp_path / "good")
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for name, data in files(good).items():
+        (truncated / name).write_bytes(data[: len(data) // 2] if name == "model.safetensors" else data)
+    code, err = cli(capsys, "push", truncated, "--repo-id", tmp_path / "hub" / "t")
+    assert code == 1 and "model.safetensors is not a readable safetensors file" in err and "truncated" in err
+    assert not (tmp_path / "hub").exists()
+
+    mislabelled = tmp_path / "mislabelled"
+    mislabelled.mkdir()
+    for name, data in files(good).items():
+        (mislabelled / name).write_bytes(data)
+    config = json.loads((good / "config.json").read_text())
+    config["architecture"] = config["simsiam"]["arch"] = "resnet50"
+    (mislabelled / "config.json").write_text(json.dumps(config))
+    code, err = cli(capsys, "push", mislabelled, "--repo-id", tmp_path / "hub" / "m")
+    assert code == 1 and "holds a resnet18 backbone, but config.json says resnet50" in err
+    assert not (tmp_path / "hub").exists()
+    assert push_to_hub(good, str(tmp_path / "hub" / "g")) == str(tmp_path / "hub" / "g")
+
+
+# --- describing folders ---------------------------------------------------------------------------
+
+
+def test_the_card_and_transform_describe_the_eval_view_and_results(weights, tmp_path):
+    knn = EvalResult("knn", "top1", 61.5, "fashion_mnist", "test", source="https://example.org/run")
+    linear = EvalResult("linear", "top1", 83.0, "fashion_mnist", "test", source="runs/lincls")
+    folder = export(weights[0], tmp_path / "fmnist", dataset="fashion_mnist", results=[knn, linear])
+    section, pretrained_cfg = read_config(folder)
+    assert pretrained_cfg["crop_pct"] == 1.0 and section.dataset == "fashion_mnist"
+    card = (folder / "README.md").read_text()
+    assert "224 px RGB; eval: resize to 224 (bilinear, the whole image)" in card and "then centre-crop" not in card
+
+    model = from_pretrained(folder)
+    resize = model.transform.transforms[0]
+    assert resize.size == 224  # the whole image, as config.json says, not 256 then a crop
+
+    # model-index: one entry per evaluation; sources kept where they are links; round trips.
+    meta = metadata_load(folder / "README.md")
+    entries = meta["model-index"][0]["results"]
+    assert [(e["task"]["type"], e["task"]["name"]) for e in entries] == [
+        ("image-feature-extraction", "k-NN classification of frozen features"),
+        ("image-classification", "Linear classification on the frozen backbone"),
+    ]
+    assert entries[0]["source"] == {"name": "https://example.org/run", "url": "https://example.org/run"}
+    parsed = ModelCard.load(folder / "README.md").data.eval_results
+    assert [(r.metric_type, r.metric_value) for r in parsed] == [("accuracy", 61.5), ("accuracy", 83.0)]
+
+    bare = export(weights[0], tmp_path / "bare")
+    meta = metadata_load(bare / "README.md")
+    assert "model-index" not in meta and "model_name" not in meta  # no stray name without results
+
+
+def test_the_transform_comes_from_the_folders_own_pretrained_cfg(weights, tmp_path):
+    """A timm-made folder (no simsiam section, bicubic, crop 0.95) loads with its own view."""
+    folder = tmp_path / "timm-made"
+    folder.mkdir()
+    state = {k: v for k, v in torch.load(weights[0], weights_only=True).items()}
+    save_safetensors(state, folder / "model.safetensors", {"format": "pt"})  # with its classifier fc.*
+    config = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": {
+        "input_size": [3, 160, 160], "interpolation": "bicubic", "crop_pct": 0.95, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    (folder / "config.json").write_text(json.dumps(config))
+    model = from_pretrained(folder)
+    resize, crop, _, normalize = model.transform.transforms
+    assert resize.size == round(160 / 0.95) and resize.interpolation == torchvision.transforms.InterpolationMode.BICUBIC
+    assert crop.size == (160, 160) and normalize.mean == (0.5, 0.5, 0.5) and normalize.std == (0.25, 0.25, 0.25)
+    # the classifier a timm folder carries is not part of the backbone: loading and converting agree
+    from simsiam_hub.loading import load_backbone_state_dict
+
+    assert "fc.weight" not in load_backbone_state_dict(folder, arch=None)
+
+
+def test_convert_detectron2_reads_a_folder_whose_weights_carry_a_classifier(tmp_path, capsys):
+    folder = tmp_path / "r50"
+    folder.mkdir()
+    state = torchvision.models.resnet50().state_dict()
+    save_safetensors(state, folder / "model.safetensors", {"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({"architecture": "resnet50", "num_classes": 1000}))
+    from_pretrained(folder)  # loads
+    code, err = cli(capsys, "convert-detectron2", folder, "--out", tmp_path / "r50.pkl")
+    assert code == 0, err  # and converts, the classifier left out
+
+
+def test_hubconf_lists_its_entry_point_alone_and_checks_head():
+    import hubconf
+
+    public = sorted(name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_"))
+    assert public == ["simsiam_resnet50"]  # what torch.hub.list shows
+    with pytest.raises(ValueError, match="head='projector': expected one of backbone, simsiam"):
+        hubconf.simsiam_resnet50(pretrained=False, head="projector")
+
+
+def test_truncated_or_foreign_weights_are_not_unpickled(tmp_path, capsys):
+    evil = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "run": os.system}, evil)  # a pickled global: posix.system
+    code, err = cli(capsys, "export", evil, "--out", tmp_path / "out")
+    assert code == 1 and f"was refused and not loaded: it holds a pickled Python object ({os.system.__module__}.system)" in err
+    assert "weights_only=False" not in err and not (tmp_path / "out").exists()
+
+
+# --- the package ---------------------------------------------------------------------------------
+
+
+def test_no_module_imports_one_above_it():
+    """The imports between simsiam_hub's modules, wherever they stand (inside functions too),
+    form no cycle: every module can be imported alone, in any order."""
+    import graphlib
+
+    graph = {}
+    for path in (ROOT / "simsiam_hub").glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("simsiam_hub."):
+                deps.add(node.module.split(".")[1])
+        graph[path.stem] = deps - {path.stem, "__init__", "__version__"}
+    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
+    modules = [m for m in order if m != "__init__"]
+    code = "import importlib\nfor m in %r: importlib.import_module('simsiam_hub.' + m)" % modules[::-1]
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]  # the top first: each pulls in what it needs
+
+
+def test_cli_help_does_not_import_torch():
+    code = "import sys; from simsiam_hub.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def test_the_wheel_ships_configs_transfer_and_hubconf(tmp_path):
+    """A non-editable install has what the commands read: every config (found by name), the
+    transfer scripts as simsiam_hub.transfer, and the torch.hub entry points."""
+    import zipfile
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
+    shipped = {f"simsiam_hub/configs/{p.relative_to(ROOT / 'configs')}" for p in (ROOT / "configs").rglob("*.yaml")}
+    assert shipped and shipped <= names, sorted(shipped - names)[:5]
+    assert {"simsiam_hub/transfer/train_net.py", "simsiam_hub/transfer/summarize.py", "simsiam_hub/hubconf.py"} <= names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry_points).decode()
+    assert "simsiam-hub = simsiam_hub.cli:main" in text and "simsiam-hub-detection = simsiam_hub.transfer.train_net:cli" in text
+
+
+def test_configs_are_found_by_name_and_listed(capsys, tmp_path, monkeypatch):
+    from simsiam_hub.config import ConfigError, LinclsConfig, PretrainConfig, load_config
+
+    by_name = load_config(PretrainConfig, "imagenet_resnet50_100ep")
+    assert by_name == load_config(PretrainConfig, ROOT / "configs" / "pretrain" / "imagenet_resnet50_100ep.yaml")
+    assert load_config(LinclsConfig, "fashion_mnist_cpu.yaml").data.dataset == "fashion_mnist"
+    monkeypatch.chdir(tmp_path)  # the checkout-relative path works from anywhere too
+    assert load_config(PretrainConfig, "configs/pretrain/imagenet_resnet50_100ep.yaml") == by_name
+    with pytest.raises(ConfigError, match="config 'imagenet_resnet50_1000ep' not found: expected a YAML file or the name of a shipped pretrain config"):
+        load_config(PretrainConfig, "imagenet_resnet50_1000ep")
+    assert main(["configs"]) == 0
+    listing = capsys.readouterr().out
+    for kind, folder in (("pretrain", "pretrain"), ("lincls", "lincls"), ("detection", "detection")):
+        assert f"{kind}:" in listing
+        for path in (ROOT / "configs" / folder).glob("*.yaml"):
+            assert f"  {path.stem} " in listing
