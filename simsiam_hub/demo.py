@@ -149,36 +149,55 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
     return sorted(times[1:])[len(times[1:]) // 2], x1.shape[0] / (time.perf_counter() - start)
 
 
-def make_plan(cfg: PretrainConfig, opts: DemoOptions, start: float, detection: bool) -> Plan:
-    """Size the pretraining and the k-NN so that the whole demo, begun at ``start``
-    (``time.perf_counter``), fits ``opts.minutes``."""
-    budget = opts.minutes * 60
-    step_s, features_per_s = measure_rates(cfg)
+def plan_budget(
+    budget_s: float, spent_s: float, step_s: float, features_per_s: float, *, detection: bool, train_size: int,
+    val_size: int, batch_size: int, config_steps: int, knn_bank: int | None = None, knn_queries: int | None = None,
+) -> Plan:
+    """How many pretraining steps and k-NN images fit ``budget_s`` after ``spent_s``, given the
+    measured step time and feature-extraction rate: the fixed stages are reserved first (export,
+    the detection fine-tune at :data:`DETECTION_STEPS` steps' time, the report, 5% margin),
+    the final k-NN takes at most :data:`KNN_SHARE` of the rest, pretraining the remainder (never
+    more than ``config_steps``, never fewer than :data:`MIN_STEPS`)."""
     reserved = {
-        "setup and measurement": time.perf_counter() - start,
+        "setup and measurement": spent_s,
         "export, push, reload": EXPORT_SECONDS,
         "detection": DETECTION_STEPS * step_s if detection else 0.0,
         "report": REPORT_SECONDS,
-        "margin": 0.05 * budget,
+        "margin": 0.05 * budget_s,
     }
-    left = budget - sum(reserved.values())
+    left = budget_s - sum(reserved.values())
     # The final k-NN: two networks through bank and queries (4:1), at most KNN_SHARE of what is left.
     knn_images = max(0.0, KNN_SHARE * left) * features_per_s / 2
-    bank = opts.knn_bank or int(min(10_000, max(1_000, knn_images * 0.8)) // 100 * 100)
-    queries = opts.knn_queries or max(200, min(2_000, bank // 5))
+    bank = min(train_size, knn_bank or int(min(10_000, max(1_000, knn_images * 0.8)) // 100 * 100))
+    queries = min(val_size, knn_queries or max(200, min(2_000, bank // 5)))
     reserved["k-NN"] = 2 * (bank + queries) / features_per_s
-    monitor_s = MONITOR_CHECKS * (MONITOR_BANK + MONITOR_QUERIES) / features_per_s
-    train_s = budget - sum(reserved.values()) - monitor_s
-    steps_in_config = cfg.optim.epochs * (len(pretrain_views(cfg)) // cfg.optim.batch_size)
-    steps = max(MIN_STEPS, min(steps_in_config, int(train_s / step_s)))
+    monitor_s = MONITOR_CHECKS * (min(MONITOR_BANK, train_size) + min(MONITOR_QUERIES, val_size)) / features_per_s
+    train_s = budget_s - sum(reserved.values()) - monitor_s
+    steps = max(MIN_STEPS, min(config_steps, int(train_s / step_s)))
+    steps_per_epoch = train_size // batch_size
+    overrides = [f"monitor.knn_bank_size={MONITOR_BANK}", f"monitor.knn_query_size={MONITOR_QUERIES}"]
+    if steps < config_steps:
+        if steps <= steps_per_epoch:  # one pass over a seeded subset of exactly that many batches
+            overrides += [f"data.train_subset={steps * batch_size}", "optim.epochs=1"]
+        else:  # whole epochs over the set
+            steps = steps // steps_per_epoch * steps_per_epoch
+            overrides += [f"optim.epochs={steps // steps_per_epoch}"]
+    every = max(1, steps // MONITOR_CHECKS)
+    overrides += [f"monitor.knn_every_steps={every}", f"run.checkpoint_every_steps={every}"]
     reserved["pretraining"] = steps * step_s + monitor_s
-    overrides = [
-        f"monitor.knn_bank_size={MONITOR_BANK}", f"monitor.knn_query_size={MONITOR_QUERIES}",
-        f"monitor.knn_every_steps={max(1, steps // MONITOR_CHECKS)}", f"run.checkpoint_every_steps={max(1, steps // MONITOR_CHECKS)}",
-    ]  # fmt: skip
-    if steps < steps_in_config:  # one pass over a seeded subset of exactly that many batches
-        overrides += [f"data.train_subset={steps * cfg.optim.batch_size}", "optim.epochs=1"]
-    return Plan(budget, step_s, features_per_s, steps, overrides, bank, queries, reserved)
+    return Plan(budget_s, step_s, features_per_s, steps, overrides, bank, queries, reserved)
+
+
+def make_plan(cfg: PretrainConfig, opts: DemoOptions, start: float, detection: bool) -> Plan:
+    """Measure this machine and plan the demo begun at ``start`` (``time.perf_counter``) to fit
+    ``opts.minutes``."""
+    step_s, features_per_s = measure_rates(cfg)
+    train_size = len(pretrain_views(cfg))
+    return plan_budget(
+        opts.minutes * 60, time.perf_counter() - start, step_s, features_per_s, detection=detection, train_size=train_size,
+        val_size=len(build_dataset(cfg.data, "val")), batch_size=cfg.optim.batch_size,
+        config_steps=cfg.optim.epochs * (train_size // cfg.optim.batch_size), knn_bank=opts.knn_bank, knn_queries=opts.knn_queries,
+    )  # fmt: skip
 
 
 def load_or_make_plan(cfg: PretrainConfig, opts: DemoOptions, out: Path, start: float, detection: bool) -> tuple[Plan, bool]:
@@ -267,7 +286,7 @@ def run_demo(opts: DemoOptions) -> Path:
     _stage("0/5 measuring this machine and planning the budget", timings)
     print(f"  {machine_description()}")
     plan, reused_plan = load_or_make_plan(cfg, opts, out, start, skip_detection is None)
-    cfg = load_config(PretrainConfig, opts.config, [*overrides, *plan.overrides])
+    cfg = load_config(PretrainConfig, opts.config, [*plan.overrides, *overrides])  # what the user set wins
     print(
         f"  {'reusing the plan of an earlier demo: ' if reused_plan else ''}{plan.step_s:.2f} s per training step, "
         f"{plan.features_per_s:.0f} images/s through the backbone: {plan.steps} steps of batch {cfg.optim.batch_size} "

@@ -9,10 +9,18 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torchvision
+from huggingface_hub import metadata_load
+
+from simsiam_hub.demo import MIN_STEPS, plan_budget
+from simsiam_hub.loading import from_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")  # `make data` installs it (Debian's dataset-fashion-mnist)
+# The demo's own config and data (Fashion-MNIST, ResNet-50 at 32 px) at a small size.
 SMALL = [
-    "data.dataset=synthetic", "data.synthetic_size=96", "data.train_subset=null", "data.num_workers=0",
+    "data.train_subset=96", "data.num_workers=0",
     "optim.batch_size=16", "monitor.knn_every_steps=3", "monitor.knn_bank_size=64", "monitor.knn_query_size=24",
     "monitor.knn_k=20", "run.checkpoint_every_steps=3", "run.log_every_steps=2", "run.progress=false",
 ]  # fmt: skip
@@ -27,6 +35,7 @@ def demo(out, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not (FMNIST / "train-labels-idx1-ubyte.gz").is_file(), reason="Fashion-MNIST is installed by `make data`")
 def test_demo_end_to_end_and_again(tmp_path):
     out = tmp_path / "demo"
     log = demo(out)
@@ -34,13 +43,31 @@ def test_demo_end_to_end_and_again(tmp_path):
     assert set(report["knn"]) == {"simsiam", "random_init", "raw_pixels", "raw_pixels_standardised"}
     for acc in report["knn"].values():
         assert 0 <= acc["top1"] <= acc["top5"] <= 100
-    assert report["steps"] == 6  # 96 images / batch 16
+    # 10 classes: chance is 10%; raw pixels are far above it even on 96 bank images
+    assert report["knn"]["raw_pixels"]["top1"] > 40, report["knn"]
+    assert report["steps"] == 6 and report["images_seen"] == 96  # the whole config fits the budget: 96 images / batch 16
+    assert report["plan"]["steps"] == 6 and report["budget_s"] == 600 and "cores" in report["machine"]
     assert report["reload_max_diff"] == 0.0
+
+    # The pushed folder, loaded back here, gives the trained backbone's features (rebuilt from the
+    # checkpoint independently: a torchvision ResNet-50 and the encoder's tensors).
     hub_copy = out / "hub" / "simsiam-resnet50-fashion-mnist-demo"
-    assert (hub_copy / "model.safetensors").is_file()
-    assert "knn_top1" in (hub_copy / "README.md").read_text()  # the k-NN result reached the model card
+    checkpoint = sorted((out / "pretrain").glob("checkpoint_step*.pt"))[-1]
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
+    trained = torchvision.models.resnet50()
+    trained.fc = torch.nn.Identity()
+    trained.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.") and not k.startswith("encoder.fc.")})
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(hub_copy)(x), trained.eval()(x))
+    # The card's k-NN result is the report's.
+    card = metadata_load(hub_copy / "README.md")["model-index"][0]["results"]
+    knn_entry = next(r for r in card if r["task"]["type"] == "image-feature-extraction")
+    top1 = next(m["value"] for m in knn_entry["metrics"] if m["name"] == "top-1 accuracy")
+    assert top1 == round(report["knn"]["simsiam"]["top1"], 4)
     text = (out / "report.md").read_text()
-    assert "| SimSiam (this run) |" in text and "standardised raw pixels" in text
+    assert "| SimSiam (this run) |" in text and "standardised raw pixels" in text and "FACTS" not in text
+    assert "Machine: " in text and "Budget 10 min" in text
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if importlib.util.find_spec("detectron2"):
         assert "AP50" in report["detection"]["metrics"], report["detection"]
@@ -51,10 +78,31 @@ def test_demo_end_to_end_and_again(tmp_path):
     # A second demo reuses the finished run and the fine-tune, and still completes.
     log = demo(out)
     again = json.loads((out / "report.json").read_text())
-    assert again["steps"] == 6 and again["reload_max_diff"] == 0.0
+    assert again["steps"] == 6 and again["reload_max_diff"] == 0.0 and again["plan_reused"] is True
     assert again["knn"]["simsiam"]["top1"] == report["knn"]["simsiam"]["top1"]  # the same trained weights
     if importlib.util.find_spec("detectron2"):
         assert again["detection"]["reused"] is True
+
+
+def test_the_plan_fits_the_budget():
+    """The demo's plan from measured rates: everything it reserves fits the budget, and the
+    pretraining takes what is left, as one pass over a subset or as whole epochs."""
+    common = dict(detection=True, val_size=10_000, batch_size=128)
+    # An AMD EPYC's rates for the default config: 3.7 s per step, 300 images/s through the backbone.
+    plan = plan_budget(600, 25, 3.7, 300, train_size=60_000, config_steps=200, **common)
+    assert sum(plan.reserved_s.values()) <= 600
+    assert 50 < plan.steps < 200 and f"data.train_subset={plan.steps * 128}" in plan.overrides and "optim.epochs=1" in plan.overrides
+    assert (plan.knn_bank, plan.knn_queries) == (10_000, 2_000) and plan.steps == 84  # k-NN 80 s of the 427 s left
+    slow = plan_budget(600, 25, 3.7, 60, train_size=60_000, config_steps=200, **common)  # 5x slower features
+    assert (slow.knn_bank, slow.knn_queries) == (2_000, 400) and sum(slow.reserved_s.values()) <= 600
+    twice_as_fast = plan_budget(600, 25, 1.85, 600, train_size=60_000, config_steps=200, **common)
+    assert twice_as_fast.steps == 200 and not any(o.startswith("data.train_subset") for o in twice_as_fast.overrides)
+    # More steps than one pass over a small set: whole epochs, within the budget.
+    small = plan_budget(3600, 10, 0.5, 500, train_size=256 * 16, config_steps=100_000, **dict(common, batch_size=256))
+    assert small.steps % 16 == 0 and f"optim.epochs={small.steps // 16}" in small.overrides
+    assert sum(small.reserved_s.values()) <= 3600
+    # A budget too small for anything still trains a few steps (and the report says it ran over).
+    assert plan_budget(30, 25, 3.7, 300, train_size=60_000, config_steps=200, **common).steps == MIN_STEPS
 
 
 @pytest.mark.slow
