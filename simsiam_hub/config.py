@@ -81,8 +81,19 @@ class OptimConfig:
     weight_decay: float = 1e-4
     fix_pred_lr: bool = True  # keep the predictor at the initial lr (the reference recipe)
     warmup_epochs: float = 0.0  # linear warm-up before the cosine decay (the reference has none)
+    # When the cosine lr changes (optim.py): "epoch", once at each epoch's start (the reference;
+    # the last epoch is not at 0), or "step", every step (down to 0 at the end). The default is
+    # what every run before this option did, so stored configs without it read back as trained.
+    lr_schedule: str = "step"
 
     def __post_init__(self):
+        from .optim import LR_SCHEDULES
+
+        _one_of("optim.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check(
+            self.lr_schedule == "step" or self.warmup_epochs == 0, "optim.warmup_epochs", self.warmup_epochs,
+            "0 with optim.lr_schedule=epoch (a warm-up set per epoch would hold the first epoch at lr 0): use optim.lr_schedule=step",
+        )  # fmt: skip
         _check(self.epochs > 0, "optim.epochs", self.epochs, "a positive integer")
         _check(self.batch_size > 0, "optim.batch_size", self.batch_size, "a positive integer")
         _check(self.base_lr > 0, "optim.base_lr", self.base_lr, "a positive number")

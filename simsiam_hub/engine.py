@@ -41,6 +41,7 @@ from .evaluate import autocast_context, extract_features, knn_accuracy, knn_data
 from .fileio import atomic_torch_save, atomic_write_text, folder_lock
 from .models import PooledFeatures, SimSiam, simsiam_loss
 from .monitor import CSVLog, collapse_ratio, std_of_l2_normalized, top_direction_share
+from .optim import set_learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -143,26 +144,6 @@ def build_optimizer(model: SimSiam, cfg) -> torch.optim.SGD:
         {"params": [p for p in model.predictor.parameters() if p.requires_grad], "fix_lr": cfg.fix_pred_lr},
     ]
     return torch.optim.SGD(groups, lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-
-
-def learning_rate(cfg, epoch: float) -> float:
-    """Cosine decay over ``epochs`` after an optional linear warm-up; ``epoch`` is fractional.
-
-    At whole epochs it equals the reference's per-epoch value, init_lr * 0.5 * (1 + cos(pi * e / E)).
-    """
-    init_lr = cfg.base_lr * cfg.batch_size / 256
-    if epoch < cfg.warmup_epochs:
-        return init_lr * epoch / cfg.warmup_epochs
-    progress = (epoch - cfg.warmup_epochs) / (cfg.epochs - cfg.warmup_epochs)
-    return init_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def set_learning_rate(optimizer, cfg, epoch: float) -> float:
-    lr = learning_rate(cfg, epoch)
-    init_lr = cfg.base_lr * cfg.batch_size / 256
-    for group in optimizer.param_groups:
-        group["lr"] = init_lr if group.get("fix_lr") else lr
-    return lr
 
 
 class SeededViews(Dataset):

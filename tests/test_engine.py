@@ -4,6 +4,7 @@ A tiny network (ResNet-18, small stem, 16 px, synthetic images) keeps each run t
 """
 
 import csv
+import math
 import os
 import re
 import signal
@@ -85,6 +86,18 @@ def test_knn_every_steps_also_runs_on_epoch_ends(tmp_path):
     with open(tmp_path / "epoch_log.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["knn_top1"]]
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
+
+
+def test_the_engine_sets_the_lr_once_per_epoch(tmp_path):
+    """optim.lr_schedule=epoch in a real run (per step, the default, is what every other test here
+    runs; both schedules' values are checked in test_optim.py)."""
+    # 2 epochs of 4 steps of batch 4, every step logged; init lr 0.05 * 4 / 256.
+    small = ("data.synthetic_size=16", "optim.batch_size=4", "data.image_size=8", "optim.lr_schedule=epoch", "run.log_every_steps=1")
+    pretrain(load_config(PretrainConfig, None, tiny(tmp_path, *small)), resume=None)
+    with open(tmp_path / "train_log.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    init = 0.05 * 4 / 256  # main_simsiam.py's adjust_learning_rate at each epoch start: cos(pi * e / 2)
+    assert lrs == pytest.approx([init] * 4 + [init * 0.5 * (1 + math.cos(math.pi / 2))] * 4, rel=1e-5)
 
 
 def test_global_batch_must_divide_over_ranks(tmp_path):
