@@ -39,11 +39,13 @@ class ModelConfig:
     dim: int = 2048  # projector output (and predictor in/out) width
     pred_dim: int = 512  # predictor bottleneck width
     stop_gradient: bool = True  # False: the paper's collapse ablation
+    proj_layers: int = 3  # Linear layers in the projector: 3 (ImageNet, the official code) | 2 (the paper's CIFAR)
 
     def __post_init__(self):
-        from .models import ARCHS
+        from .models import ARCHS, PROJ_LAYERS
 
         _one_of("model.arch", self.arch, ARCHS)
+        _one_of("model.proj_layers", self.proj_layers, PROJ_LAYERS)
         _check(self.dim > 0, "model.dim", self.dim, "a positive integer")
         _check(self.pred_dim > 0, "model.pred_dim", self.pred_dim, "a positive integer")
 

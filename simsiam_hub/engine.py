@@ -292,7 +292,7 @@ class Trainer:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
         self.sampler = ResumableSampler(self.dataset, num_replicas=info.world_size, rank=info.rank, seed=cfg.run.seed)
 
-        model = SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem)
+        model = SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem, proj_layers=cfg.model.proj_layers)
         if cfg.run.init_from:
             load_init_weights(model, cfg.run.init_from)
         if info.distributed:
@@ -327,9 +327,9 @@ class Trainer:
             path, ckpt = found
         else:
             path, ckpt = Path(resume), load_checkpoint(resume)
-        stored = ckpt.get("config", {}).get("model", {})
+        stored = {"proj_layers": 3, **ckpt.get("config", {}).get("model", {})}  # 3: checkpoints from before the option
         ours = to_dict(self.cfg.model)
-        if any(stored.get(k) != ours[k] for k in ("arch", "dim", "pred_dim", "small_stem")):
+        if any(stored.get(k) != ours[k] for k in ("arch", "dim", "pred_dim", "small_stem", "proj_layers")):
             raise CheckpointError(f"{path} holds a different model: {stored}, this run configures {ours}")
         if ckpt["global_batch"] != self.cfg.optim.batch_size:
             raise CheckpointError(f"{path} was trained at batch {ckpt['global_batch']}, this run sets optim.batch_size={self.cfg.optim.batch_size}")

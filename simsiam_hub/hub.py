@@ -221,7 +221,7 @@ def _describe(
         "library_version": f"simsiam-hub {__version__}",
     }
     if loaded.simsiam is not None:
-        desc["dim"] = int(loaded.simsiam["encoder.fc.6.weight"].shape[0])
+        desc["dim"] = int(loaded.simsiam["predictor.3.weight"].shape[0])  # the predictor's output: z's width
         desc["pred_dim"] = int(loaded.simsiam["predictor.0.weight"].shape[0])
     if loaded.kind == "simsiam-hub":
         cfg = info["config"]
@@ -715,13 +715,13 @@ def _skip_init_on_meta():
 def _assemble(arch: str, small_stem: bool, state: dict, head: str, where: str, dim=None, pred_dim=None):
     """Build the network on the meta device (no random initialisation) and take the tensors
     as its parameters (``assign=True``): loading costs little more than reading the file."""
-    from .models import SimSiam, build_backbone
+    from .models import SimSiam, build_backbone, projector_layers
 
     with torch.device("meta"), _skip_init_on_meta():
         if head == "backbone":
             model = build_backbone(arch, small_stem=small_stem)
         else:
-            model = SimSiam(arch, dim, pred_dim, small_stem=small_stem)
+            model = SimSiam(arch, dim, pred_dim, small_stem=small_stem, proj_layers=projector_layers(state))
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError:

@@ -212,6 +212,22 @@ def test_resume_refuses_a_different_model(tmp_path):
         pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "model.dim=32")))
 
 
+def test_a_two_layer_projector_trains_exports_and_loads_whole(tmp_path):
+    from simsiam_hub.hub import export, from_pretrained
+
+    result = pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", "model.proj_layers=2", "run.max_steps=1")))
+    state = load_checkpoint(result.checkpoint)["model"]
+    assert "encoder.fc.3.weight" in state and "encoder.fc.6.weight" not in state
+    folder = export(result.checkpoint, tmp_path / "model")
+    for source in (result.checkpoint, folder):  # a training checkpoint and an exported folder
+        whole = from_pretrained(source, head="simsiam")
+        assert whole.encoder.fc[3].out_features == 64 and len(whole.encoder.fc) == 5
+        for key, value in state.items():
+            assert torch.equal(whole.state_dict()[key], value), key
+    with pytest.raises(engine.CheckpointError, match="holds a different model"):
+        pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", "run.max_steps=2")))  # proj_layers 3
+
+
 def test_foreign_checkpoint_is_refused(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(engine.CheckpointError, match="not a simsiam-hub training checkpoint.*found keys \\['state_dict'\\]"):
