@@ -190,7 +190,10 @@ def test_every_config_loads_and_builds_its_model(train_net):
             key = next(k for k in schedules if path.stem == k or path.stem.startswith(k + "_"))
             assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS)) == schedules[key], path.name
             assert cfg.MODEL.MASK_ON == path.stem.startswith("coco"), path.name
-            weights = {"scratch": "", "imagenet": "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth", "msra": "detectron2://ImageNetPretrained/MSRA/R-50.pkl"}
+            weights = {
+                "scratch": "", "imagenet": "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth",
+                "msra": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+            }  # fmt: skip
             assert cfg.MODEL.WEIGHTS == weights.get(path.stem.rsplit("_", 1)[1], train_net.WEIGHTS_UNSET), path.name
         # builds (names and shapes only, on the meta device: the CUDA configs too)
         cfg.MODEL.DEVICE = "meta"
