@@ -18,11 +18,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .data import DATASETS
 from .errors import UsageError
-from .models import ARCHS
+from .models import ARCHS, PROJ_LAYERS
 from .resources import shipped_configs
 
 T = TypeVar("T")
 AMP_CHOICES = ("auto", "bf16", "fp16", "off")
+LR_SCHEDULES = ("epoch", "step")  # when the cosine lr changes: at epoch starts (the reference) | every step
 
 
 class ConfigError(UsageError):
@@ -87,9 +88,11 @@ class ModelConfig:
     dim: int = 2048  # projector output (and predictor in/out) width
     pred_dim: int = 512  # predictor bottleneck width
     stop_gradient: bool = True  # False: the paper's collapse ablation
+    proj_layers: int = 3  # Linear layers in the projector: 3 (ImageNet, the official code) | 2 (the paper's CIFAR)
 
     def __post_init__(self):
         _one_of("model.arch", self.arch, ARCHS)
+        _one_of("model.proj_layers", self.proj_layers, PROJ_LAYERS)
         _check(self.dim > 0, "model.dim", self.dim, "a positive integer")
         _check(self.pred_dim > 0, "model.pred_dim", self.pred_dim, "a positive integer")
 
@@ -121,8 +124,17 @@ class OptimConfig:
     weight_decay: float = 1e-4
     fix_pred_lr: bool = True  # keep the predictor at the initial lr (the reference recipe)
     warmup_epochs: float = 0.0  # linear warm-up before the cosine decay (the reference has none)
+    # When the cosine lr changes (optim.py): "epoch", once at each epoch's start (the reference;
+    # the last epoch is not at 0), or "step", every step (down to 0 at the end). The default is
+    # what every run before this option did, so stored configs without it read back as trained.
+    lr_schedule: str = "step"
 
     def __post_init__(self):
+        _one_of("optim.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check(
+            self.lr_schedule == "step" or self.warmup_epochs == 0, "optim.warmup_epochs", self.warmup_epochs,
+            "0 with optim.lr_schedule=epoch (a warm-up set per epoch would hold the first epoch at lr 0): use optim.lr_schedule=step",
+        )  # fmt: skip
         _check(self.epochs > 0, "optim.epochs", self.epochs, "a positive integer")
         _check(self.batch_size > 0, "optim.batch_size", self.batch_size, "a positive integer")
         _check(self.base_lr > 0, "optim.base_lr", self.base_lr, "a positive number")

@@ -123,7 +123,8 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
     batch of feature extraction. The model is a throwaway; the run starts from its own seed."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = resolve_amp(cfg.run.amp, device)
-    model = SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem).to(device)
+    m = cfg.model
+    model = SimSiam(m.arch, m.dim, m.pred_dim, small_stem=m.small_stem, proj_layers=m.proj_layers).to(device)
     memory = torch.channels_last if cfg.run.channels_last else torch.contiguous_format
     model.to(memory_format=memory)
     optimizer = build_pretrain_optimizer(model, cfg.optim)
@@ -219,7 +220,7 @@ def knn_comparison(cfg: PretrainConfig, backbone: torch.nn.Module, *, bank: int,
     initialisation (the run's seed), and of raw and standardised pixels; same images."""
     data_cfg = dataclasses.replace(cfg.data, train_subset=bank)
     m = cfg.model
-    initial = initial_backbone(m.arch, small_stem=m.small_stem, dim=m.dim, pred_dim=m.pred_dim, seed=cfg.run.seed)
+    initial = initial_backbone(m.arch, small_stem=m.small_stem, dim=m.dim, pred_dim=m.pred_dim, proj_layers=m.proj_layers, seed=cfg.run.seed)
     return knn_with_baselines(
         backbone, initial, data_cfg, val_subset=queries, k=min(cfg.monitor.knn_k, bank), temperature=cfg.monitor.knn_temperature,
         amp_dtype=resolve_amp(cfg.run.amp, torch.device("cpu")), channels_last=cfg.run.channels_last,

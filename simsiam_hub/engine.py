@@ -42,7 +42,7 @@ from .checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from .config import ConfigError, PretrainConfig, config_differences, to_dict
+from .config import ConfigError, PretrainConfig, config_differences, from_dict, to_dict
 from .data import DatasetError, SeededViews, build_dataset, item_name, seeded_subset, targets_of
 from .device_augment import DeviceTwoCropsTransform
 from .distributed import DistInfo, ResumableSampler, barrier, cleanup_distributed, convert_sync_batchnorm, setup_distributed
@@ -69,7 +69,7 @@ RESUMABLE_CHANGES = (
     "run.compile", "run.deterministic", "run.channels_last", "run.init_from",
 )  # fmt: skip
 # What a checkpoint's weights must match whatever is allowed.
-MODEL_IDENTITY = ("model.arch", "model.dim", "model.pred_dim", "model.small_stem", "optim.batch_size")
+MODEL_IDENTITY = ("model.arch", "model.dim", "model.pred_dim", "model.small_stem", "model.proj_layers", "optim.batch_size")
 
 
 class NonFiniteLossError(SimsiamHubError, RuntimeError):
@@ -212,6 +212,15 @@ def resume_differences(stored: dict, ours: dict) -> tuple[dict, dict]:
     return {k: v for k, v in changed.items() if k not in allowed}, allowed
 
 
+def stored_config(ckpt: dict) -> dict:
+    """A checkpoint's config with the keys added since it was written at their defaults (which
+    are what such runs did: a 3-layer projector, the lr set every step)."""
+    try:
+        return to_dict(from_dict(PretrainConfig, ckpt.get("config", {})))
+    except ConfigError:
+        return ckpt.get("config", {})
+
+
 def _describe_changes(changes: dict) -> str:
     return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
 
@@ -264,7 +273,7 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg = self.cfg
-        model = SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem)
+        model = SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem, proj_layers=cfg.model.proj_layers)
         if cfg.run.init_from:
             load_init_weights(model, cfg.run.init_from)
         if self.info.distributed:
@@ -290,7 +299,7 @@ class Trainer:
             path, ckpt = found
         else:
             path, ckpt = Path(resume), load_checkpoint(resume)
-        refused, allowed = resume_differences(ckpt.get("config", {}), to_dict(self.cfg))
+        refused, allowed = resume_differences(stored_config(ckpt), to_dict(self.cfg))
         identity = {k: v for k, v in refused.items() if k in MODEL_IDENTITY}
         if identity:
             raise CheckpointError(f"{path} holds a different model: {_describe_changes(identity)} (checkpoint -> this run); use another run.output_dir")

@@ -132,7 +132,7 @@ def random_init_of(source: LoadedSource, seed: int | None = None) -> nn.Module:
     run_seed = recipe.get("run", {}).get("seed", 0)
     return initial_backbone(
         section.arch, small_stem=section.small_stem, dim=model.get("dim", 2048), pred_dim=model.get("pred_dim", 512),
-        seed=run_seed if seed is None else seed,
+        proj_layers=model.get("proj_layers", 3), seed=run_seed if seed is None else seed,
     )  # fmt: skip
 
 

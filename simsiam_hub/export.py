@@ -48,7 +48,7 @@ def describe(
     section = SimsiamSection(arch=loaded.arch, small_stem=loaded.small_stem, method=loaded.method, source=source or path.name)
     if loaded.simsiam is not None:
         section.has_simsiam = True
-        section.dim = int(loaded.simsiam["encoder.fc.6.weight"].shape[0])
+        section.dim = int(loaded.simsiam["predictor.3.weight"].shape[0])  # the predictor's output: z's width
         section.pred_dim = int(loaded.simsiam["predictor.0.weight"].shape[0])
     if loaded.kind == "simsiam-hub":
         cfg = info["config"]

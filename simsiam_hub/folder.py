@@ -208,7 +208,7 @@ def validate_folder(folder: str | Path, where: str | None = None) -> SimsiamSect
                 raise FolderError(f"{where}/{SIMSIAM_FILE} holds no projector and predictor: expected the whole SimSiam model")
             if infer_arch(whole_backbone, f"{where}/{SIMSIAM_FILE}") != (section.arch, section.small_stem):
                 raise FolderError(f"{where}/{SIMSIAM_FILE} is not of the {section.arch} that config.json names")
-            dims = (int(whole["encoder.fc.6.weight"].shape[0]), int(whole["predictor.0.weight"].shape[0]))
+            dims = (int(whole["predictor.3.weight"].shape[0]), int(whole["predictor.0.weight"].shape[0]))
             if section.dim is not None and dims != (section.dim, section.pred_dim):
                 raise FolderError(f"{where}/{SIMSIAM_FILE} has dim/pred_dim {dims}, config.json says {(section.dim, section.pred_dim)}")
         elif section.has_simsiam:

@@ -2,9 +2,10 @@
 
 Reference: facebookresearch/simsiam ``main_lincls.py``. The backbone is frozen and kept in
 eval mode (BatchNorm uses its running statistics, which never change); a new ``fc`` is
-initialised normal(0, 0.01) with zero bias and trained with LARS (trust coefficient 0.001,
-no weight decay, momentum 0.9), batch 4096, lr 0.1 * batch / 256, cosine decay per epoch,
-90 epochs; train transform RandomResizedCrop + flip, val Resize + CenterCrop. After every
+initialised normal(0, 0.01) with zero bias and trained with LARS (apex's ``LARC`` around
+momentum SGD, trust coefficient 0.001, no clipping: :class:`simsiam_hub.optim.LARC`; no weight
+decay, momentum 0.9), batch 4096, lr 0.1 * batch / 256, cosine decay per epoch, 90 epochs;
+train transform RandomResizedCrop + flip, val Resize + CenterCrop. After every
 epoch every backbone tensor is compared with its value at load: a change stops the run.
 
 Two ways to feed the classifier (``data.cache_features``):
@@ -48,7 +49,7 @@ from .evaluate import LoadedSource, backbone_fingerprint, dataset_name, load_sou
 from .fileio import atomic_torch_save
 from .knn import EVAL_DRAW_SEEDS, eval_loader, extract_features, topk_accuracy
 from .monitor import CSVLog
-from .optim import set_learning_rate
+from .optim import LARC, set_learning_rate
 from .precision import autocast_context, resolve_amp
 from .results import EvalResult, write_results
 
@@ -81,24 +82,18 @@ def new_classifier(num_features: int, num_classes: int) -> nn.Linear:
 
 
 def build_optimizer(fc: nn.Linear, cfg: LinclsOptimConfig) -> torch.optim.Optimizer:
-    """LARS as the reference applies it (timm's ``Lars``), or plain SGD.
+    """LARS as the reference runs it, or plain momentum SGD (``optim.optimizer``).
 
-    The reference's LARS adapts (and decays) only parameters with ndim > 1: the weight's
-    update is scaled by trust * |w| / |g + wd * w|, the bias gets plain momentum SGD. timm's
-    ``Lars`` does the same per group: ``always_adapt`` on the weight, off with no weight decay
-    on the bias. With the recipe's weight decay of 0 the two agree exactly (up to timm's
-    eps = 1e-8 in the denominator); with weight decay timm divides by |g| + wd * |w|.
+    The reference (main_lincls.py ``--lars``) wraps ``SGD(params, lr, momentum, weight_decay)``
+    in apex's ``LARC(trust_coefficient=0.001, clip=False)``: every parameter whose norm and
+    gradient norm are non-zero, the bias included, has its gradient scaled by
+    trust * |p| / (|g| + wd * |p| + eps) before the momentum step (:class:`~simsiam_hub.optim.LARC`).
+    The bias starts at zero, so its first step is plain SGD and it is adapted from the second.
     """
     init_lr = scaled_lr(cfg.base_lr, cfg.batch_size)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(fc.parameters(), lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    from timm.optim import Lars
-
-    groups = [
-        {"params": [fc.weight], "always_adapt": True, "weight_decay": cfg.weight_decay},
-        {"params": [fc.bias], "always_adapt": False, "weight_decay": 0.0},
-    ]
-    return Lars(groups, lr=init_lr, momentum=cfg.momentum, trust_coeff=cfg.trust_coefficient)
+    return LARC(fc.parameters(), lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient)
 
 
 def snapshot_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -196,7 +191,10 @@ class LinearEvaluation:
         """What a resumed run must share with the run that wrote the checkpoint."""
         d = self.cfg.data
         keys = ("dataset", "image_size", "train_subset", "val_subset", "cache_features", "min_scale")
-        return {"optim": to_dict(self.cfg.optim), "data": {k: getattr(d, k) for k in keys}, "seed": self.cfg.run.seed}
+        compatibility = {"optim": to_dict(self.cfg.optim), "data": {k: getattr(d, k) for k in keys}, "seed": self.cfg.run.seed}
+        if self.cfg.optim.optimizer == "lars":  # checkpoints of the earlier LARS (weight only) have no such key
+            compatibility["lars"] = "apex LARC"
+        return compatibility
 
     def _resume(self, resume: str) -> None:
         path = self.out / CHECKPOINT_FILE if resume == "auto" else Path(resume)

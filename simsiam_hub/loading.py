@@ -15,7 +15,7 @@ from . import registry
 from .augment import transform_from_pretrained_cfg
 from .export import describe, import_official
 from .folder import BACKBONE_FILE, SIMSIAM_FILE, SimsiamSection, read_backbone, read_config, timm_config
-from .models import SimSiam, build_backbone
+from .models import SimSiam, build_backbone, projector_layers
 from .repo import HubError, NotCachedError, RepoNotFoundError, resolve_model_dir
 from .weights import WeightsError, check_backbone, read_safetensors, read_weights
 
@@ -57,7 +57,7 @@ def _assemble(section: SimsiamSection, state: dict, head: str, where: str):
         if head == "backbone":
             model = build_backbone(section.arch, small_stem=section.small_stem)
         else:
-            model = SimSiam(section.arch, section.dim, section.pred_dim, small_stem=section.small_stem)
+            model = SimSiam(section.arch, section.dim, section.pred_dim, small_stem=section.small_stem, proj_layers=projector_layers(state))
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError:

@@ -15,6 +15,7 @@ import torchvision
 from torch import nn
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
+PROJ_LAYERS = (3, 2)  # projector depth: 3 (builder.py, ImageNet) | 2 (the paper's CIFAR-10, Appendix D)
 
 
 def build_resnet(
@@ -54,12 +55,16 @@ def feature_dim(arch: str) -> int:
 
 
 class SimSiam(nn.Module):
-    """Encoder f (backbone + 3-layer projector) and predictor h.
+    """Encoder f (backbone + projector, 3 layers by default) and predictor h.
 
     ``forward(x1, x2)`` takes two views of shape (N, 3, H, W) and returns
     ``(p1, p2, z1, z2)``, each (N, dim); z is *not* detached here: the stop-gradient
     is the loss's business (see :func:`simsiam_loss`), so that the collapse ablation
     is one flag.
+
+    ``proj_layers=2`` drops the projector's middle Linear-BN-ReLU: the paper's CIFAR-10 model
+    ("followed by a 2-layer projection MLP", Appendix D; its layers are not spelled out, so the
+    widths and BN are the 3-layer one's). The last Linear is then ``encoder.fc.3``, not ``.6``.
     """
 
     def __init__(
@@ -69,23 +74,20 @@ class SimSiam(nn.Module):
         pred_dim: int = 512,
         *,
         small_stem: bool = False,
+        proj_layers: int = 3,
     ):
         super().__init__()
-        self.arch, self.dim, self.pred_dim, self.small_stem = arch, dim, pred_dim, small_stem
+        if proj_layers not in PROJ_LAYERS:
+            raise ValueError(f"proj_layers={proj_layers!r}: expected one of {PROJ_LAYERS}")
+        self.arch, self.dim, self.pred_dim, self.small_stem, self.proj_layers = arch, dim, pred_dim, small_stem, proj_layers
         self.encoder = build_resnet(arch, num_classes=dim, small_stem=small_stem, zero_init_residual=True)
         prev_dim = self.encoder.fc.weight.shape[1]
-        self.encoder.fc = nn.Sequential(
-            nn.Linear(prev_dim, prev_dim, bias=False),
-            nn.BatchNorm1d(prev_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(prev_dim, prev_dim, bias=False),
-            nn.BatchNorm1d(prev_dim),
-            nn.ReLU(inplace=True),
-            self.encoder.fc,
-            nn.BatchNorm1d(dim, affine=False),
-        )
+        hidden = [nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True)]
+        if proj_layers == 3:
+            hidden += [nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True)]
+        self.encoder.fc = nn.Sequential(*hidden, self.encoder.fc, nn.BatchNorm1d(dim, affine=False))
         # The reference freezes the bias of the last projector Linear (it is followed by BN).
-        self.encoder.fc[6].bias.requires_grad = False
+        self.encoder.fc[-2].bias.requires_grad = False
         self.predictor = nn.Sequential(
             nn.Linear(dim, pred_dim, bias=False),
             nn.BatchNorm1d(pred_dim),
@@ -97,6 +99,11 @@ class SimSiam(nn.Module):
         z1 = self.encoder(x1)
         z2 = self.encoder(x2)
         return self.predictor(z1), self.predictor(z2), z1, z2
+
+
+def projector_layers(state: dict) -> int:
+    """The projector depth (3 or 2) of a whole-model state dict (``encoder.fc.*`` keys)."""
+    return 3 if "encoder.fc.6.weight" in state else 2
 
 
 def simsiam_loss(
@@ -136,10 +143,12 @@ class PooledFeatures(nn.Module):
         return torch.flatten(r.avgpool(x), 1)
 
 
-def initial_backbone(arch: str, *, small_stem: bool = False, dim: int = 2048, pred_dim: int = 512, seed: int = 0) -> PooledFeatures:
+def initial_backbone(
+    arch: str, *, small_stem: bool = False, dim: int = 2048, pred_dim: int = 512, proj_layers: int = 3, seed: int = 0
+) -> PooledFeatures:
     """The backbone a pretraining run of this model and seed starts from (the engine seeds
     torch, then builds :class:`SimSiam`; the head widths matter, as the head's init draws from
     the same generator): the "random init" baseline. The caller's RNG state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return PooledFeatures(SimSiam(arch, dim, pred_dim, small_stem=small_stem).encoder).eval()
+        return PooledFeatures(SimSiam(arch, dim, pred_dim, small_stem=small_stem, proj_layers=proj_layers).encoder).eval()

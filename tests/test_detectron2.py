@@ -173,15 +173,20 @@ def test_every_config_loads_and_builds_its_model(train_net):
     files = sorted(CONFIGS.glob("*.yaml"))
     names = {f.stem for f in files}
     for bench in ("voc07_R_50_C4", "voc0712_R_50_C4_24k", "coco_R_50_C4_1x", "coco_R_50_C4_2x"):
-        assert {bench, f"{bench}_scratch", f"{bench}_imagenet", f"{bench}_smoke"} <= names
+        assert {bench, f"{bench}_scratch", f"{bench}_imagenet", f"{bench}_msra", f"{bench}_smoke"} <= names
     schedules = {"voc07": (12500, (9500,)), "voc0712": (24000, (18000, 22000)), "coco_R_50_C4_1x": (90000, (60000, 80000)), "coco_R_50_C4_2x": (180000, (120000, 160000))}  # fmt: skip
     for path in files:
         cfg = train_net.load_config(str(path))
-        # the protocol, in every config, the smoke runs included
+        # the protocol, in every config, the smoke runs included (MoCo 7397dfe Base-RCNN-C4-BN.yaml)
         assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm", path.name
-        assert cfg.MODEL.BACKBONE.FREEZE_AT == 0 and cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False, path.name
-        assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.TEST.PRECISE_BN.ENABLED, path.name
-        assert cfg.INPUT.FORMAT == "RGB" and list(cfg.MODEL.PIXEL_STD) == [58.395, 57.120, 57.375], path.name
+        assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN" and cfg.TEST.PRECISE_BN.ENABLED, path.name
+        assert cfg.MODEL.BACKBONE.FREEZE_AT == 0, path.name
+        if path.stem.endswith("_msra"):  # MoCo's supervised configs: Detectron2's defaults for MSRA's R-50.pkl
+            assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == ("BGR", [103.530, 116.280, 123.675], [1.0] * 3)
+            assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is True, path.name
+        else:  # MoCo's *_moco configs: torchvision-style weights
+            assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_STD)) == ("RGB", [58.395, 57.120, 57.375]), path.name
+            assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False, path.name
         if path.stem.endswith("_smoke"):
             assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.RPN.POST_NMS_TOPK_TEST <= 50 and cfg.INPUT.MIN_SIZE_TEST <= 256
         elif path.stem != "Base-RCNN-C4-BN":
@@ -189,7 +194,10 @@ def test_every_config_loads_and_builds_its_model(train_net):
             key = next(k for k in schedules if path.stem == k or path.stem.startswith(k + "_"))
             assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS)) == schedules[key], path.name
             assert cfg.MODEL.MASK_ON == path.stem.startswith("coco"), path.name
-            weights = {"scratch": "", "imagenet": "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth"}
+            weights = {
+                "scratch": "", "imagenet": "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth",
+                "msra": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
+            }  # fmt: skip
             assert cfg.MODEL.WEIGHTS == weights.get(path.stem.rsplit("_", 1)[1], train_net.WEIGHTS_UNSET), path.name
         # builds (names and shapes only, on the meta device: the CUDA configs too)
         cfg.MODEL.DEVICE = "meta"
@@ -197,6 +205,7 @@ def test_every_config_loads_and_builds_its_model(train_net):
             model = build_model(cfg)
         assert type(model.roi_heads).__name__ == "Res5ROIHeadsExtraNorm"
         assert model.roi_heads.res5.norm.num_features == 2048
+        assert type(model.roi_heads.res5.norm).__name__ == type(model.backbone.stem.conv1.norm).__name__ == "NaiveSyncBatchNorm"
         assert model.roi_heads.box_predictor.cls_score.out_features == cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
 
 

@@ -4,6 +4,7 @@ A tiny network (ResNet-18, small stem, 16 px, synthetic images) keeps each run t
 """
 
 import csv
+import math
 import os
 import re
 import signal
@@ -124,6 +125,18 @@ def test_knn_every_steps_also_runs_on_epoch_ends(tmp_path):
     assert [int(r["step"]) for r in rows] == [2, 4, 6, 8]
 
 
+def test_the_engine_sets_the_lr_once_per_epoch(tmp_path):
+    """optim.lr_schedule=epoch in a real run (per step, the default, is what every other test here
+    runs; both schedules' values are checked in test_optim.py)."""
+    # 2 epochs of 4 steps of batch 4, every step logged; init lr 0.05 * 4 / 256.
+    small = ("data.synthetic_size=16", "optim.batch_size=4", "data.image_size=8", "optim.lr_schedule=epoch", "run.log_every_steps=1")
+    pretrain(load_config(PretrainConfig, None, tiny(tmp_path, *small)), resume=None)
+    with open(tmp_path / "train_log.csv") as f:
+        lrs = [float(r["lr"]) for r in csv.DictReader(f)]
+    init = 0.05 * 4 / 256  # main_simsiam.py's adjust_learning_rate at each epoch start: cos(pi * e / 2)
+    assert lrs == pytest.approx([init] * 4 + [init * 0.5 * (1 + math.cos(math.pi / 2))] * 4, rel=1e-5)
+
+
 def test_global_batch_must_divide_over_ranks(tmp_path):
     code, log = run_cli("pretrain", *tiny(tmp_path, "optim.batch_size=15"), nproc=2)
     assert code != 0
@@ -234,6 +247,23 @@ def test_resume_refuses_a_different_model(tmp_path):
     pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "run.max_steps=1")))
     with pytest.raises(engine.CheckpointError, match="holds a different model"):
         pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "model.dim=32")))
+
+
+def test_a_two_layer_projector_trains_exports_and_loads_whole(tmp_path):
+    from simsiam_hub.export import export
+    from simsiam_hub.loading import from_pretrained
+
+    result = pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", "model.proj_layers=2", "run.max_steps=1")))
+    state = load_checkpoint(result.checkpoint)["model"]
+    assert "encoder.fc.3.weight" in state and "encoder.fc.6.weight" not in state
+    folder = export(result.checkpoint, tmp_path / "model")
+    for source in (result.checkpoint, folder):  # a training checkpoint and an exported folder
+        whole = from_pretrained(source, head="simsiam")
+        assert whole.encoder.fc[3].out_features == 64 and len(whole.encoder.fc) == 5
+        for key, value in state.items():
+            assert torch.equal(whole.state_dict()[key], value), key
+    with pytest.raises(engine.CheckpointError, match="holds a different model"):
+        pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", "run.max_steps=2")))  # proj_layers 3
 
 
 def test_foreign_checkpoint_is_refused(tmp_path):
@@ -361,14 +391,62 @@ def test_bad_config_is_refused_by_name(override, message):
         load_config(PretrainConfig, None, [override])
 
 
-def test_every_shipped_pretrain_config_loads():
-    configs = sorted((ROOT / "configs" / "pretrain").glob("*.yaml"))
-    assert len(configs) >= 6
-    for path in configs:
-        cfg = load_config(PretrainConfig, path)
-        assert cfg.optim.batch_size > 0
-    ablation = load_config(PretrainConfig, ROOT / "configs/pretrain/ablation_no_stopgrad.yaml")
-    assert ablation.model.stop_gradient is False and ablation.data.dataset == "fashion_mnist"
+def readme_pretrain_configs() -> dict[str, dict[str, str]]:
+    """The config table of README.md's "Pretraining" section: config file -> {column: cell}."""
+    section = (ROOT / "README.md").read_text().split("\n## Pretraining\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")]
+    header = [cell.strip() for cell in lines[0].strip().strip("|").split("|")]
+    assert header[:3] == ["config", "model", "data"], header
+    rows = [dict(zip(header, (cell.strip() for cell in line.strip().strip("|").split("|")))) for line in lines[1:]]
+    return {row["config"].strip("`"): row for row in rows}
+
+
+def test_every_shipped_pretrain_config_is_what_the_readme_says():
+    rows = readme_pretrain_configs()
+    assert sorted(rows) == sorted(p.name for p in (ROOT / "configs" / "pretrain").glob("*.yaml"))
+    archs = {"ResNet-18": "resnet18", "ResNet-50": "resnet50"}
+    datasets = {"ImageNet": "imagefolder", "CIFAR-10": "cifar10", "Fashion-MNIST": "fashion_mnist"}
+    precision = {"fp32": "off", "auto": "auto", "bf16": "bf16"}
+    for name, row in rows.items():
+        cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / name)
+        arch, *traits = row["model"].split(", ")
+        assert set(traits) <= {"small stem", "2-layer projector", "no stop-gradient"}, (name, traits)
+        model = (archs[arch], "small stem" in traits, 2 if "2-layer projector" in traits else 3, "no stop-gradient" not in traits)
+        assert (cfg.model.arch, cfg.model.small_stem, cfg.model.proj_layers, cfg.model.stop_gradient) == model, name
+        data = re.fullmatch(r"([\w-]+), (\d+) px(?:, ([\d,]+) images)?", row["data"])
+        subset = int(data[3].replace(",", "")) if data[3] else None
+        assert (cfg.data.dataset, cfg.data.image_size, cfg.data.train_subset) == (datasets[data[1]], int(data[2]), subset), name
+        optim = (int(row["epochs"]), int(row["batch"]), float(row["base lr"]), float(row["wd"]), row["lr schedule"])
+        assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.base_lr, cfg.optim.weight_decay, cfg.optim.lr_schedule) == optim, name
+        assert cfg.run.amp == precision[row["precision"]], name
+        # "All use momentum 0.9, fix_pred_lr, output width 2048 and predictor width 512"
+        assert (cfg.optim.momentum, cfg.optim.fix_pred_lr, cfg.model.dim, cfg.model.pred_dim) == (0.9, True, 2048, 512), name
+
+
+def test_the_paper_named_configs_are_the_references_recipe():
+    """facebookresearch/simsiam a7bc177 main_simsiam.py: --epochs 100 (l.47), --lr 0.05 (l.56),
+    --momentum 0.9 (l.58), --wd 1e-4 (l.60), --fix-pred-lr (the README's command), the lr set at
+    each epoch's start (l.257, l.359-366), no warm-up, fp32 (no autocast); the paper's batch 256
+    (Table 4) and the official command's 512 (l.51); the MoCo v2 augmentation (simsiam/loader.py,
+    RandomResizedCrop scale (0.2, 1), blur p=0.5). CIFAR-10: the paper's Appendix D."""
+    recipe = dict(base_lr=0.05, momentum=0.9, weight_decay=1e-4, fix_pred_lr=True, lr_schedule="epoch", warmup_epochs=0.0)
+    for name, (epochs, batch) in {"imagenet_resnet50_100ep.yaml": (100, 256), "imagenet_resnet50_100ep_bs512.yaml": (100, 512),
+                                  "imagenet_resnet50_200ep.yaml": (200, 256)}.items():  # fmt: skip
+        cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / name)
+        assert {key: getattr(cfg.optim, key) for key in recipe} == recipe, name
+        assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.run.amp) == (epochs, batch, "off"), name
+        model = (cfg.model.arch, cfg.model.small_stem, cfg.model.dim, cfg.model.pred_dim, cfg.model.proj_layers, cfg.model.stop_gradient)
+        assert model == ("resnet50", False, 2048, 512, 3, True), name
+        assert (cfg.data.image_size, cfg.data.min_scale, cfg.data.blur_prob, cfg.data.train_subset) == (224, 0.2, 0.5, None), name
+    # Appendix D: base lr 0.03, cosine, 800 epochs, wd 0.0005, momentum 0.9, batch 512, 32x32, no blur,
+    # the CIFAR variant of ResNet-18 and a 2-layer projection MLP, 2048-d outputs.
+    cifar = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / "cifar10_resnet18.yaml")
+    optim = (cifar.optim.epochs, cifar.optim.batch_size, cifar.optim.base_lr, cifar.optim.weight_decay, cifar.optim.momentum)
+    assert optim == (800, 512, 0.03, 5e-4, 0.9)
+    assert (cifar.optim.lr_schedule, cifar.optim.warmup_epochs, cifar.optim.fix_pred_lr, cifar.run.amp) == ("epoch", 0.0, True, "off")
+    model = (cifar.model.arch, cifar.model.small_stem, cifar.model.proj_layers, cifar.model.dim, cifar.model.pred_dim)
+    assert model == ("resnet18", True, 2, 2048, 512)
+    assert (cifar.data.dataset, cifar.data.image_size, cifar.data.blur_prob) == ("cifar10", 32, 0.0)
 
 
 def test_cli_reports_errors_in_one_line(tmp_path):

@@ -7,7 +7,7 @@ import torchvision
 from torch import nn
 
 from reference import ReferenceSimSiam
-from simsiam_hub.models import SimSiam, build_backbone, simsiam_loss
+from simsiam_hub.models import SimSiam, build_backbone, projector_layers, simsiam_loss
 
 
 def _shapes(model):
@@ -39,6 +39,31 @@ def test_forward_matches_reference_given_same_weights():
     x1, x2 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
     for a, b in zip(ours(x1, x2), ref(x1, x2)):
         torch.testing.assert_close(a, b)
+
+
+def test_two_layer_projector_of_the_papers_cifar_recipe():
+    """proj_layers=2 drops the middle Linear-BN-ReLU; everything else is the 3-layer model's."""
+    torch.manual_seed(0)
+    three = SimSiam("resnet18", 64, 16, small_stem=True)
+    torch.manual_seed(0)
+    two = SimSiam("resnet18", 64, 16, small_stem=True, proj_layers=2)
+    kinds = [(type(m).__name__, getattr(m, "out_features", getattr(m, "num_features", None))) for m in two.encoder.fc]
+    assert kinds == [("Linear", 512), ("BatchNorm1d", 512), ("ReLU", None), ("Linear", 64), ("BatchNorm1d", 64)]
+    assert not two.encoder.fc[3].bias.requires_grad and not two.encoder.fc[4].affine
+    assert two.encoder.fc[0].bias is None
+    shapes = _shapes(three)
+    for key in ("encoder.fc.3.weight", "encoder.fc.4.weight", "encoder.fc.4.bias", "encoder.fc.6.weight", "encoder.fc.6.bias"):
+        del shapes[key]
+    shapes.update({"encoder.fc.3.weight": ((64, 512), True), "encoder.fc.3.bias": ((64,), False)})
+    assert _shapes(two) == shapes
+    # the backbone's initialisation does not depend on the projector (it is drawn before it)
+    for key, value in three.encoder.state_dict().items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, two.encoder.state_dict()[key]), key
+    assert [t.shape for t in two(torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16))] == [(4, 64)] * 4
+    assert (projector_layers(two.state_dict()), projector_layers(three.state_dict())) == (2, 3)
+    with pytest.raises(ValueError, match="proj_layers=4"):
+        SimSiam("resnet18", proj_layers=4)
 
 
 def test_small_stem_and_backbone():
