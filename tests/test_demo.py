@@ -38,7 +38,7 @@ def demo(out, *extra):
 @pytest.mark.skipif(not (FMNIST / "train-labels-idx1-ubyte.gz").is_file(), reason="Fashion-MNIST is installed by `make data`")
 def test_demo_end_to_end_and_again(tmp_path):
     out = tmp_path / "demo"
-    log = demo(out)
+    demo(out)
     report = json.loads((out / "report.json").read_text())
     assert set(report["knn"]) == {"simsiam", "random_init", "raw_pixels", "raw_pixels_standardised"}
     for acc in report["knn"].values():
@@ -77,6 +77,7 @@ def test_demo_end_to_end_and_again(tmp_path):
 
     # A second demo reuses the finished run and the fine-tune, and still completes.
     log = demo(out)
+    assert "reusing the plan of an earlier demo" in log
     again = json.loads((out / "report.json").read_text())
     assert again["steps"] == 6 and again["reload_max_diff"] == 0.0 and again["plan_reused"] is True
     assert again["knn"]["simsiam"]["top1"] == report["knn"]["simsiam"]["top1"]  # the same trained weights

@@ -18,7 +18,7 @@ import torch
 
 from simsiam_hub import engine
 from simsiam_hub.config import ConfigError, PretrainConfig, load_config
-from simsiam_hub.checkpoint import CheckpointError, list_checkpoints, load_checkpoint
+from simsiam_hub.checkpoint import list_checkpoints, load_checkpoint
 from simsiam_hub.engine import NonFiniteLossError, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -53,7 +53,8 @@ def test_a_full_disk_is_one_clear_error_and_the_old_file_stays(tmp_path):
 
     with pytest.raises(StorageError, match=rf"no space left on the device while writing {target} \(\d+ MiB free there\): the previous file is kept"):
         with atomic_path(target) as tmp:
-            FullDisk().write(b"new")
+            tmp.write_bytes(b"ne")  # part of the new file, then the disk is full
+            FullDisk().write(b"w")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
 

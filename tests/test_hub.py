@@ -14,7 +14,6 @@ import io
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 
 import pytest

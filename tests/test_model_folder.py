@@ -20,11 +20,11 @@ from huggingface_hub import ModelCard, metadata_load
 
 from simsiam_hub.cli import main
 from simsiam_hub.export import export
-from simsiam_hub.folder import FolderError, read_config
+from simsiam_hub.folder import read_config
 from simsiam_hub.loading import from_pretrained
 from simsiam_hub.repo import push_to_hub
 from simsiam_hub.results import EvalResult
-from simsiam_hub.weights import read_safetensors, save_safetensors
+from simsiam_hub.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
