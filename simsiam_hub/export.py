@@ -9,6 +9,7 @@ killed export leaves the old folder as it was.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from . import registry
@@ -175,8 +176,6 @@ def export(
 def rewrite_card(folder: str | Path, out: str | Path, *, results=(), repo_id: str | None = None, name: str | None = None) -> Path:
     """Copy a model folder's weights and config into ``out`` (a staging folder) with its card
     and results rewritten for ``repo_id`` and the extra ``results``."""
-    import shutil
-
     folder, out = Path(folder), Path(out)
     for child in folder.iterdir():
         if child.name in (BACKBONE_FILE, SIMSIAM_FILE, "config.json"):

@@ -8,6 +8,7 @@ import os
 import platform
 from pathlib import Path
 
+from .fileio import atomic_path
 from .monitor import read_csv, two_point_ratio
 
 
@@ -48,8 +49,6 @@ def plot_runs(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .fileio import atomic_path
 
     curves = {label: run_curves(folder) for label, folder in runs.items()}
     with_share = any(v is not None for c in curves.values() for v in c["z_top_share"])
