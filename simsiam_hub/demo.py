@@ -152,13 +152,16 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
 
 def plan_budget(
     budget_s: float, spent_s: float, step_s: float, features_per_s: float, *, detection: bool, train_size: int,
-    val_size: int, batch_size: int, config_steps: int, knn_bank: int | None = None, knn_queries: int | None = None,
+    bank_limit: int, val_size: int, batch_size: int, config_steps: int, knn_bank: int | None = None,
+    knn_queries: int | None = None,
 ) -> Plan:
     """How many pretraining steps and k-NN images fit ``budget_s`` after ``spent_s``, given the
     measured step time and feature-extraction rate: the fixed stages are reserved first (export,
     the detection fine-tune at :data:`DETECTION_STEPS` steps' time, the report, 5% margin),
     the final k-NN takes at most :data:`KNN_SHARE` of the rest, pretraining the remainder (never
-    more than ``config_steps``, never fewer than :data:`MIN_STEPS`)."""
+    more than ``config_steps``, never fewer than :data:`MIN_STEPS`). ``train_size``: the images
+    pretraining draws from; ``bank_limit`` and ``val_size``: the train and val splits' sizes, which
+    bound the k-NN bank and queries."""
     reserved = {
         "setup and measurement": spent_s,
         "export, push, reload": EXPORT_SECONDS,
@@ -169,10 +172,10 @@ def plan_budget(
     left = budget_s - sum(reserved.values())
     # The final k-NN: two networks through bank and queries (4:1), at most KNN_SHARE of what is left.
     knn_images = max(0.0, KNN_SHARE * left) * features_per_s / 2
-    bank = min(train_size, knn_bank or int(min(10_000, max(1_000, knn_images * 0.8)) // 100 * 100))
+    bank = min(bank_limit, knn_bank or int(min(10_000, max(1_000, knn_images * 0.8)) // 100 * 100))
     queries = min(val_size, knn_queries or max(200, min(2_000, bank // 5)))
     reserved["k-NN"] = 2 * (bank + queries) / features_per_s
-    monitor_s = MONITOR_CHECKS * (min(MONITOR_BANK, train_size) + min(MONITOR_QUERIES, val_size)) / features_per_s
+    monitor_s = MONITOR_CHECKS * (min(MONITOR_BANK, bank_limit) + min(MONITOR_QUERIES, val_size)) / features_per_s
     train_s = budget_s - sum(reserved.values()) - monitor_s
     steps = max(MIN_STEPS, min(config_steps, int(train_s / step_s)))
     steps_per_epoch = train_size // batch_size
@@ -196,7 +199,7 @@ def make_plan(cfg: PretrainConfig, opts: DemoOptions, start: float, detection: b
     train_size = len(pretrain_views(cfg))
     return plan_budget(
         opts.minutes * 60, time.perf_counter() - start, step_s, features_per_s, detection=detection, train_size=train_size,
-        val_size=len(build_dataset(cfg.data, "val")), batch_size=cfg.optim.batch_size,
+        bank_limit=len(build_dataset(cfg.data, "train")), val_size=len(build_dataset(cfg.data, "val")), batch_size=cfg.optim.batch_size,
         config_steps=cfg.optim.epochs * (train_size // cfg.optim.batch_size), knn_bank=opts.knn_bank, knn_queries=opts.knn_queries,
     )  # fmt: skip
 

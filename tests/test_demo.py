@@ -46,6 +46,7 @@ def test_demo_end_to_end_and_again(tmp_path):
     # 10 classes: chance is 10%; raw pixels are far above it even on 96 bank images
     assert report["knn"]["raw_pixels"]["top1"] > 40, report["knn"]
     assert report["steps"] == 6 and report["images_seen"] == 96  # the whole config fits the budget: 96 images / batch 16
+    assert (report["plan"]["knn_bank"], report["plan"]["knn_queries"]) == (96, 24)
     assert report["plan"]["steps"] == 6 and report["budget_s"] == 600 and "cores" in report["machine"]
     assert report["reload_max_diff"] == 0.0
 
@@ -88,7 +89,7 @@ def test_demo_end_to_end_and_again(tmp_path):
 def test_the_plan_fits_the_budget():
     """The demo's plan from measured rates: everything it reserves fits the budget, and the
     pretraining takes what is left, as one pass over a subset or as whole epochs."""
-    common = dict(detection=True, val_size=10_000, batch_size=128)
+    common = dict(detection=True, bank_limit=60_000, val_size=10_000, batch_size=128)
     # An AMD EPYC's rates for the default config: 3.7 s per step, 300 images/s through the backbone.
     plan = plan_budget(600, 25, 3.7, 300, train_size=60_000, config_steps=200, **common)
     assert sum(plan.reserved_s.values()) <= 600
