@@ -307,6 +307,16 @@ def _metadata(desc: dict) -> dict[str, str]:
     )
 
 
+# The linear protocols a results entry can name (recipe["protocol"]): how the card shows them.
+LINEAR_PROTOCOLS = {"reference": "reference recipe, LARS schedule", "logreg": "logistic-regression probe, L-BFGS to convergence"}
+
+
+def _linear_protocol(r: EvalResult) -> str | None:
+    """The protocol of a linear result (reference | logreg), None for other tasks and older files."""
+    protocol = r.recipe.get("protocol") if r.task == "linear" else None
+    return protocol if protocol in LINEAR_PROTOCOLS else None
+
+
 def _hf_eval_results(results: list[EvalResult]):
     from huggingface_hub import EvalResult as HfEvalResult
 
@@ -314,7 +324,10 @@ def _hf_eval_results(results: list[EvalResult]):
     for r in results:
         task_type, task_name = TASK_TYPES[r.task]
         metric = f"{r.task}_{r.metric}" if task_type == "image-classification" else r.metric
+        protocol = _linear_protocol(r)
+        metric = f"{r.task}_logreg_{r.metric}" if protocol == "logreg" else metric  # the two protocols are two metrics
         name = metric if r.std is None else f"{metric} (mean of {r.num_trials} trials, std {r.std:.2f})"
+        name += f" ({LINEAR_PROTOCOLS[protocol]})" if protocol else ""
         out.append(
             HfEvalResult(
                 task_type=task_type,
@@ -342,7 +355,8 @@ def _results_table(results: list[EvalResult]) -> str:
     rows = ["| task | dataset | split | metric | value | trials | source |", "|---|---|---|---|---|---|---|"]
     for r in results:
         value = f"{r.value:.2f}" + (f" ± {r.std:.2f}" if r.std is not None else "")
-        rows.append(f"| {r.task} | {r.dataset} | {r.split} | {r.metric} | {value} | {r.num_trials} | {r.source or '-'} |")
+        task = f"{r.task} ({LINEAR_PROTOCOLS[_linear_protocol(r)]})" if _linear_protocol(r) else r.task
+        rows.append(f"| {task} | {r.dataset} | {r.split} | {r.metric} | {value} | {r.num_trials} | {r.source or '-'} |")
     return "\n".join(rows)
 
 
@@ -461,11 +475,12 @@ For detection transfer: `simsiam-hub convert-detectron2 {ref} --out backbone.pkl
 
 
 def _merge_results(*groups) -> list[EvalResult]:
-    """Results in order, a later entry replacing an earlier one of the same task/metric/dataset/split."""
+    """Results in order, a later entry replacing an earlier one of the same task/metric/dataset/split
+    (and linear protocol)."""
     merged: dict[tuple, EvalResult] = {}
     for group in groups:
         for r in group:
-            merged[(r.task, r.metric, r.dataset, r.split)] = r
+            merged[(r.task, r.metric, r.dataset, r.split, _linear_protocol(r))] = r
     return list(merged.values())
 
 
