@@ -16,8 +16,8 @@ The recipe, every step on tensors (CPU or GPU):
    :data:`VAL_FRACTION` of it is held out, a model is fitted on the rest for every value of
    :data:`WEIGHT_DECAYS` (a log grid), and the value with the best held-out top-1 is taken
    (ties: the lower held-out cross-entropy).
-3. :func:`fit_logistic` refits on the whole training set with that value, and
-   :func:`linear_probe` scores the test set once with it.
+3. :func:`fit_logistic` refits on the whole training set with that value (starting from the
+   sweep's fit for it), and :func:`linear_probe` scores the test set once with it.
 
 The objective is ``mean cross-entropy + weight_decay / 2 * |W|^2`` (the bias is not
 penalised): ``weight_decay`` = 1 / (C * n) for scikit-learn's ``C`` on n samples. The solver is
@@ -100,6 +100,10 @@ class LogisticFit:
             raise ProbeError(f"expected features of width {self.weight.shape[1]}, found {x.shape[1]}")
         return ((x - self.mean) / self.std) @ self.weight.T + self.bias
 
+    def restandardised(self, mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of this same classifier on features standardised with (mean, std)."""
+        return self.weight * (std / self.std), self.bias + self.weight @ ((mean - self.mean) / self.std)
+
 
 class _Problem:
     """Standardised features and labels, and the eigenbasis of their covariance (the
@@ -125,10 +129,13 @@ class _Problem:
         dtype, device = self.x.dtype, self.x.device
         basis = self.eigenvectors.to(device, dtype)
         scale = (self.eigenvalues + weight_decay).rsqrt().to(device, dtype)  # W = (U * scale) @ basis.T
-        d = self.x.shape[1]
-        weight0 = torch.zeros(self.num_classes, d, dtype=dtype, device=device) if init is None else init.weight
+        if init is None:
+            weight0 = torch.zeros(self.num_classes, self.x.shape[1], dtype=dtype, device=device)
+            bias0 = torch.zeros(self.num_classes, dtype=dtype, device=device)
+        else:  # a fit of the same problem or of a part of it: only the starting point, never the optimum
+            weight0, bias0 = init.restandardised(self.mean, self.std)
         u = ((weight0 @ basis) / scale).requires_grad_(True)
-        b = (torch.zeros(self.num_classes, dtype=dtype, device=device) if init is None else init.bias.clone()).requires_grad_(True)
+        b = bias0.clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
             [u, b], lr=1, max_iter=max_iterations, max_eval=2 * max_iterations, tolerance_grad=tolerance,
             history_size=HISTORY_SIZE, line_search_fn="strong_wolfe",
@@ -182,15 +189,18 @@ def fit_logistic(
     num_classes: int | None = None,
     tolerance: float = GRAD_TOLERANCE,
     max_iterations: int = MAX_ITERATIONS,
+    init: LogisticFit | None = None,
 ) -> LogisticFit:
-    """Fit the probe on (x, y) for one ``weight_decay`` (> 0); warns when it did not converge."""
+    """Fit the probe on (x, y) for one ``weight_decay`` (> 0), from zero or from ``init`` (a
+    classifier of the same features, e.g. the sweep's fit on part of them: fewer iterations to
+    the same optimum); warns when it did not converge."""
     x, y = _checked(x, y, "train")
     if len(y) < 2:
         raise ProbeError(f"expected at least 2 training samples, found {len(y)}")
     if not weight_decay > 0:
         raise ProbeError(f"weight_decay: expected a positive number, found {weight_decay!r}")
     num_classes = _num_classes(y, num_classes)
-    fit = _Problem(x, y, num_classes).fit(weight_decay, None, tolerance, max_iterations)
+    fit = _Problem(x, y, num_classes).fit(weight_decay, init, tolerance, max_iterations)
     _warn_unconverged([fit], tolerance, "the probe")
     return fit
 
@@ -229,6 +239,7 @@ class WeightDecaySweep:
     val_size: int
     val_fraction: float
     seed: int
+    chosen_fit: LogisticFit | None = field(default=None, compare=False, repr=False)  # on the fit part: a starting point
 
 
 def validation_split(n: int, seed: int, val_fraction: float = VAL_FRACTION) -> tuple[torch.Tensor, torch.Tensor]:
@@ -288,7 +299,9 @@ def choose_weight_decay(
     if best in (0, len(grid) - 1) and len(grid) > 1:
         log.warning("the chosen weight decay %g is at the edge of the grid %g..%g", grid[best], grid[-1], grid[0])
     tried = grid[: len(top1)]
-    return WeightDecaySweep(tried, top1, loss, [f.converged for f in fits], grid[best], len(fit_idx), len(val_idx), val_fraction, seed)
+    return WeightDecaySweep(
+        tried, top1, loss, [f.converged for f in fits], grid[best], len(fit_idx), len(val_idx), val_fraction, seed, fits[best]
+    )  # fmt: skip
 
 
 # --- the protocol ----------------------------------------------------------------------------
@@ -317,7 +330,7 @@ class ProbeResult:
             "protocol": PROTOCOL,
             "description": PROTOCOL_DESCRIPTION,
             "weight_decay": self.weight_decay,
-            "weight_decay_grid": self.sweep.weight_decays,
+            "weight_decays_tried": self.sweep.weight_decays,
             "val_fraction": self.sweep.val_fraction,
             "val_top1": self.sweep.val_top1,
             "split_seed": self.sweep.seed,
@@ -362,7 +375,10 @@ def linear_probe(
         train_x, train_y, seed=seed, num_classes=num_classes, weight_decays=weight_decays, val_fraction=val_fraction,
         tolerance=tolerance, max_iterations=max_iterations,
     )  # fmt: skip
-    fit = fit_logistic(train_x, train_y, sweep.chosen, num_classes=num_classes, tolerance=tolerance, max_iterations=max_iterations)
+    fit = fit_logistic(
+        train_x, train_y, sweep.chosen, num_classes=num_classes, tolerance=tolerance, max_iterations=max_iterations,
+        init=sweep.chosen_fit,
+    )  # fmt: skip
     accuracy = topk_accuracy(fit.scores(test_x).cpu(), test_y.cpu())
     return ProbeResult(
         accuracy["top1"], accuracy["top5"], sweep.chosen, fit.train_loss, fit.iterations, fit.grad_max, fit.converged, sweep,

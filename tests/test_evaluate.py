@@ -394,8 +394,8 @@ def test_cli_logreg_protocol_results_and_card(tiny_checkpoint, color_folder, tmp
     assert set(probe) == {"top1", "top5"}
     recipe = probe["top1"].recipe
     assert recipe["protocol"] == "logreg" and recipe["converged"] is True
-    assert recipe["weight_decay"] in recipe["weight_decay_grid"]
-    assert recipe["val_top1"][recipe["weight_decay_grid"].index(recipe["weight_decay"])] == max(recipe["val_top1"])
+    assert recipe["weight_decay"] in recipe["weight_decays_tried"]
+    assert recipe["val_top1"][recipe["weight_decays_tried"].index(recipe["weight_decay"])] == max(recipe["val_top1"])
     assert 0 <= recipe["train_loss"] < math.log(4)  # below a classifier that knows nothing (4 classes)
     assert (recipe["train_size"], recipe["test_size"], recipe["train_features"][:6]) == (128, 32, "cached")
     assert probe["top1"].value > 50 and probe["top1"].split == "val"  # chance is 25

@@ -48,7 +48,7 @@ def test_a_separable_problem_is_fitted_perfectly():
     test_x, test_y = clusters(30, seed=1)
     result = linear_probe(train_x, train_y, test_x, test_y, seed=0)
     assert result.top1 == 100.0 and result.top5 == 100.0
-    assert result.converged and result.iterations > 0
+    assert result.converged
     assert result.weight_decay in WEIGHT_DECAYS and result.weight_decay == result.sweep.chosen
     assert max(result.sweep.val_top1) == 100.0
     assert (result.train_size, result.test_size, result.num_features) == (240, 120, 16)
