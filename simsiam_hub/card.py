@@ -47,6 +47,8 @@ METRICS = {
     "AP50": ("map_50", "AP50"),
     "AP75": ("map_75", "AP75"),
 }
+# The linear protocols a results entry can name (recipe["protocol"]), as the card shows them.
+LINEAR_PROTOCOLS = {"reference": "reference recipe, LARS schedule", "logreg": "logistic-regression probe, L-BFGS to convergence"}
 CITATION = """@inproceedings{chen2021exploring,
   title     = {Exploring Simple Siamese Representation Learning},
   author    = {Chen, Xinlei and He, Kaiming},
@@ -69,15 +71,20 @@ def _source_url(r: EvalResult) -> str | None:
     return None
 
 
+def linear_protocol(r: EvalResult) -> str | None:
+    """The protocol of a linear result (reference | logreg), None for other tasks and older files."""
+    protocol = r.recipe.get("protocol") if r.task == "linear" and isinstance(r.recipe, dict) else None
+    return protocol if protocol in LINEAR_PROTOCOLS else None
+
+
 def _metric_name(r: EvalResult) -> str:
     name = METRICS.get(r.metric, (None, r.metric))[1]
     if r.task == "instance-segmentation":
         name = f"mask {name}"
     elif r.task == "detection":
         name = f"box {name}"
-    protocol = r.recipe.get("protocol_name") if isinstance(r.recipe, dict) else None
-    if protocol:
-        name += f" ({protocol})"
+    if linear_protocol(r):
+        name += f" ({LINEAR_PROTOCOLS[linear_protocol(r)]})"
     if r.std is not None:
         name += f", mean of {r.num_trials} trials, std {r.std:.2f}"
     return name
@@ -115,7 +122,7 @@ def _results_table(results: list[EvalResult]) -> str:
     rows = ["| task | protocol | dataset | split | metric | value | trials | source |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         value = f"{r.value:.2f}" + (f" ± {r.std:.2f}" if r.std is not None else "")
-        protocol = (r.recipe.get("protocol_name") or r.recipe.get("protocol") or "-") if isinstance(r.recipe, dict) else "-"
+        protocol = LINEAR_PROTOCOLS.get(linear_protocol(r), "-")
         rows.append(f"| {r.task} | {protocol} | {r.dataset} | {r.split} | {r.metric} | {value} | {r.num_trials} | {r.source or '-'} |")
     return "\n".join(rows)
 
@@ -243,12 +250,11 @@ For detection transfer: `simsiam-hub convert-detectron2 {ref} --out backbone.pkl
 
 def merge_results(*groups) -> list[EvalResult]:
     """Results in order, a later entry replacing an earlier one of the same evaluation (task,
-    protocol, metric, dataset, split)."""
+    linear protocol, metric, dataset, split)."""
     merged: dict[tuple, EvalResult] = {}
     for group in groups:
         for r in group:
-            protocol = r.recipe.get("protocol_name") if isinstance(r.recipe, dict) else None
-            merged[(r.task, protocol, r.metric, r.dataset, r.split)] = r
+            merged[(r.task, linear_protocol(r), r.metric, r.dataset, r.split)] = r
     return list(merged.values())
 
 

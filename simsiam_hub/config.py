@@ -204,6 +204,7 @@ class PretrainConfig:
 # --- linear evaluation -------------------------------------------------------------------------
 
 LINCLS_OPTIMIZERS = ("lars", "sgd")
+LINCLS_PROTOCOLS = ("reference", "logreg")  # main_lincls's recipe | the converged probe (simsiam_hub.probe)
 
 
 @dataclass
@@ -263,8 +264,16 @@ class LinclsRunConfig:
 class LinclsConfig:
     KIND: ClassVar[str] = "lincls"
     data: LinclsDataConfig = field(default_factory=LinclsDataConfig)
-    optim: LinclsOptimConfig = field(default_factory=LinclsOptimConfig)
+    optim: LinclsOptimConfig = field(default_factory=LinclsOptimConfig)  # the reference protocol's
     run: LinclsRunConfig = field(default_factory=LinclsRunConfig)
+    protocol: str = "reference"  # reference (main_lincls) | logreg (the converged probe; needs data.cache_features)
+
+    def __post_init__(self):
+        _one_of("protocol", self.protocol, LINCLS_PROTOCOLS)
+        _check(
+            self.protocol != "logreg" or self.data.cache_features, "data.cache_features", self.data.cache_features,
+            "true with protocol=logreg (the probe fits features computed once, un-augmented)",
+        )  # fmt: skip
 
 
 # --- reading configs ---------------------------------------------------------------------------

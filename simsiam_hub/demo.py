@@ -1,7 +1,7 @@
 """`simsiam-hub demo`: the whole pipeline on the embedded defaults, within a wall-clock budget,
 ending in a report.
 
-pretrain -> k-NN against the baselines -> export + push (a local folder hub by default)
+pretrain -> k-NN and the linear probe against the baselines -> export + push (a local folder hub by default)
 -> reload through torch.hub -> Detectron2 C4 conversion and a short fine-tune -> report.md
 with plots. The budget (``--minutes``) is spent where it buys the most: the demo measures this
 machine's training step and feature-extraction rate first, reserves time for the fixed stages,
@@ -35,11 +35,12 @@ from .engine import pretrain, pretrain_views, views_to_device
 from .errors import SimsiamHubError
 from .export import export
 from .fileio import atomic_write_text
-from .knn import knn_with_baselines
+from .knn import baseline_features, knn_of_baselines
 from .loading import from_pretrained, load_backbone_state_dict
-from .models import PooledFeatures, SimSiam, build_backbone, initial_backbone, simsiam_loss
+from .models import PooledFeatures, SimSiam, build_backbone, feature_dim, initial_backbone, simsiam_loss
 from .optim import build_pretrain_optimizer
 from .precision import autocast_context, resolve_amp
+from .probe import PROTOCOL_DESCRIPTION, linear_probe
 from .repo import push_to_hub
 from .report import machine_description, plot_runs, summarize_run
 from .resources import configs_dir, hubconf_dir
@@ -49,13 +50,14 @@ from .synthetic_detection import make_voc
 DEFAULT_CONFIG = "fashion_mnist_resnet50_cpu"
 DEMO_REPO_NAME = "simsiam-resnet50-fashion-mnist-demo"
 PLAN_FILE = "plan.json"
-# Seconds reserved for the stages whose cost was not measured: export + push + reload, the
-# report; the Detectron2 fine-tune is reserved in training steps of this machine (its 6
-# iterations and test images of an R50-C4 at 128-192 px cost about 25 ResNet-50 steps of
-# batch 128 at 32 px: 96 s against 3.7-4.0 s per step, measured on an AMD EPYC).
-EXPORT_SECONDS, REPORT_SECONDS, DETECTION_STEPS = 15.0, 10.0, 25
+# Seconds reserved for the stages whose cost is not measured before they run: export + push +
+# reload, the report; the Detectron2 fine-tune and the linear probe in this machine's training
+# steps (both measured on 2 cores of an AMD EPYC whose demo step took 3.7-4.0 s: the fine-tune
+# about 96 s, 25 steps; the probe on a 10,000 x 2,048 feature bank 73 s on one thread,
+# docs/run_logs/probe_demo_size, about 1 step per million feature values).
+EXPORT_SECONDS, REPORT_SECONDS, DETECTION_STEPS, PROBE_STEPS_PER_MILLION = 15.0, 10.0, 25, 1.0
 MONITOR_BANK, MONITOR_QUERIES, MONITOR_CHECKS = 2000, 500, 4
-KNN_SHARE = 0.2  # of the time left for pretraining and k-NN, at most, for the final k-NN
+EVAL_SHARE = 0.35  # of the time left for pretraining and evaluation, at most, for the final k-NN and probes
 MIN_STEPS = 5
 
 
@@ -152,16 +154,19 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
 
 def plan_budget(
     budget_s: float, spent_s: float, step_s: float, features_per_s: float, *, detection: bool, train_size: int,
-    bank_limit: int, val_size: int, batch_size: int, config_steps: int, knn_bank: int | None = None,
-    knn_queries: int | None = None,
+    bank_limit: int, val_size: int, batch_size: int, config_steps: int, feature_width: int = 2048, pixel_width: int = 784,
+    knn_bank: int | None = None, knn_queries: int | None = None,
 ) -> Plan:
-    """How many pretraining steps and k-NN images fit ``budget_s`` after ``spent_s``, given the
-    measured step time and feature-extraction rate: the fixed stages are reserved first (export,
-    the detection fine-tune at :data:`DETECTION_STEPS` steps' time, the report, 5% margin),
-    the final k-NN takes at most :data:`KNN_SHARE` of the rest, pretraining the remainder (never
-    more than ``config_steps``, never fewer than :data:`MIN_STEPS`). ``train_size``: the images
-    pretraining draws from; ``bank_limit`` and ``val_size``: the train and val splits' sizes, which
-    bound the k-NN bank and queries."""
+    """How many pretraining steps and evaluation images fit ``budget_s`` after ``spent_s``, given
+    the measured step time and feature-extraction rate: the fixed stages are reserved first
+    (export, the detection fine-tune at :data:`DETECTION_STEPS` steps' time, the report, 5%
+    margin); the final evaluation (features of two networks, k-NN, and linear probes on their
+    ``feature_width`` and the pixels' ``pixel_width`` features, at
+    :data:`PROBE_STEPS_PER_MILLION` steps' time per million values) takes at most
+    :data:`EVAL_SHARE` of the rest; pretraining the remainder (never more than ``config_steps``,
+    never fewer than :data:`MIN_STEPS`). ``train_size``: the images pretraining draws from;
+    ``bank_limit`` and ``val_size``: the train and val splits' sizes, which bound the bank and
+    queries (4:1)."""
     reserved = {
         "setup and measurement": spent_s,
         "export, push, reload": EXPORT_SECONDS,
@@ -170,11 +175,14 @@ def plan_budget(
         "margin": 0.05 * budget_s,
     }
     left = budget_s - sum(reserved.values())
-    # The final k-NN: two networks through bank and queries (4:1), at most KNN_SHARE of what is left.
-    knn_images = max(0.0, KNN_SHARE * left) * features_per_s / 2
-    bank = min(bank_limit, knn_bank or int(min(10_000, max(1_000, knn_images * 0.8)) // 100 * 100))
+    # Per bank image: two networks through it and a fifth of a query each, and the probes' share.
+    probe_s_per_image = PROBE_STEPS_PER_MILLION * step_s * (2 * feature_width + pixel_width) / 1e6
+    per_image = 2 * 1.2 / features_per_s + probe_s_per_image
+    fit = max(0.0, EVAL_SHARE * left) / per_image
+    bank = min(bank_limit, knn_bank or int(min(10_000, max(1_000, fit)) // 100 * 100))
     queries = min(val_size, knn_queries or max(200, min(2_000, bank // 5)))
     reserved["k-NN"] = 2 * (bank + queries) / features_per_s
+    reserved["linear probes"] = bank * probe_s_per_image
     monitor_s = MONITOR_CHECKS * (min(MONITOR_BANK, bank_limit) + min(MONITOR_QUERIES, val_size)) / features_per_s
     train_s = budget_s - sum(reserved.values()) - monitor_s
     steps = max(MIN_STEPS, min(config_steps, int(train_s / step_s)))
@@ -197,10 +205,12 @@ def make_plan(cfg: PretrainConfig, opts: DemoOptions, start: float, detection: b
     ``opts.minutes``."""
     step_s, features_per_s = measure_rates(cfg)
     train_size = len(pretrain_views(cfg))
+    pixel_width = 28 * 28 if cfg.data.dataset == "fashion_mnist" else cfg.data.image_size**2  # knn.pixel_features
     return plan_budget(
         opts.minutes * 60, time.perf_counter() - start, step_s, features_per_s, detection=detection, train_size=train_size,
         bank_limit=len(build_dataset(cfg.data, "train")), val_size=len(build_dataset(cfg.data, "val")), batch_size=cfg.optim.batch_size,
-        config_steps=cfg.optim.epochs * (train_size // cfg.optim.batch_size), knn_bank=opts.knn_bank, knn_queries=opts.knn_queries,
+        config_steps=cfg.optim.epochs * (train_size // cfg.optim.batch_size), feature_width=feature_dim(cfg.model.arch),
+        pixel_width=pixel_width, knn_bank=opts.knn_bank, knn_queries=opts.knn_queries,
     )  # fmt: skip
 
 
@@ -218,16 +228,20 @@ def load_or_make_plan(cfg: PretrainConfig, opts: DemoOptions, out: Path, start: 
 # --- the stages ----------------------------------------------------------------------------------
 
 
-def knn_comparison(cfg: PretrainConfig, backbone: torch.nn.Module, *, bank: int, queries: int) -> dict[str, dict]:
-    """k-NN top-1/top-5 of the trained backbone, of the same network at its random
-    initialisation (the run's seed), and of raw and standardised pixels; same images."""
+def evaluate_against_baselines(cfg: PretrainConfig, backbone: torch.nn.Module, *, bank: int, queries: int) -> tuple[dict, dict]:
+    """``(k-NN, linear probe)`` of the trained backbone, of the same network at its random
+    initialisation (the run's seed) and of raw pixels (k-NN also of standardised pixels), all on
+    the same images: each network's features are extracted once and serve both."""
     data_cfg = dataclasses.replace(cfg.data, train_subset=bank)
     m = cfg.model
     initial = initial_backbone(m.arch, small_stem=m.small_stem, dim=m.dim, pred_dim=m.pred_dim, proj_layers=m.proj_layers, seed=cfg.run.seed)
-    return knn_with_baselines(
-        backbone, initial, data_cfg, val_subset=queries, k=min(cfg.monitor.knn_k, bank), temperature=cfg.monitor.knn_temperature,
-        amp_dtype=resolve_amp(cfg.run.amp, torch.device("cpu")), channels_last=cfg.run.channels_last,
+    features = baseline_features(
+        backbone, initial, data_cfg, val_subset=queries, amp_dtype=resolve_amp(cfg.run.amp, torch.device("cpu")),
+        channels_last=cfg.run.channels_last,
     )  # fmt: skip
+    knn = knn_of_baselines(features, k=min(cfg.monitor.knn_k, bank), temperature=cfg.monitor.knn_temperature)
+    probes = {name: linear_probe(*bank_xy, *query_xy, seed=cfg.run.seed) for name, (bank_xy, query_xy) in features.items()}
+    return knn, probes
 
 
 def run_detection(model_dir: Path, out: Path) -> dict:
@@ -303,17 +317,20 @@ def run_demo(opts: DemoOptions) -> Path:
     backbone.load_state_dict(load_backbone_state_dict(result.checkpoint, arch=None))
     backbone.eval()
 
-    _stage("2/5 k-NN: SimSiam vs random init vs raw pixels", timings)
-    knn = knn_comparison(cfg, backbone, bank=plan.knn_bank, queries=plan.knn_queries)
+    _stage("2/5 k-NN and linear probe: SimSiam vs random init vs raw pixels", timings)
+    knn, probes = evaluate_against_baselines(cfg, backbone, bank=plan.knn_bank, queries=plan.knn_queries)
     for name, acc in knn.items():
-        print(f"  {name:25s} top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%")
+        probe = f"  linear probe top-1 {probes[name].top1:.2f}%" if name in probes else ""
+        print(f"  {name:25s} k-NN top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%{probe}")
     dataset = cfg.data.dataset
     recipe = {"k": min(cfg.monitor.knn_k, plan.knn_bank), "temperature": cfg.monitor.knn_temperature, "bank_size": plan.knn_bank,
               "query_size": plan.knn_queries, "image_size": cfg.data.image_size, "pretrain_steps": result.step}  # fmt: skip
     split = dataset_info(dataset).eval_split
+    probe = probes["simsiam"]
     results_file = write_results(
-        [EvalResult("knn", m, knn["simsiam"][m], dataset, split=split, source=str(result.checkpoint), recipe=recipe) for m in ("top1", "top5")],
-        out / "results_knn.json",
+        [EvalResult("knn", m, knn["simsiam"][m], dataset, split=split, source=str(result.checkpoint), recipe=recipe) for m in ("top1", "top5")]
+        + [EvalResult("linear", m, getattr(probe, m), dataset, split=split, source=str(result.checkpoint), recipe=probe.recipe()) for m in ("top1", "top5")],
+        out / "results_demo.json",
     )
 
     _stage("3/5 export and push", timings)
@@ -338,7 +355,7 @@ def run_demo(opts: DemoOptions) -> Path:
 
     png = plot_runs({"SimSiam": out / "pretrain"}, out / "training.png", dim=cfg.model.dim, chance=_chance(dataset),
                     batch=cfg.optim.batch_size, title=f"simsiam-hub demo: {cfg.model.arch} on {dataset}")  # fmt: skip
-    report = _write_report(out, cfg, opts, plan, reused_plan, result, knn, target, pushed, how, max_diff, detection, timings, start, png)
+    report = _write_report(out, cfg, opts, plan, reused_plan, result, knn, probes, target, pushed, how, max_diff, detection, timings, start, png)
     print(f"\nreport: {report}\nplots:  {png}")
     return report
 
@@ -348,7 +365,7 @@ def _chance(dataset: str) -> float | None:
     return 100.0 / n if n else None
 
 
-def _write_report(out, cfg, opts, plan, reused_plan, result, knn, target, pushed, how, max_diff, detection, timings, start, png) -> Path:
+def _write_report(out, cfg, opts, plan, reused_plan, result, knn, probes, target, pushed, how, max_diff, detection, timings, start, png) -> Path:
     names = list(timings)
     durations = {n: timings[names[i + 1]] - timings[n] for i, n in enumerate(names[:-1])}
     durations["setup"] = timings[names[0]] - start
@@ -365,7 +382,7 @@ def _write_report(out, cfg, opts, plan, reused_plan, result, knn, target, pushed
     ) + (f" by more than the {margin:.1f}-point sampling margin of {plan.knn_queries} queries, after {result.step} steps "
          f"({images_seen:,} image pairs).")  # fmt: skip
     rows = "\n".join(
-        f"| {label} | {knn[key]['top1']:.2f} | {knn[key]['top5']:.2f} |"
+        f"| {label} | {knn[key]['top1']:.2f} | {knn[key]['top5']:.2f} | {f'{probes[key].top1:.2f}' if key in probes else '(the probe standardises)'} |"
         for key, label in (("simsiam", "SimSiam (this run)"), ("random_init", f"same {cfg.model.arch}, random init"),
                            ("raw_pixels", "raw pixels"), ("raw_pixels_standardised", "standardised raw pixels"))  # fmt: skip
     )
@@ -403,12 +420,16 @@ Checkpoint: `{result.checkpoint}`.
 
 ![loss, collapse std, k-NN accuracy and the share of z on one line over training]({png.name})
 
-## 2. k-NN top-1 (k={min(cfg.monitor.knn_k, plan.knn_bank)}, T={cfg.monitor.knn_temperature})
+## 2. k-NN and the linear probe
 
-Bank: {plan.knn_bank} training images; queries: {plan.knn_queries} held-out images (seeded subsets).
+Bank: {plan.knn_bank} training images; queries: {plan.knn_queries} held-out images (seeded subsets), the
+same for every row. k-NN: k={min(cfg.monitor.knn_k, plan.knn_bank)}, T={cfg.monitor.knn_temperature}, on l2-normalised features. Linear
+probe: {PROTOCOL_DESCRIPTION} (`simsiam-hub lincls --protocol logreg`), fitted on the bank and
+scored on the queries; the trained network's probe chose weight decay {probes['simsiam'].weight_decay:g} and
+{'converged' if probes['simsiam'].converged else 'did NOT converge'} (training loss {probes['simsiam'].train_loss:.3f}).
 
-| features | top-1 (%) | top-5 (%) |
-|---|---|---|
+| features | k-NN top-1 (%) | k-NN top-5 (%) | linear probe top-1 (%) |
+|---|---|---|---|
 {rows}
 
 {verdict} A few CPU minutes are far too few for SimSiam to overtake the pixel baselines;
@@ -442,7 +463,8 @@ simsiam-hub-detection --num-gpus 8 --config-file voc0712_R_50_C4_24k MODEL.WEIGH
 """
     json_summary = {
         "machine": machine_description(), "budget_s": plan.budget_s, "plan": dataclasses.asdict(plan), "plan_reused": reused_plan,
-        "knn": knn, "steps": result.step, "images_seen": images_seen, "pushed": pushed, "reload_max_diff": max_diff,
+        "knn": knn, "linear_probe": {k: {"top1": v.top1, "top5": v.top5, **v.recipe(), "seconds": v.seconds} for k, v in probes.items()},
+        "steps": result.step, "images_seen": images_seen, "pushed": pushed, "reload_max_diff": max_diff,
         "detection": detection, "seconds": {n: round(d, 1) for n, d in durations.items()}, "total_seconds": round(total, 1),
     }  # fmt: skip
     atomic_write_text(json.dumps(json_summary, indent=2) + "\n", out / "report.json")

@@ -139,6 +139,48 @@ def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
     return bank, query
 
 
+def network_features(
+    backbone: nn.Module,
+    data_cfg,
+    *,
+    val_subset: int | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    progress: bool = True,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``((bank features, labels), (query features, labels))``: ``backbone``'s raw (not
+    normalised) features of the k-NN bank (``data_cfg.train_subset`` training images, the
+    monitor's seeded draw) and queries (``val_subset`` val images), through the eval view.
+    ``backbone`` is any module mapping images to (N, D); it is moved to ``device``."""
+    device = torch.device(device)
+    bank, query = knn_datasets(data_cfg, data_cfg.train_subset, val_subset)
+    backbone.to(device)
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    args = dict(device=device, amp_dtype=amp_dtype, channels_last=channels_last, progress=progress, normalize=False)
+    loader_args = dict(batch_size=batch_size, num_workers=data_cfg.num_workers, device=device)
+    bank_xy = extract_features(backbone, eval_loader(bank, **loader_args), desc="train features", **args)
+    query_xy = extract_features(backbone, eval_loader(query, **loader_args), desc="val features", **args)
+    return bank_xy, query_xy
+
+
+def knn_on_features(bank_xy, query_xy, *, k: int = 200, temperature: float = 0.1, device: torch.device | str = "cpu") -> dict:
+    """Weighted k-NN top-1/top-5 (percent) of raw features (l2-normalised here), with the sizes
+    and the number of classes."""
+    if k <= 0 or temperature <= 0:
+        raise EvaluationError(f"k-NN needs k > 0 and temperature > 0, found k={k}, temperature={temperature}")
+    (bank_x, bank_y), (query_x, query_y) = bank_xy, query_xy
+    if k > len(bank_x):
+        raise EvaluationError(f"k-NN with k={k} needs a bank of at least k images, the bank has {len(bank_x)}: lower --k or enlarge the bank")
+    num_classes = int(max(bank_y.max(), query_y.max())) + 1
+    device = torch.device(device)  # the similarity search is the slow part: on a GPU where there is one
+    bank_x, query_x = F.normalize(bank_x.to(device), dim=1), F.normalize(query_x.to(device), dim=1)
+    metrics = knn_accuracy(bank_x, bank_y.to(device), query_x, query_y, num_classes=num_classes, k=k, temperature=temperature)
+    return dict(metrics, bank_size=len(bank_x), query_size=len(query_x), num_classes=num_classes)
+
+
 def knn_evaluate(
     backbone: nn.Module,
     data_cfg,
@@ -146,41 +188,17 @@ def knn_evaluate(
     k: int = 200,
     temperature: float = 0.1,
     val_subset: int | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    amp_dtype: torch.dtype | None = None,
-    channels_last: bool = False,
-    progress: bool = True,
+    **extract_options,
 ) -> dict:
-    """Weighted k-NN top-1/top-5 (percent) of ``backbone``'s features on ``data_cfg``'s data.
-
-    The bank is the train split (``data_cfg.train_subset`` items, the monitor's seeded draw),
-    the queries the val split (``val_subset`` items); both through the eval transform at
-    ``data_cfg.image_size``. ``backbone`` is any module mapping images to (N, D) (a ResNet
-    with ``fc = Identity``, or ``nn.Flatten()`` for raw pixels); it is moved to ``device``.
-    Returns top1, top5, bank_size, query_size, num_classes and seconds.
-    """
+    """Weighted k-NN top-1/top-5 (percent) of ``backbone``'s features on ``data_cfg``'s data
+    (:func:`network_features`; ``extract_options``: batch_size, device, amp_dtype,
+    channels_last, progress). Returns top1, top5, bank_size, query_size, num_classes, seconds."""
     if k <= 0 or temperature <= 0:
         raise EvaluationError(f"k-NN needs k > 0 and temperature > 0, found k={k}, temperature={temperature}")
     start = time.perf_counter()
-    device = torch.device(device)
-    bank, query = knn_datasets(data_cfg, data_cfg.train_subset, val_subset)
-    if k > len(bank):
-        raise EvaluationError(f"k-NN with k={k} needs a bank of at least k images, the bank has {len(bank)}: lower --k or enlarge the bank")
-    backbone.to(device)
-    if channels_last:
-        backbone.to(memory_format=torch.channels_last)
-    args = dict(device=device, amp_dtype=amp_dtype, channels_last=channels_last, progress=progress)
-    loader_args = dict(batch_size=batch_size, num_workers=data_cfg.num_workers, device=device)
-    bank_x, bank_y = extract_features(backbone, eval_loader(bank, **loader_args), desc="train features", **args)
-    query_x, query_y = extract_features(backbone, eval_loader(query, **loader_args), desc="val features", **args)
-    num_classes = int(max(bank_y.max(), query_y.max())) + 1
-    if device.type == "cuda":  # the similarity search is the slow part: do it on the GPU
-        bank_x, bank_y, query_x = bank_x.to(device), bank_y.to(device), query_x.to(device)
-    metrics = knn_accuracy(bank_x, bank_y, query_x, query_y, num_classes=num_classes, k=k, temperature=temperature)
-    return dict(
-        metrics, bank_size=len(bank), query_size=len(query), num_classes=num_classes, seconds=time.perf_counter() - start
-    )
+    bank_xy, query_xy = network_features(backbone, data_cfg, val_subset=val_subset, **extract_options)
+    metrics = knn_on_features(bank_xy, query_xy, k=k, temperature=temperature, device=extract_options.get("device", "cpu"))
+    return dict(metrics, seconds=time.perf_counter() - start)
 
 
 def pixel_features(data_cfg, split: str, size: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,22 +216,37 @@ def pixel_features(data_cfg, split: str, size: int | None) -> tuple[torch.Tensor
     return torch.stack(x), torch.as_tensor(y)
 
 
+def baseline_features(backbone: nn.Module, random_init: nn.Module, data_cfg, *, val_subset: int | None = None, **extract_options) -> dict:
+    """The raw features a backbone's must beat, on the same images (the ``data_cfg.train_subset``
+    bank, ``val_subset`` queries): ``{"simsiam": ..., "random_init": ..., "raw_pixels": ...}``,
+    each ``((bank x, y), (query x, y))`` (:func:`network_features`, :func:`pixel_features`)."""
+    features = {
+        name: network_features(net, data_cfg, val_subset=val_subset, **extract_options)
+        for name, net in (("simsiam", backbone), ("random_init", random_init))
+    }
+    features["raw_pixels"] = (pixel_features(data_cfg, "train", data_cfg.train_subset), pixel_features(data_cfg, "val", val_subset))
+    return features
+
+
+def knn_of_baselines(features: dict, *, k: int = 200, temperature: float = 0.1) -> dict[str, dict]:
+    """k-NN of each of :func:`baseline_features`, and of the pixels standardised per pixel with
+    the bank's mean and std. Keys: simsiam, random_init, raw_pixels, raw_pixels_standardised."""
+    results = {name: knn_on_features(*xy, k=k, temperature=temperature) for name, xy in features.items()}
+    (bx, by), (qx, qy) = features["raw_pixels"]
+    mean, std = bx.mean(0), bx.std(0).clamp_min(1e-6)
+    results["raw_pixels_standardised"] = knn_on_features(((bx - mean) / std, by), ((qx - mean) / std, qy), k=k, temperature=temperature)
+    return results
+
+
 def knn_with_baselines(
     backbone: nn.Module, random_init: nn.Module, data_cfg, *, val_subset: int | None = None, k: int = 200,
     temperature: float = 0.1, **extract_options,
 ) -> dict[str, dict]:
-    """k-NN of ``backbone`` beside the baselines it must beat, on the same images (the
-    ``data_cfg.train_subset`` bank, ``val_subset`` queries): ``random_init`` (the same
-    network untrained), raw pixels and standardised raw pixels (per-pixel mean and std of
-    the bank). Keys: simsiam, random_init, raw_pixels, raw_pixels_standardised;
-    ``extract_options`` go to :func:`knn_evaluate` (device, amp_dtype, channels_last, ...)."""
-    args = dict(k=k, temperature=temperature, val_subset=val_subset, **extract_options)
-    results = {name: knn_evaluate(net, data_cfg, **args) for name, net in (("simsiam", backbone), ("random_init", random_init))}
-    bx, by = pixel_features(data_cfg, "train", data_cfg.train_subset)
-    qx, qy = pixel_features(data_cfg, "val", val_subset)
-    mean, std = bx.mean(0), bx.std(0).clamp_min(1e-6)
-    for name, (b, q) in (("raw_pixels", (bx, qx)), ("raw_pixels_standardised", ((bx - mean) / std, (qx - mean) / std))):
-        results[name] = knn_accuracy(F.normalize(b, dim=1), by, F.normalize(q, dim=1), qy, k=k, temperature=temperature)
+    """k-NN of ``backbone`` beside the baselines it must beat, on the same images: ``random_init``
+    (the same network untrained), raw pixels and standardised raw pixels (per-pixel mean and std
+    of the bank). Keys: simsiam, random_init, raw_pixels, raw_pixels_standardised;
+    ``extract_options`` go to :func:`network_features` (device, amp_dtype, channels_last, ...)."""
+    start = time.perf_counter()
+    results = knn_of_baselines(baseline_features(backbone, random_init, data_cfg, val_subset=val_subset, **extract_options), k=k, temperature=temperature)
+    results["simsiam"]["seconds"] = time.perf_counter() - start
     return results
-
-

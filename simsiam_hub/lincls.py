@@ -21,6 +21,13 @@ Two ways to feed the classifier (``data.cache_features``):
 
 The val features are computed once in both cases: the val transform is deterministic and the
 backbone frozen, so re-running the network every epoch would give the same numbers.
+
+Two protocols (``protocol``): ``reference`` is the recipe above. ``logreg`` (the small-data
+configs' default) fits the probe of :mod:`.probe` on the cached features instead: logistic
+regression to convergence with its weight decay chosen on a held-out part of the training
+set. The reference recipe is tuned for ImageNet's 28k steps and can stop far from the optimum
+on a small set; both protocols record their final training loss, and the reference also
+whether it was still falling when its schedule ended (a warning says so).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ from .knn import EVAL_DRAW_SEEDS, eval_loader, extract_features, topk_accuracy
 from .monitor import CSVLog
 from .optim import LARC, set_learning_rate
 from .precision import autocast_context, resolve_amp
+from .probe import ProbeResult, linear_probe, still_falling
 from .results import EvalResult, write_results
 
 log = logging.getLogger(__name__)
@@ -116,7 +124,7 @@ def check_unchanged(module: nn.Module, snapshot: dict[str, torch.Tensor], what: 
 @dataclass
 class LinclsResult:
     output_dir: Path
-    checkpoint: Path
+    checkpoint: Path | None  # None for the logreg protocol (it fits in one go)
     results_file: Path | None  # None until all epochs are done
     epoch: int
     top1: float | None
@@ -126,6 +134,10 @@ class LinclsResult:
     best_epoch: int | None
     seconds: float
     timings: dict = field(default_factory=dict)
+    protocol: str = "reference"
+    train_loss: float | None = None  # the classifier's mean training loss at the end
+    converged: bool | None = None  # logreg: the solver's test; reference: not still falling (None: cannot tell)
+    probe: ProbeResult | None = None  # logreg: the whole result (chosen weight decay, sweep, ...)
 
 
 class LinearEvaluation:
@@ -178,6 +190,7 @@ class LinearEvaluation:
         self.step = 0
         self.best: dict = {}
         self.last: dict = {}
+        self.history: list[dict] = []  # {epoch, lr, loss} per epoch: the convergence check reads it
         self.resumed_from: Path | None = None
         if resume:
             self._resume(resume)
@@ -216,6 +229,7 @@ class LinearEvaluation:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
         self.best, self.last = dict(ckpt["best"]), dict(ckpt["last"])
+        self.history = list(ckpt.get("history", []))  # absent from checkpoints written before it
         self.resumed_from = path
         if self.info.is_main:
             log.info("resumed from %s after epoch %d", path, self.epoch)
@@ -240,6 +254,7 @@ class LinearEvaluation:
                     "optimizer": self.optimizer.state_dict(),
                     "best": self.best,
                     "last": self.last,
+                    "history": self.history,
                 },
                 path,
             )
@@ -338,6 +353,7 @@ class LinearEvaluation:
             self.epoch = epoch + 1
             check_unchanged(self.backbone, self.snapshot)
             row = {"step": self.step, "epoch": self.epoch, "lr": lr, "loss": loss_sum / max(seen, 1)}
+            self.history.append({"epoch": self.epoch, "lr": lr, "loss": row["loss"]})
             if self.epoch % cfg.run.eval_every_epochs == 0 or self.epoch == cfg.optim.epochs:
                 acc = self.evaluate()
                 self.last = {"top1": acc["top1"], "top5": acc["top5"], "epoch": self.epoch}
@@ -356,19 +372,42 @@ class LinearEvaluation:
         if checkpoint is None:
             checkpoint = self.save_checkpoint()
         results_file = None
+        convergence = self.convergence()
         if self.epoch >= cfg.optim.epochs and info.is_main:
-            results_file = self.write_results()
+            results_file = self.write_results(convergence)
         barrier()
         return LinclsResult(
             self.out, checkpoint, results_file, self.epoch, self.last.get("top1"), self.last.get("top5"),
             self.best.get("top1"), self.best.get("top5"), self.best.get("epoch"), time.perf_counter() - run_start, dict(self.timings),
+            train_loss=convergence["train_loss"],
+            converged=None if convergence["still_falling"] is None else not convergence["still_falling"],
         )  # fmt: skip
 
-    def write_results(self) -> Path:
+    def convergence(self) -> dict:
+        """The final training loss and whether it was still falling (:func:`~.probe.still_falling`),
+        logged, with a warning when the classifier had not converged."""
+        losses, lrs = [h["loss"] for h in self.history], [h["lr"] for h in self.history]
+        if len(losses) == self.epoch == self.cfg.optim.epochs:
+            result = still_falling(losses, lrs)
+        else:  # stopped early, or resumed from a checkpoint written before the history was kept
+            result = dict(still_falling([], []), train_loss=losses[-1] if losses else None)
+        if self.info.is_main and result["train_loss"] is not None:
+            log.info("final training loss %.4f after %d epochs", result["train_loss"], self.epoch)
+        if self.info.is_main and result["still_falling"]:
+            log.warning(
+                "the linear classifier has not converged: over the last epochs its training loss (%.4f) still fell by "
+                "%.3g per unit of learning rate, %.0f%% of its early rate; its accuracy is a lower bound. "
+                "The converged probe: --protocol logreg (or protocol=logreg)",
+                result["train_loss"], result["loss_fall_per_lr_last"], 100 * result["loss_fall_per_lr_last"] / result["loss_fall_per_lr_first"],
+            )  # fmt: skip
+        return result
+
+    def write_results(self, convergence: dict) -> Path:
         """``results_lincls.json``: top1/top5 after the last epoch, and at the best epoch."""
         cfg = self.cfg
         recipe = {
-            "protocol": "linear classifier on a frozen backbone in eval mode (simsiam main_lincls)",
+            "protocol": "reference",
+            "description": "linear classifier on a frozen backbone in eval mode (simsiam main_lincls)",
             "train_features": (
                 "cached: un-augmented (val transform), computed once" if cfg.data.cache_features
                 else "online: RandomResizedCrop + flip through the backbone every step (the reference)"
@@ -385,15 +424,50 @@ class LinearEvaluation:
             "train_size": self.train_size,
             "val_size": self.val_size,
             "backbone_sha256": self.fingerprint,
+            **convergence,
         }
-        common = dict(
-            task="linear", dataset=dataset_name(cfg.data, cfg.data.name), split=split_name(cfg.data),
-            source=self.source.name, source_revision=self.source.revision,
-        )  # fmt: skip
+        common = self._result_fields()
         results = [EvalResult(metric=m, value=self.last[m], recipe=dict(recipe, selection="last epoch"), **common) for m in ("top1", "top5")]
         best = dict(recipe, selection=f"best val top1 over epochs (epoch {self.best['epoch']}), as the reference's model_best")
         results += [EvalResult(metric=f"{m}_best", value=self.best[m], recipe=best, **common) for m in ("top1", "top5")]
         return write_results(results, self.out / RESULTS_FILE)
+
+    def _result_fields(self) -> dict:
+        cfg = self.cfg
+        return dict(
+            task="linear", dataset=dataset_name(cfg.data, cfg.data.name), split=split_name(cfg.data),
+            source=self.source.name, source_revision=self.source.revision,
+        )  # fmt: skip
+
+    # --- the logreg protocol (simsiam_hub.probe) ------------------------------------------
+    def run_logreg(self) -> LinclsResult:
+        """The converged probe on the cached features: its weight decay chosen on a held-out
+        part of the training set, refitted on all of it, the val split scored once; writes
+        ``results_lincls.json``. One process; nothing to resume."""
+        from .results import EvalResult, write_results
+
+        start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        train_x, train_y = self._extract(self.train_set, "train features")
+        val_x, val_y = self._extract(self.val_set, "val features")
+        check_unchanged(self.backbone, self.snapshot)
+        probe = linear_probe(train_x, train_y, val_x, val_y, seed=self.cfg.run.seed)
+        self.timings["probe seconds"] = probe.seconds
+        log.info(
+            "logreg probe: weight decay %g (held-out top-1 %s), final training loss %.4f, %s after %d iterations",
+            probe.weight_decay, ", ".join(f"{w:g}: {a:.2f}" for w, a in zip(probe.sweep.weight_decays, probe.sweep.val_top1)),
+            probe.train_loss, "converged" if probe.converged else "NOT converged", probe.iterations,
+        )  # fmt: skip
+        recipe = dict(
+            probe.recipe(), train_features="cached: un-augmented (val transform), computed once",
+            image_size=self.cfg.data.image_size, backbone_sha256=self.fingerprint,
+        )  # fmt: skip
+        results = [EvalResult(metric=m, value=getattr(probe, m), recipe=recipe, **self._result_fields()) for m in ("top1", "top5")]
+        results_file = write_results(results, self.out / RESULTS_FILE)
+        return LinclsResult(
+            self.out, None, results_file, 0, probe.top1, probe.top5, None, None, None, time.perf_counter() - start,
+            dict(self.timings), protocol="logreg", train_loss=probe.train_loss, converged=probe.converged, probe=probe,
+        )  # fmt: skip
 
 
 def load_lincls_checkpoint(path: str | Path) -> dict:
@@ -405,10 +479,13 @@ def linear_eval(
     cfg: LinclsConfig, source: LoadedSource | str | Path, *, revision: str | None = None, resume: str | None = "auto"
 ) -> LinclsResult:
     """Linear evaluation of ``source`` (anything ``from_pretrained`` accepts, or a
-    :class:`LoadedSource`) as ``cfg`` says; ``resume='auto'`` continues from ``run.output_dir``."""
+    :class:`LoadedSource`) as ``cfg`` says (``cfg.protocol``: the reference recipe, or the
+    logreg probe); ``resume='auto'`` continues a reference run from ``run.output_dir``."""
     try:
         if not isinstance(source, LoadedSource):
             source = load_source(source, revision)
+        if cfg.protocol == "logreg":
+            return LinearEvaluation(cfg, source, resume=None).run_logreg()
         return LinearEvaluation(cfg, source, resume=resume).run()
     finally:
         cleanup_distributed()

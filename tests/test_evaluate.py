@@ -235,6 +235,8 @@ def test_shipped_lincls_configs_load():
     cpu = load_config(LinclsConfig, root / "fashion_mnist_cpu.yaml")
     assert cpu.data.cache_features and cpu.data.dataset == "fashion_mnist" and cpu.run.amp == "off"
     assert (cpu.optim.optimizer, cpu.optim.batch_size, cpu.optim.epochs) == ("lars", 4096, 90)
+    # ImageNet keeps the reference recipe; the small-data config defaults to the converged probe
+    assert (reference.protocol, cpu.protocol) == ("reference", "logreg")
 
 
 # --- the command line and the model card -------------------------------------------------------
@@ -291,9 +293,10 @@ def test_cli_results_reach_a_model_card(tiny_checkpoint, color_folder, tmp_path,
         return hits[0]
 
     assert parsed("image-feature-extraction", "accuracy", "top-1 accuracy") == pytest.approx(knn["top1"].value, abs=1e-3)
-    assert parsed("image-classification", "accuracy", "top-1 accuracy") == pytest.approx(linear["top1"].value, abs=1e-3)
-    assert parsed("image-classification", "accuracy", "top-1 accuracy, best epoch") == pytest.approx(linear["top1_best"].value, abs=1e-3)
-    assert parsed("image-classification", "top_5_accuracy", "top-5 accuracy") == pytest.approx(linear["top5"].value, abs=1e-3)
+    reference = " (reference recipe, LARS schedule)"  # the linear protocol, named
+    assert parsed("image-classification", "accuracy", "top-1 accuracy" + reference) == pytest.approx(linear["top1"].value, abs=1e-3)
+    assert parsed("image-classification", "accuracy", "top-1 accuracy, best epoch" + reference) == pytest.approx(linear["top1_best"].value, abs=1e-3)
+    assert parsed("image-classification", "top_5_accuracy", "top-5 accuracy" + reference) == pytest.approx(linear["top5"].value, abs=1e-3)
     assert {e.dataset_split for e in entries} == {"val"}
     assert {e.task_name for e in entries} == {"k-NN classification of frozen features", "Linear classification on the frozen backbone"}
 
@@ -412,3 +415,61 @@ def test_ddp_two_processes_match_one_process(tiny_checkpoint, color_folder, tmp_
         # fp32 sums in another order: the runs may differ by a tiny fraction of what training moved
         assert (one["fc"][key] - two["fc"][key]).norm() <= 1e-3 * update + 1e-6, key
     assert one["last"]["top1"] == pytest.approx(two["last"]["top1"])
+
+
+# --- the two linear protocols: the converged probe, and the reference recipe's convergence check ---
+
+
+def test_reference_recipe_warns_when_its_loss_is_still_falling(color_folder, tmp_path, caplog):
+    """A learning rate far too small for the epochs: the loss still falls at the end, and the
+    run says so (log, results file); the reference numerics themselves are untouched."""
+    cfg = lincls_config(color_folder, tmp_path / "run", "data.cache_features=true", "optim.optimizer=sgd", "optim.base_lr=0.01", "optim.epochs=10")
+    with caplog.at_level("WARNING", logger="simsiam_hub.lincls"):
+        result = linear_eval(cfg, random_source(), resume=None)
+    assert result.converged is False and "has not converged" in caplog.text
+    recipe = next(r.recipe for r in read_results(result.results_file) if r.metric == "top1")
+    assert recipe["protocol"] == "reference" and recipe["still_falling"] is True
+    with open(tmp_path / "run" / "lincls_log.csv") as f:
+        losses = [float(row.split(",")[3]) for row in f.read().splitlines()[1:]]
+    assert len(losses) == 10 and recipe["train_loss"] == result.train_loss == pytest.approx(losses[-1], rel=1e-5)
+    assert recipe["loss_fall_per_lr_last"] > 0.1 * recipe["loss_fall_per_lr_first"] > 0
+
+
+def test_cli_logreg_protocol_results_and_card(tiny_checkpoint, color_folder, tmp_path, capsys):
+    """`lincls --protocol logreg` end to end: the frozen backbone's features once, the probe,
+    a results file that records the protocol, the chosen weight decay and the final training
+    loss, and a model card that tells the two protocols apart."""
+    from huggingface_hub import ModelCard
+
+    from simsiam_hub.cli import main
+    from simsiam_hub.export import export
+
+    common = ["--data", str(color_folder), "--resume", "none", "data.dataset=imagefolder", "data.image_size=32",
+              "data.cache_features=true", "data.num_workers=0", "run.progress=false", "run.amp=off"]  # fmt: skip
+    assert main(["lincls", str(tiny_checkpoint), "--protocol", "logreg", *common, f"run.output_dir={tmp_path / 'logreg'}"]) == 0
+    printed = capsys.readouterr().out
+    probe = {r.metric: r for r in read_results(tmp_path / "logreg" / "results_lincls.json")}
+    assert set(probe) == {"top1", "top5"}
+    recipe = probe["top1"].recipe
+    assert recipe["protocol"] == "logreg" and recipe["converged"] is True
+    assert recipe["weight_decay"] in recipe["weight_decays_tried"]
+    assert recipe["val_top1"][recipe["weight_decays_tried"].index(recipe["weight_decay"])] == max(recipe["val_top1"])
+    assert 0 <= recipe["train_loss"] < math.log(4)  # below a classifier that knows nothing (4 classes)
+    assert (recipe["train_size"], recipe["test_size"], recipe["train_features"][:6]) == (128, 32, "cached")
+    assert probe["top1"].value > 50 and probe["top1"].split == "val"  # chance is 25
+    assert f"linear (logreg probe) top1 {probe['top1'].value:.2f}%" in printed and "converged" in printed
+
+    # the reference recipe beside it, then one card with both
+    assert main(["lincls", str(tiny_checkpoint), *common, "optim.epochs=5", "optim.batch_size=16", "optim.base_lr=50",
+                 f"run.output_dir={tmp_path / 'reference'}"]) == 0  # fmt: skip
+    assert "linear (reference recipe) top1" in capsys.readouterr().out
+    reference = {r.metric: r for r in read_results(tmp_path / "reference" / "results_lincls.json")}
+    assert reference["top1"].recipe["protocol"] == "reference" and reference["top1"].recipe["train_loss"] > 0
+    files = [tmp_path / "reference" / "results_lincls.json", tmp_path / "logreg" / "results_lincls.json"]
+    card_dir = export(tiny_checkpoint, tmp_path / "model", results=files)
+    text = (card_dir / "README.md").read_text()
+    assert "| linear | logistic-regression probe, L-BFGS to convergence |" in text
+    assert "| linear | reference recipe, LARS schedule |" in text
+    entries = {e.metric_name: e.metric_value for e in ModelCard.load(card_dir / "README.md").data.eval_results if e.dataset_name == color_folder.name}
+    assert entries["top-1 accuracy (logistic-regression probe, L-BFGS to convergence)"] == pytest.approx(probe["top1"].value, abs=1e-3)
+    assert entries["top-1 accuracy (reference recipe, LARS schedule)"] == pytest.approx(reference["top1"].value, abs=1e-3)
