@@ -12,7 +12,7 @@ import time
 import torch
 
 from simsiam_hub.config import DataConfig
-from simsiam_hub.evaluate import eval_loader, extract_features, knn_accuracy, knn_datasets, pixel_features
+from simsiam_hub.knn import eval_loader, extract_features, knn_accuracy, knn_datasets, pixel_features
 from simsiam_hub.models import initial_backbone
 from simsiam_hub.probe import linear_probe
 

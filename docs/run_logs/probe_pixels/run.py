@@ -16,7 +16,7 @@ import time
 import torch
 
 from simsiam_hub.config import DataConfig
-from simsiam_hub.evaluate import pixel_features
+from simsiam_hub.knn import pixel_features
 from simsiam_hub.probe import GRAD_TOLERANCE, fit_logistic, linear_probe
 
 

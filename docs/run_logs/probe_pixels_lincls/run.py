@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from simsiam_hub.config import load_config
+from simsiam_hub.config import LinclsConfig, load_config
 from simsiam_hub.evaluate import LoadedSource
-from simsiam_hub.lincls import LinclsConfig, linear_eval
+from simsiam_hub.lincls import linear_eval
 
 here = Path(__file__).resolve().parent
 with open("/proc/cpuinfo") as f:
@@ -24,7 +24,7 @@ with open("/proc/cpuinfo") as f:
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 print(f"CPU: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
 cfg = load_config(LinclsConfig, "configs/lincls/fashion_mnist_cpu.yaml", ["data.image_size=28", "run.output_dir=runs/lincls_pixels_logreg", "run.progress=false"])
-result = linear_eval(cfg, LoadedSource(torch.nn.Flatten().eval(), "raw pixels", None, {}))
+result = linear_eval(cfg, LoadedSource(torch.nn.Flatten().eval(), "raw pixels"))
 probe = result.probe
 print(
     f"protocol {result.protocol}: {probe.num_features}-d, train {probe.train_size}, test {probe.test_size}; "

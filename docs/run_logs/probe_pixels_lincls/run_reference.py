@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from simsiam_hub.config import load_config
+from simsiam_hub.config import LinclsConfig, load_config
 from simsiam_hub.evaluate import LoadedSource
-from simsiam_hub.lincls import LinclsConfig, linear_eval
+from simsiam_hub.lincls import linear_eval
 
 here = Path(__file__).resolve().parent
 with open("/proc/cpuinfo") as f:
@@ -26,7 +26,7 @@ logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name
 print(f"CPU: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
 overrides = ["protocol=reference", "data.image_size=28", "run.output_dir=runs/lincls_pixels_reference", "run.progress=false"]
 cfg = load_config(LinclsConfig, "configs/lincls/fashion_mnist_cpu.yaml", overrides)
-result = linear_eval(cfg, LoadedSource(torch.nn.Flatten().eval(), "raw pixels", None, {}), resume=None)
+result = linear_eval(cfg, LoadedSource(torch.nn.Flatten().eval(), "raw pixels"), resume=None)
 recipe = next(r for r in __import__("json").load(open(result.results_file))["results"] if r["metric"] == "top1")["recipe"]
 print(
     f"protocol {result.protocol}: TEST top-1 {result.top1:.2f}% (best {result.best_top1:.2f}% at epoch {result.best_epoch}) "

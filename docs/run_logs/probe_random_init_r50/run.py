@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from simsiam_hub.config import load_config
-from simsiam_hub.lincls import LinclsConfig, linear_eval
+from simsiam_hub.config import LinclsConfig, load_config
+from simsiam_hub.lincls import linear_eval
 from simsiam_hub.models import SimSiam
 
 here = Path(__file__).resolve().parent
