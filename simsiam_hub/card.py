@@ -138,73 +138,55 @@ def _input_text(section: SimsiamSection, pretrained_cfg: dict) -> str:
     return f"{size} px RGB; {view}; mean {pretrained_cfg.get('mean')}, std {pretrained_cfg.get('std')}"
 
 
-def build_card(
-    section: SimsiamSection, pretrained_cfg: dict, results: list[EvalResult], *, name: str, repo_id: str | None = None
-) -> ModelCard:
-    """The model card (a huggingface_hub ``ModelCard``) of a model folder."""
+def card_metadata(section: SimsiamSection, results: list[EvalResult], name: str) -> ModelCardData:
+    """The card's YAML header: licence, library, tags, datasets and the model-index."""
     timm_ok = not section.small_stem
-    ref = repo_id or f"<org>/{name}"
     dataset_id = hub_dataset_id(section.dataset)
     eval_results = model_index_results(results)
-    data = ModelCardData(
+    return ModelCardData(
         license=section.license,
         library_name="timm" if timm_ok else "pytorch",
         pipeline_tag="image-feature-extraction",
         tags=["simsiam", "self-supervised-learning", "image-feature-extraction", "resnet", section.arch, "safetensors"]
         + (["timm"] if timm_ok else []),
         datasets=[dataset_id] if dataset_id else None,
-        model_name=name if eval_results else None,
+        model_name=name if eval_results else None,  # model-index needs it; a card without results has none
         eval_results=eval_results or None,
     )
+
+
+def _overview(section: SimsiamSection, pretrained_cfg: dict, name: str) -> str:
     what = {
         "simsiam": "pretrained with SimSiam (self-supervised: no labels)",
         "moco": "pretrained with MoCo (self-supervised), imported for comparison",
         "supervised": "trained with labels (supervised), imported as a baseline",
     }.get(section.method, f"pretrained with {section.method}")
     stem = "small-image stem (3x3/1 conv, no max-pool)" if section.small_stem else "standard stem (7x7/2 conv, max-pool)"
-    if isinstance(section.recipe, dict):
-        recipe_text = "```yaml\n" + yaml.safe_dump(section.recipe, sort_keys=False).strip() + "\n```"
-    else:
-        recipe_text = str(section.recipe or "not recorded")
-    num_features = feature_dim(section.arch)
-    timm_text = (
-        f'```python\nimport timm\nmodel = timm.create_model("hf-hub:{ref}", pretrained=True)  # num_classes=0: pooled features\n```'
-        if timm_ok
-        else "timm builds the standard stem only: load this small-stem model with `from_pretrained`."
-    )
-    files = [
-        f"- `{BACKBONE_FILE}`: the backbone alone (torchvision/timm names, no `fc`), with its recipe as metadata",
-        f"- `{CONFIG_FILE}`: timm-compatible config, plus a `simsiam` section (arch, stem, recipe, source)",
-        f"- `{CARD_FILE}`: this card; `{RESULTS_FILE}`: the evaluation results, when there are any",
-    ]
-    if section.has_simsiam:
-        files.append(
-            f"- `{SIMSIAM_FILE}`: the whole SimSiam model (projector dim {section.dim}, predictor dim {section.pred_dim}), "
-            f"to continue pretraining: `simsiam-hub pretrain --init-from {SIMSIAM_FILE}`"
-        )
-    unknown = "unknown"
-    body = f"""
-# {name}
+    known = lambda value: "unknown" if value is None else value  # noqa: E731
+    return f"""# {name}
 
 A {section.arch} backbone {what}. SimSiam: [Chen & He, *Exploring Simple Siamese Representation
 Learning*, CVPR 2021]({PAPER_URL}) ([official code]({OFFICIAL_CODE_URL})). Made with simsiam-hub.
 
 | | |
 |---|---|
-| architecture | {section.arch}, {stem}; torchvision parameter names; `fc` removed: {num_features}-d pooled features |
+| architecture | {section.arch}, {stem}; torchvision parameter names; `fc` removed: {feature_dim(section.arch)}-d pooled features |
 | method | {section.method} |
 | pretraining data | {section.dataset} |
-| epochs | {section.epochs if section.epochs is not None else unknown} |
-| batch size | {section.batch_size if section.batch_size is not None else unknown} |
+| epochs | {known(section.epochs)} |
+| batch size | {known(section.batch_size)} |
 | input | {_input_text(section, pretrained_cfg)} |
 | source | {section.source} |
-| license | {section.license} |
+| license | {section.license} |"""
 
-## Evaluation
 
-{_results_table(results)}
-
-## How to load
+def _how_to_load(section: SimsiamSection, ref: str) -> str:
+    timm_text = (
+        f'```python\nimport timm\nmodel = timm.create_model("hf-hub:{ref}", pretrained=True)  # num_classes=0: pooled features\n```'
+        if not section.small_stem
+        else "timm builds the standard stem only: load this small-stem model with `from_pretrained`."
+    )
+    return f"""## How to load
 
 With torch.hub (downloads this repo through the simsiam-hub code):
 
@@ -218,16 +200,33 @@ With simsiam-hub (`pip install simsiam-hub`); a local folder works as well as a 
 ```python
 import simsiam_hub
 model = simsiam_hub.from_pretrained("{ref}")  # eval mode, fc = Identity
-features = model(model.transform(image).unsqueeze(0))  # (1, {num_features})
+features = model(model.transform(image).unsqueeze(0))  # (1, {feature_dim(section.arch)})
 ```
 
 With timm:
 
 {timm_text}
 
-For detection transfer: `simsiam-hub convert-detectron2 {ref} --out backbone.pkl`.
+For detection transfer: `simsiam-hub convert-detectron2 {ref} --out backbone.pkl`."""
 
-## Training recipe
+
+def _recipe_and_files(section: SimsiamSection) -> str:
+    if isinstance(section.recipe, dict):
+        recipe_text = "```yaml\n" + yaml.safe_dump(section.recipe, sort_keys=False).strip() + "\n```"
+    else:
+        recipe_text = str(section.recipe or "not recorded")
+    files = [
+        f"- `{BACKBONE_FILE}`: the backbone alone (torchvision/timm names, no `fc`), with its recipe as metadata",
+        f"- `{CONFIG_FILE}`: timm-compatible config, plus a `simsiam` section (arch, stem, recipe, source)",
+        f"- `{CARD_FILE}`: this card; `{RESULTS_FILE}`: the evaluation results, when there are any",
+    ]
+    if section.has_simsiam:
+        files.append(
+            f"- `{SIMSIAM_FILE}`: the whole SimSiam model (projector dim {section.dim}, predictor dim {section.pred_dim}), "
+            f"to continue pretraining: `simsiam-hub pretrain --init-from {SIMSIAM_FILE}`"
+        )
+    non_commercial = " (the official SimSiam weights are released under CC-BY-NC 4.0: non-commercial use)"
+    return f"""## Training recipe
 
 {recipe_text}
 
@@ -237,15 +236,22 @@ For detection transfer: `simsiam-hub convert-detectron2 {ref} --out backbone.pkl
 
 ## License
 
-{section.license}{" (the official SimSiam weights are released under CC-BY-NC 4.0: non-commercial use)" if section.license == 'cc-by-nc-4.0' else ""}.
+{section.license}{non_commercial if section.license == "cc-by-nc-4.0" else ""}."""
 
-## Citation
 
-```bibtex
-{CITATION}
-```
-"""
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")
+def build_card(
+    section: SimsiamSection, pretrained_cfg: dict, results: list[EvalResult], *, name: str, repo_id: str | None = None
+) -> ModelCard:
+    """The model card (a huggingface_hub ``ModelCard``) of a model folder: its metadata, an
+    overview, the evaluation results, how to load it, the recipe, the files, licence, citation."""
+    body = "\n\n".join([
+        _overview(section, pretrained_cfg, name),
+        f"## Evaluation\n\n{_results_table(results)}",
+        _how_to_load(section, repo_id or f"<org>/{name}"),
+        _recipe_and_files(section),
+        f"## Citation\n\n```bibtex\n{CITATION}\n```",
+    ])  # fmt: skip
+    return ModelCard(f"---\n{card_metadata(section, results, name).to_yaml()}\n---\n\n{body}\n")
 
 
 def merge_results(*groups) -> list[EvalResult]:

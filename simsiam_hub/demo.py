@@ -355,7 +355,13 @@ def run_demo(opts: DemoOptions) -> Path:
 
     png = plot_runs({"SimSiam": out / "pretrain"}, out / "training.png", dim=cfg.model.dim, chance=_chance(dataset),
                     batch=cfg.optim.batch_size, title=f"simsiam-hub demo: {cfg.model.arch} on {dataset}")  # fmt: skip
-    report = _write_report(out, cfg, opts, plan, reused_plan, result, knn, probes, target, pushed, how, max_diff, detection, timings, start, png)
+    names = list(timings)
+    durations = {"setup": timings[names[0]] - start, **{n: timings[names[i + 1]] - timings[n] for i, n in enumerate(names[:-1])}}
+    outcome = Outcome(
+        out, cfg, opts, plan, reused_plan, result, knn, probes, target, pushed, how, max_diff, detection, durations,
+        timings["end"] - start, png,
+    )  # fmt: skip
+    report = _write_report(outcome)
     print(f"\nreport: {report}\nplots:  {png}")
     return report
 
@@ -365,68 +371,88 @@ def _chance(dataset: str) -> float | None:
     return 100.0 / n if n else None
 
 
-def _write_report(out, cfg, opts, plan, reused_plan, result, knn, probes, target, pushed, how, max_diff, detection, timings, start, png) -> Path:
-    names = list(timings)
-    durations = {n: timings[names[i + 1]] - timings[n] for i, n in enumerate(names[:-1])}
-    durations["setup"] = timings[names[0]] - start
-    total = timings["end"] - start
-    run = summarize_run(out / "pretrain")
-    ours, rand = knn["simsiam"]["top1"], knn["random_init"]["top1"]
-    raw, std = knn["raw_pixels"]["top1"], knn["raw_pixels_standardised"]["top1"]
-    # A difference counts when it exceeds about two standard errors of the difference of two accuracies.
-    margin = 100 * 1.96 * math.sqrt(2 * 0.25 / plan.knn_queries)
-    beats = [n for n, v in (("random init", rand), ("raw pixels", raw), ("standardised pixels", std)) if ours - v > margin]
-    images_seen = result.step * cfg.optim.batch_size
-    verdict = (
-        f"SimSiam's features beat {', '.join(beats)}" if beats else "SimSiam's features do not beat any baseline"
-    ) + (f" by more than the {margin:.1f}-point sampling margin of {plan.knn_queries} queries, after {result.step} steps "
-         f"({images_seen:,} image pairs).")  # fmt: skip
-    rows = "\n".join(
-        f"| {label} | {knn[key]['top1']:.2f} | {knn[key]['top5']:.2f} | {f'{probes[key].top1:.2f}' if key in probes else '(the probe standardises)'} |"
-        for key, label in (("simsiam", "SimSiam (this run)"), ("random_init", f"same {cfg.model.arch}, random init"),
-                           ("raw_pixels", "raw pixels"), ("raw_pixels_standardised", "standardised raw pixels"))  # fmt: skip
-    )
-    share_text = "" if run.get("z_top_share") is None else (
-        f"; {run['z_top_share']:.2f} of it lies on one line (near 1 for a collapsed output, whose std the output "
-        "BatchNorm keeps off 0)"
-    )
-    if "skipped" in detection:
-        det = f"Skipped: {detection['skipped']}."
-    else:
-        metrics = ", ".join(f"{k} {v:.2f}" for k, v in sorted(detection["metrics"].items())) or "no metrics found"
-        det = (f"Converted to `{detection['pickle']}` and fine-tuned Faster R-CNN R50-C4 for the smoke schedule on a "
-               f"generated VOC-format set (not a benchmark: it checks the wiring). Test metrics: {metrics}.\n\n"
-               f"```\n{detection['command']}\n```")  # fmt: skip
-    stage_rows = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in durations.items())
-    planned = ", ".join(f"{k} {v:.0f} s" for k, v in plan.reserved_s.items())
-    text = f"""# simsiam-hub demo report
+@dataclass
+class Outcome:
+    """What every stage of one demo gave: the report's material."""
 
-Machine: {machine_description()}.
-Budget {opts.minutes:g} min; total {total / 60:.1f} min{' (over budget: see the stages)' if total > plan.budget_s else ''}.
-The plan{' (reused from an earlier demo in this folder)' if reused_plan else ''}: a training step measured at
+    out: Path
+    cfg: PretrainConfig
+    opts: DemoOptions
+    plan: Plan
+    reused_plan: bool
+    result: object  # engine.PretrainResult
+    knn: dict
+    probes: dict
+    target: str
+    pushed: str
+    how: str
+    max_diff: float
+    detection: dict
+    durations: dict
+    total: float
+    png: Path
+
+    @property
+    def images_seen(self) -> int:
+        return self.result.step * self.cfg.optim.batch_size
+
+
+def _budget_section(o: Outcome) -> str:
+    plan = o.plan
+    stage_rows = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in o.durations.items())
+    planned = ", ".join(f"{k} {v:.0f} s" for k, v in plan.reserved_s.items())
+    return f"""Machine: {machine_description()}.
+Budget {o.opts.minutes:g} min; total {o.total / 60:.1f} min{' (over budget: see the stages)' if o.total > plan.budget_s else ''}.
+The plan{' (reused from an earlier demo in this folder)' if o.reused_plan else ''}: a training step measured at
 {plan.step_s:.2f} s and feature extraction at {plan.features_per_s:.0f} images/s here gave {plan.steps} pretraining
-steps and a k-NN bank of {plan.knn_bank} images with {plan.knn_queries} queries (estimates: {planned}).
+steps and a bank of {plan.knn_bank} images with {plan.knn_queries} queries (estimates: {planned}).
 
 | stage | seconds |
 |---|---|
-{stage_rows}
+{stage_rows}"""
 
-## 1. Pretraining
 
-Config `{opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_size} px, batch {cfg.optim.batch_size}):
-{result.step} steps, {images_seen:,} image pairs seen. Final loss {run['loss']:.4f}; std of the l2-normalised z
-{run['z_std']:.4f}, that is {run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy){share_text}.
-Checkpoint: `{result.checkpoint}`.
+def _pretraining_section(o: Outcome) -> str:
+    cfg, run = o.cfg, summarize_run(o.out / "pretrain")
+    share = "" if run.get("z_top_share") is None else (
+        f"; {run['z_top_share']:.2f} of it lies on one line (near 1 for a collapsed output, whose std the output "
+        "BatchNorm keeps off 0)"
+    )  # fmt: skip
+    return f"""## 1. Pretraining
 
-![loss, collapse std, k-NN accuracy and the share of z on one line over training]({png.name})
+Config `{o.opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_size} px, batch {cfg.optim.batch_size}):
+{o.result.step} steps, {o.images_seen:,} image pairs seen. Final loss {run['loss']:.4f}; std of the l2-normalised z
+{run['z_std']:.4f}, that is {run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy){share}.
+Checkpoint: `{o.result.checkpoint}`.
 
-## 2. k-NN and the linear probe
+![loss, collapse std, k-NN accuracy and the share of z on one line over training]({o.png.name})"""
+
+
+def _evaluation_section(o: Outcome) -> str:
+    cfg, plan, knn, probes = o.cfg, o.plan, o.knn, o.probes
+    ours = knn["simsiam"]["top1"]
+    others = (("random init", "random_init"), ("raw pixels", "raw_pixels"), ("standardised pixels", "raw_pixels_standardised"))
+    # A difference counts when it exceeds about two standard errors of the difference of two accuracies.
+    margin = 100 * 1.96 * math.sqrt(2 * 0.25 / plan.knn_queries)
+    beats = [name for name, key in others if ours - knn[key]["top1"] > margin]
+    verdict = (f"SimSiam's k-NN beats {', '.join(beats)}" if beats else "SimSiam's k-NN does not beat any baseline") + (
+        f" by more than the {margin:.1f}-point sampling margin of {plan.knn_queries} queries, after {o.result.step} steps "
+        f"({o.images_seen:,} image pairs)."
+    )  # fmt: skip
+    labels = (("simsiam", "SimSiam (this run)"), ("random_init", f"same {cfg.model.arch}, random init"),
+              ("raw_pixels", "raw pixels"), ("raw_pixels_standardised", "standardised raw pixels"))  # fmt: skip
+    rows = "\n".join(
+        f"| {label} | {knn[key]['top1']:.2f} | {knn[key]['top5']:.2f} | {f'{probes[key].top1:.2f}' if key in probes else '(the probe standardises)'} |"
+        for key, label in labels
+    )
+    probe = probes["simsiam"]
+    return f"""## 2. k-NN and the linear probe
 
 Bank: {plan.knn_bank} training images; queries: {plan.knn_queries} held-out images (seeded subsets), the
 same for every row. k-NN: k={min(cfg.monitor.knn_k, plan.knn_bank)}, T={cfg.monitor.knn_temperature}, on l2-normalised features. Linear
 probe: {PROTOCOL_DESCRIPTION} (`simsiam-hub lincls --protocol logreg`), fitted on the bank and
-scored on the queries; the trained network's probe chose weight decay {probes['simsiam'].weight_decay:g} and
-{'converged' if probes['simsiam'].converged else 'did NOT converge'} (training loss {probes['simsiam'].train_loss:.3f}).
+scored on the queries; the trained network's probe chose weight decay {probe.weight_decay:g} and
+{'converged' if probe.converged else 'did NOT converge'} (training loss {probe.train_loss:.3f}).
 
 | features | k-NN top-1 (%) | k-NN top-5 (%) | linear probe top-1 (%) |
 |---|---|---|---|
@@ -434,38 +460,54 @@ scored on the queries; the trained network's probe chose weight decay {probes['s
 
 {verdict} A few CPU minutes are far too few for SimSiam to overtake the pixel baselines;
 docs/fashion_mnist_results.md has longer runs, and the figures these baselines reach on the full
-60,000 / 10,000 images.
+60,000 / 10,000 images."""
 
-## 3. Export and push
 
-Model folder `{out / 'model'}` (model.safetensors, config.json, README.md model card with the k-NN
-result) pushed to `{target}`{'' if pushed == target else f' (commit `{pushed}`)'}.
+def _publishing_sections(o: Outcome) -> str:
+    if "skipped" in o.detection:
+        detection = f"Skipped: {o.detection['skipped']}."
+    else:
+        metrics = ", ".join(f"{k} {v:.2f}" for k, v in sorted(o.detection["metrics"].items())) or "no metrics found"
+        detection = (f"Converted to `{o.detection['pickle']}` and fine-tuned Faster R-CNN R50-C4 for the smoke schedule on a "
+                     f"generated VOC-format set (not a benchmark: it checks the wiring). Test metrics: {metrics}.\n\n"
+                     f"```\n{o.detection['command']}\n```")  # fmt: skip
+    model = o.out / "model"
+    return f"""## 3. Export and push
+
+Model folder `{model}` (model.safetensors, config.json, README.md model card with the k-NN and probe
+results) pushed to `{o.target}`{'' if o.pushed == o.target else f' (commit `{o.pushed}`)'}.
 
 ## 4. Reload
 
-`{how}` gives features equal to the trained backbone's: max abs difference {max_diff:.3g}.
+`{o.how}` gives features equal to the trained backbone's: max abs difference {o.max_diff:.3g}.
 
 ## 5. Detection transfer
 
-{det}
+{detection}
 
 ## Go further
 
 ```
 simsiam-hub demo --minutes 30                                           # a longer pretraining
-simsiam-hub pretrain --config fashion_mnist_resnet18_hour                # a ResNet-18 run of about an hour on 2 cores
-simsiam-hub knn {out / 'model'} --baselines
-simsiam-hub lincls {out / 'model'} --config fashion_mnist_cpu
-simsiam-hub push {out / 'model'} --repo-id YOUR_NAME/{DEMO_REPO_NAME}
+simsiam-hub pretrain --config fashion_mnist_resnet18_hour                # ResNet-18 at 48 px, 5 epochs
+simsiam-hub knn {model} --baselines
+simsiam-hub lincls {model} --config fashion_mnist_cpu
+simsiam-hub push {model} --repo-id YOUR_NAME/{DEMO_REPO_NAME}
 simsiam-hub ablate-stopgrad --config fashion_mnist_resnet18_cpu
-simsiam-hub-detection --num-gpus 8 --config-file voc0712_R_50_C4_24k MODEL.WEIGHTS {target}
-```
-"""
+simsiam-hub-detection --num-gpus 8 --config-file voc0712_R_50_C4_24k MODEL.WEIGHTS {o.target}
+```"""
+
+
+def _write_report(o: Outcome) -> Path:
+    """``OUT/report.md`` (every figure, the commands to go further) and ``OUT/report.json``."""
+    sections = [_budget_section(o), _pretraining_section(o), _evaluation_section(o), _publishing_sections(o)]
+    text = "# simsiam-hub demo report\n\n" + "\n\n".join(sections) + "\n"
+    probes = {k: {"top1": v.top1, "top5": v.top5, **v.recipe(), "seconds": v.seconds} for k, v in o.probes.items()}
     json_summary = {
-        "machine": machine_description(), "budget_s": plan.budget_s, "plan": dataclasses.asdict(plan), "plan_reused": reused_plan,
-        "knn": knn, "linear_probe": {k: {"top1": v.top1, "top5": v.top5, **v.recipe(), "seconds": v.seconds} for k, v in probes.items()},
-        "steps": result.step, "images_seen": images_seen, "pushed": pushed, "reload_max_diff": max_diff,
-        "detection": detection, "seconds": {n: round(d, 1) for n, d in durations.items()}, "total_seconds": round(total, 1),
+        "machine": machine_description(), "budget_s": o.plan.budget_s, "plan": dataclasses.asdict(o.plan),
+        "plan_reused": o.reused_plan, "knn": o.knn, "linear_probe": probes, "steps": o.result.step, "images_seen": o.images_seen,
+        "pushed": o.pushed, "reload_max_diff": o.max_diff, "detection": o.detection,
+        "seconds": {n: round(d, 1) for n, d in o.durations.items()}, "total_seconds": round(o.total, 1),
     }  # fmt: skip
-    atomic_write_text(json.dumps(json_summary, indent=2) + "\n", out / "report.json")
-    return atomic_write_text(text, out / "report.md")
+    atomic_write_text(json.dumps(json_summary, indent=2) + "\n", o.out / "report.json")
+    return atomic_write_text(text, o.out / "report.md")

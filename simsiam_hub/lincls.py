@@ -333,40 +333,12 @@ class LinearEvaluation:
         )  # fmt: skip
         train_start = time.perf_counter()
         while self.epoch < end_epoch:
-            epoch = self.epoch
-            epoch_start = time.perf_counter()
-            lr = set_learning_rate(self.optimizer, cfg.optim, epoch)  # per epoch, as the reference
-            self.fc.train()
-            loss_sum, seen = 0.0, 0
-            for features, labels in self._train_batches(epoch):
-                loss = F.cross_entropy(self.net(features), labels)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                self.step += 1
-                loss_sum += loss.item() * labels.shape[0]
-                seen += labels.shape[0]
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
-            if not math.isfinite(loss_sum):
-                raise SimsiamHubError(f"the linear classifier's loss is {loss_sum} in epoch {epoch + 1}: lower optim.base_lr")
-            self.epoch = epoch + 1
-            check_unchanged(self.backbone, self.snapshot)
-            row = {"step": self.step, "epoch": self.epoch, "lr": lr, "loss": loss_sum / max(seen, 1)}
-            self.history.append({"epoch": self.epoch, "lr": lr, "loss": row["loss"]})
-            if self.epoch % cfg.run.eval_every_epochs == 0 or self.epoch == cfg.optim.epochs:
-                acc = self.evaluate()
-                self.last = {"top1": acc["top1"], "top5": acc["top5"], "epoch": self.epoch}
-                if not self.best or acc["top1"] > self.best["top1"]:
-                    self.best = dict(self.last)
-                row.update(acc)
-            seconds = time.perf_counter() - epoch_start
-            row.update(best_top1=self.best.get("top1"), seconds=seconds, images_per_s=seen * info.world_size / seconds)
+            row = self._train_epoch(bar)
             checkpoint = self.save_checkpoint()
             if info.is_main:
                 csv_log.write(row)
                 acc_text = f" top1={row['top1']:.2f}% top5={row['top5']:.2f}%" if "top1" in row else ""
-                tqdm.write(f"epoch {self.epoch}/{cfg.optim.epochs}: loss={row['loss']:.4f} lr={lr:.4g}{acc_text} ({seconds:.1f} s)")
+                tqdm.write(f"epoch {self.epoch}/{cfg.optim.epochs}: loss={row['loss']:.4f} lr={row['lr']:.4g}{acc_text} ({row['seconds']:.1f} s)")
         bar.close()
         self.timings["train seconds"] = time.perf_counter() - train_start
         if checkpoint is None:
@@ -382,6 +354,38 @@ class LinearEvaluation:
             train_loss=convergence["train_loss"],
             converged=None if convergence["still_falling"] is None else not convergence["still_falling"],
         )  # fmt: skip
+
+    def _train_epoch(self, bar) -> dict:
+        """One epoch at the epoch's lr (set once, as the reference), the backbone check, and the
+        evaluation when due; returns the epoch's log row."""
+        cfg, epoch, start = self.cfg, self.epoch, time.perf_counter()
+        lr = set_learning_rate(self.optimizer, cfg.optim, epoch)
+        self.fc.train()
+        loss_sum, seen = 0.0, 0
+        for features, labels in self._train_batches(epoch):
+            loss = F.cross_entropy(self.net(features), labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            loss_sum += loss.item() * labels.shape[0]
+            seen += labels.shape[0]
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        if not math.isfinite(loss_sum):
+            raise SimsiamHubError(f"the linear classifier's loss is {loss_sum} in epoch {epoch + 1}: lower optim.base_lr")
+        self.epoch = epoch + 1
+        check_unchanged(self.backbone, self.snapshot)
+        row = {"step": self.step, "epoch": self.epoch, "lr": lr, "loss": loss_sum / max(seen, 1)}
+        self.history.append({"epoch": self.epoch, "lr": lr, "loss": row["loss"]})
+        if self.epoch % cfg.run.eval_every_epochs == 0 or self.epoch == cfg.optim.epochs:
+            acc = self.evaluate()
+            self.last = {"top1": acc["top1"], "top5": acc["top5"], "epoch": self.epoch}
+            if not self.best or acc["top1"] > self.best["top1"]:
+                self.best = dict(self.last)
+            row.update(acc)
+        seconds = time.perf_counter() - start
+        return dict(row, best_top1=self.best.get("top1"), seconds=seconds, images_per_s=seen * self.info.world_size / seconds)
 
     def convergence(self) -> dict:
         """The final training loss and whether it was still falling (:func:`~.probe.still_falling`),

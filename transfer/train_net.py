@@ -44,6 +44,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
+from simsiam_hub.checkpoint import CheckpointError, safe_torch_load
 from simsiam_hub.detectron2 import convert_source
 from simsiam_hub.errors import SimsiamHubError, UsageError
 from simsiam_hub.fileio import atomic_write_text
@@ -251,10 +252,9 @@ def check_datasets(cfg) -> list[str] | None:
 def _is_detectron2_checkpoint(path: Path) -> bool:
     """A ``.pth`` that Detectron2 wrote (``{"model": {"backbone.*": ...}, ...}``)?"""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        # Not plain tensors (a trainer's state, say): Detectron2's own loader is the judge.
-        return True
+        obj = safe_torch_load(path, mmap=True)
+    except CheckpointError:
+        return True  # not plain tensors (a trainer's state, say): Detectron2's own loader is the judge
     model = obj.get("model") if isinstance(obj, dict) else None
     return isinstance(model, dict) and any(k.startswith(("backbone.", "roi_heads.")) for k in model)
 
