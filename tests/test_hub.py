@@ -294,6 +294,20 @@ def test_missing_repo_revision_or_token_is_a_clear_error(exported, pushed, clien
     assert TOKEN not in str(no_token.value) and "set HF_TOKEN or run `hf auth login`" in str(no_token.value)
 
 
+def test_a_broken_folder_is_refused_before_any_request(exported, fake_hub, client, tmp_path):
+    """A truncated model.safetensors is found by push's check, not by a later load: nothing is
+    sent to the Hub."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for child in exported.iterdir():
+        data = child.read_bytes()
+        (broken / child.name).write_bytes(data[: len(data) // 2] if child.name == "model.safetensors" else data)
+    seen = len(fake_hub.requests)
+    rc, _, err = client.submit(run_cli, ["push", str(broken), "--repo-id", "test-org/broken"]).result()
+    assert rc == 1 and "model.safetensors is not a readable safetensors file" in err
+    assert len(fake_hub.requests) == seen and "test-org/broken" not in fake_hub.repos
+
+
 def test_local_folder_works_wherever_a_repo_id_does(exported, tmp_path):
     from huggingface_hub import ModelCard
 
