@@ -35,6 +35,7 @@ def demo(out, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # two demos (2.5 min together on a quiet 2-core AMD EPYC); room for slow or busy CI machines
 @pytest.mark.skipif(not (FMNIST / "train-labels-idx1-ubyte.gz").is_file(), reason="Fashion-MNIST is installed by `make data`")
 def test_demo_end_to_end_and_again(tmp_path):
     out = tmp_path / "demo"
