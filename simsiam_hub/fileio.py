@@ -64,22 +64,27 @@ def _os_error_in(err: BaseException) -> OSError | None:
     return None
 
 
-def _storage_error(err: BaseException, path: Path) -> StorageError | None:
-    """A one-line :class:`StorageError` for a write refused by the file system, else None."""
-    os_error = _os_error_in(err)
-    if os_error is None or os_error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return None
+@contextlib.contextmanager
+def _storage_errors(path: Path):
+    """Re-raise a write that the file system refused (disk full, quota, file size limit) as a
+    one-line :class:`StorageError` naming ``path``; any other error passes unchanged."""
     try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
-    except OSError:
-        free = "free space unknown"
-    reason = {
-        errno.ENOSPC: "no space left on the device",
-        errno.EDQUOT: "the disk quota is exhausted",
-        errno.EFBIG: "the file grew past the size this process may write (ulimit -f)",
-    }[os_error.errno]
-    kept = "the previous file is kept" if path.exists() else "nothing was written"
-    return StorageError(f"{reason} while writing {path} ({free}): {kept}")
+        yield
+    except Exception as err:
+        os_error = _os_error_in(err)
+        if os_error is None or os_error.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise
+        try:
+            free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        reason = {
+            errno.ENOSPC: "no space left on the device",
+            errno.EDQUOT: "the disk quota is exhausted",
+            errno.EFBIG: "the file grew past the size this process may write (ulimit -f)",
+        }[os_error.errno]
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise StorageError(f"{reason} while writing {path} ({free}): {kept}") from None
 
 
 @contextlib.contextmanager
@@ -97,17 +102,13 @@ def atomic_path(path: str | os.PathLike):
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _new_file_mode())  # mkstemp makes it 0600; give what open() would
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except Exception as err:
-        storage = _storage_error(err, path)
-        if storage is not None:
-            raise storage from None
-        raise
+        with _storage_errors(path):
+            yield tmp
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, _new_file_mode())  # mkstemp makes it 0600; give what open() would
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -159,26 +160,22 @@ def atomic_folder(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
     try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give what mkdir would
-        for child in tmp.iterdir():
-            _fsync_file(child)
-        _fsync_dir(tmp)
-        if not path.exists():
-            os.rename(tmp, path)
-        elif _exchange(tmp, path):
-            shutil.rmtree(tmp)  # now the old folder
-        else:
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.rename(tmp, path)
-            shutil.rmtree(old)
-        _fsync_dir(path.parent)
-    except Exception as err:
-        storage = _storage_error(err, path)
-        if storage is not None:
-            raise storage from None
-        raise
+        with _storage_errors(path):
+            yield tmp
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; give what mkdir would
+            for child in tmp.iterdir():
+                _fsync_file(child)
+            _fsync_dir(tmp)
+            if not path.exists():
+                os.rename(tmp, path)
+            elif _exchange(tmp, path):
+                shutil.rmtree(tmp)  # now the old folder
+            else:
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                os.replace(path, old / path.name)
+                os.rename(tmp, path)
+                shutil.rmtree(old)
+            _fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
