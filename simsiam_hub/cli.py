@@ -331,7 +331,11 @@ def _add_knn(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.1, help="vote weight exp(cos / T)")
     p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loader processes")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="autocast dtype of the backbone (auto: bf16 on GPUs and CPUs with bf16)")
+    p.add_argument(
+        "--amp", choices=("auto", "bf16", "fp16", "off"),
+        help="autocast dtype of the backbone's forward; when unset, off (fp32): bf16 can lose the small differences "
+        "between images that k-NN ranks. The results record the precision used",
+    )  # fmt: skip
     p.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
     p.add_argument("--dataset-name", help="dataset name in the results; when unset, the dataset, or the ImageFolder's folder name")
     p.add_argument("--output", metavar="FILE", help="results file; when unset, results_knn.json beside a SOURCE file, else in the current folder")
@@ -351,7 +355,7 @@ def _run_knn(args) -> int:
     import torch
 
     from .evaluate import data_config_for, load_source, run_knn
-    from .precision import resolve_amp
+    from .precision import EVAL_AMP, resolve_amp
 
     source = load_source(args.source, args.revision)
     data_cfg = data_config_for(
@@ -364,7 +368,7 @@ def _run_knn(args) -> int:
     metrics = run_knn(
         source, data_cfg, output, baselines=args.baselines, dataset_label=args.dataset_name, k=args.k,
         temperature=args.temperature, val_subset=args.val_subset, batch_size=args.batch_size, device=device,
-        amp_dtype=resolve_amp(args.amp, device), channels_last=not args.no_channels_last, progress=not args.no_progress,
+        amp_dtype=resolve_amp(args.amp or EVAL_AMP, device), channels_last=not args.no_channels_last, progress=not args.no_progress,
     )  # fmt: skip
     for name, values in metrics.get("comparison", {}).items():
         print(f"{name:>24}: top1 {values['top1']:6.2f}%  top5 {values['top5']:6.2f}%")

@@ -151,6 +151,7 @@ class MonitorConfig:
     knn_temperature: float = 0.1
     knn_bank_size: Optional[int] = None  # training images in the kNN memory bank (None: all)
     knn_query_size: Optional[int] = None  # held-out images classified (None: all)
+    amp: str = "off"  # the k-NN features' precision: off (fp32, the default) | auto | bf16 | fp16
     collapse_warn_ratio: float = 0.2  # warn when std(l2-normalised z) * sqrt(dim) falls below this,
     # or when more than this share of l2-normalised z lies on one line: the collapse that the
     # projector's output BatchNorm allows keeps the std ratio at 2 sqrt(p(1-p)), 0.25 at batch 64
@@ -158,6 +159,7 @@ class MonitorConfig:
     collapse_warn_share: float = 0.95
 
     def __post_init__(self):
+        self.amp = _amp("monitor.amp", self.amp)
         _check(self.knn_every_epochs >= 0, "monitor.knn_every_epochs", self.knn_every_epochs, "an integer >= 0")
         _check(self.knn_every_steps >= 0, "monitor.knn_every_steps", self.knn_every_steps, "an integer >= 0")
         _check(self.knn_k > 0, "monitor.knn_k", self.knn_k, "a positive integer")
@@ -246,7 +248,7 @@ class LinclsOptimConfig:
 class LinclsRunConfig:
     output_dir: str = "runs/lincls"
     seed: int = 0
-    amp: str = "auto"  # backbone forward: auto (bf16 on GPU and on CPUs with native bf16) | bf16 | fp16 | off
+    amp: str = "off"  # backbone forward: off (fp32, the default: bf16 loses the small differences between images) | auto | bf16 | fp16
     channels_last: bool = True
     eval_every_epochs: int = 1  # evaluate on val every N epochs (and always after the last)
     eval_batch_size: int = 256  # feature extraction batch

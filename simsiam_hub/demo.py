@@ -39,7 +39,7 @@ from .knn import baseline_features, knn_of_baselines
 from .loading import from_pretrained, load_backbone_state_dict
 from .models import PooledFeatures, SimSiam, build_backbone, feature_dim, initial_backbone, simsiam_loss
 from .optim import build_pretrain_optimizer
-from .precision import autocast_context, resolve_amp
+from .precision import autocast_context, precision_name, resolve_amp
 from .probe import PROTOCOL_DESCRIPTION, linear_probe
 from .repo import push_to_hub
 from .report import machine_description, plot_runs, summarize_run
@@ -145,7 +145,7 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
         optimizer.step()
         times.append(time.perf_counter() - start)
     features = PooledFeatures(model.encoder).eval()
-    with torch.no_grad(), autocast_context(device, amp):
+    with torch.no_grad(), autocast_context(device, resolve_amp(cfg.monitor.amp, device)):
         features(x1[:32])  # warm-up
         start = time.perf_counter()
         features(x1)
@@ -236,7 +236,7 @@ def evaluate_against_baselines(cfg: PretrainConfig, backbone: torch.nn.Module, *
     m = cfg.model
     initial = initial_backbone(m.arch, small_stem=m.small_stem, dim=m.dim, pred_dim=m.pred_dim, proj_layers=m.proj_layers, seed=cfg.run.seed)
     features = baseline_features(
-        backbone, initial, data_cfg, val_subset=queries, amp_dtype=resolve_amp(cfg.run.amp, torch.device("cpu")),
+        backbone, initial, data_cfg, val_subset=queries, amp_dtype=resolve_amp(cfg.monitor.amp, torch.device("cpu")),
         channels_last=cfg.run.channels_last,
     )  # fmt: skip
     knn = knn_of_baselines(features, k=min(cfg.monitor.knn_k, bank), temperature=cfg.monitor.knn_temperature)
@@ -324,12 +324,14 @@ def run_demo(opts: DemoOptions) -> Path:
         print(f"  {name:25s} k-NN top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%{probe}")
     dataset = cfg.data.dataset
     recipe = {"k": min(cfg.monitor.knn_k, plan.knn_bank), "temperature": cfg.monitor.knn_temperature, "bank_size": plan.knn_bank,
-              "query_size": plan.knn_queries, "image_size": cfg.data.image_size, "pretrain_steps": result.step}  # fmt: skip
+              "query_size": plan.knn_queries, "image_size": cfg.data.image_size, "pretrain_steps": result.step,
+              "precision": precisions(cfg)["evaluation"]}  # fmt: skip
     split = dataset_info(dataset).eval_split
     probe = probes["simsiam"]
     results_file = write_results(
         [EvalResult("knn", m, knn["simsiam"][m], dataset, split=split, source=str(result.checkpoint), recipe=recipe) for m in ("top1", "top5")]
-        + [EvalResult("linear", m, getattr(probe, m), dataset, split=split, source=str(result.checkpoint), recipe=probe.recipe()) for m in ("top1", "top5")],
+        + [EvalResult("linear", m, getattr(probe, m), dataset, split=split, source=str(result.checkpoint),
+                      recipe=dict(probe.recipe(), precision=recipe["precision"])) for m in ("top1", "top5")],
         out / "results_demo.json",
     )
 
@@ -364,6 +366,12 @@ def run_demo(opts: DemoOptions) -> Path:
     report = _write_report(outcome)
     print(f"\nreport: {report}\nplots:  {png}")
     return report
+
+
+def precisions(cfg: PretrainConfig) -> dict[str, str]:
+    """The precision the demo trains in (``run.amp`` on this machine) and evaluates in (``monitor.amp``)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return {"training": precision_name(resolve_amp(cfg.run.amp, device)), "evaluation": precision_name(resolve_amp(cfg.monitor.amp, device))}
 
 
 def _chance(dataset: str) -> float | None:
@@ -420,12 +428,18 @@ def _pretraining_section(o: Outcome) -> str:
     )  # fmt: skip
     return f"""## 1. Pretraining
 
-Config `{o.opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_size} px, batch {cfg.optim.batch_size}):
-{o.result.step} steps, {o.images_seen:,} image pairs seen. Final loss {run['loss']:.4f}; std of the l2-normalised z
+Config `{o.opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_size} px, batch {cfg.optim.batch_size},
+{_precision_phrase(cfg)}): {o.result.step} steps, {o.images_seen:,} image pairs seen. Final loss {run['loss']:.4f}; std of the l2-normalised z
 {run['z_std']:.4f}, that is {run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy){share}.
 Checkpoint: `{o.result.checkpoint}`.
 
 ![loss, collapse std, k-NN accuracy and the share of z on one line over training]({o.png.name})"""
+
+
+def _precision_phrase(cfg: PretrainConfig) -> str:
+    p = precisions(cfg)
+    training = "fp32" if p["training"] == "fp32" else f"{p['training']} autocast"
+    return f"trained in {training} (run.amp={cfg.run.amp}), evaluated in {p['evaluation']} (monitor.amp={cfg.monitor.amp})"
 
 
 def _evaluation_section(o: Outcome) -> str:
@@ -449,7 +463,7 @@ def _evaluation_section(o: Outcome) -> str:
     return f"""## 2. k-NN and the linear probe
 
 Bank: {plan.knn_bank} training images; queries: {plan.knn_queries} held-out images (seeded subsets), the
-same for every row. k-NN: k={min(cfg.monitor.knn_k, plan.knn_bank)}, T={cfg.monitor.knn_temperature}, on l2-normalised features. Linear
+same for every row; every network's features in {precisions(cfg)['evaluation']}. k-NN: k={min(cfg.monitor.knn_k, plan.knn_bank)}, T={cfg.monitor.knn_temperature}, on l2-normalised features. Linear
 probe: {PROTOCOL_DESCRIPTION} (`simsiam-hub lincls --protocol logreg`), fitted on the bank and
 scored on the queries; the trained network's probe chose weight decay {probe.weight_decay:g} and
 {'converged' if probe.converged else 'did NOT converge'} (training loss {probe.train_loss:.3f}).
@@ -504,7 +518,7 @@ def _write_report(o: Outcome) -> Path:
     text = "# simsiam-hub demo report\n\n" + "\n\n".join(sections) + "\n"
     probes = {k: {"top1": v.top1, "top5": v.top5, **v.recipe(), "seconds": v.seconds} for k, v in o.probes.items()}
     json_summary = {
-        "machine": machine_description(), "budget_s": o.plan.budget_s, "plan": dataclasses.asdict(o.plan),
+        "machine": machine_description(), "precision": precisions(o.cfg), "budget_s": o.plan.budget_s, "plan": dataclasses.asdict(o.plan),
         "plan_reused": o.reused_plan, "knn": o.knn, "linear_probe": probes, "steps": o.result.step, "images_seen": o.images_seen,
         "pushed": o.pushed, "reload_max_diff": o.max_diff, "detection": o.detection,
         "seconds": {n: round(d, 1) for n, d in o.durations.items()}, "total_seconds": round(o.total, 1),

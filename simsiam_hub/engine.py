@@ -152,7 +152,7 @@ def load_init_weights(model: SimSiam, path: str) -> None:
 class KNNMonitor:
     """k-NN top-1 of the encoder's pooled features: train-split bank, held-out queries."""
 
-    def __init__(self, cfg: PretrainConfig, device: torch.device, amp_dtype):
+    def __init__(self, cfg: PretrainConfig, device: torch.device):
         bank, query = knn_datasets(cfg.data, cfg.monitor.knn_bank_size, cfg.monitor.knn_query_size)
         if cfg.monitor.knn_k > len(bank):
             raise ConfigError(f"monitor.knn_k={cfg.monitor.knn_k} is larger than the k-NN bank ({len(bank)} images): lower it or enlarge monitor.knn_bank_size")
@@ -160,7 +160,7 @@ class KNNMonitor:
         self.bank_loader = DataLoader(bank, **loader_args)
         self.query_loader = DataLoader(query, **loader_args)
         self.num_classes = int(max(targets_of(bank).max(), targets_of(query).max())) + 1
-        self.cfg, self.device, self.amp_dtype = cfg, device, amp_dtype
+        self.cfg, self.device, self.amp_dtype = cfg, device, resolve_amp(cfg.monitor.amp, device)
 
     def __call__(self, model: SimSiam) -> dict[str, float]:
         features = PooledFeatures(model.encoder)
@@ -258,7 +258,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.net = torch.compile(net) if cfg.run.compile else net
-        self.knn = KNNMonitor(cfg, self.device, self.amp_dtype) if info.is_main and self._knn_enabled() else None
+        self.knn = KNNMonitor(cfg, self.device) if info.is_main and self._knn_enabled() else None
 
     def _build_data(self) -> None:
         cfg = self.cfg

@@ -21,6 +21,7 @@ from .folder import SimsiamSection
 from .knn import knn_evaluate, knn_with_baselines
 from .loading import from_pretrained
 from .models import initial_backbone
+from .precision import precision_name
 from .repo import is_local, resolve_model_dir
 from .results import EvalResult, write_results
 
@@ -82,12 +83,17 @@ def split_name(data_cfg) -> str:
     return dataset_info(data_cfg.dataset).eval_split
 
 
-def knn_results(metrics: dict, *, data_cfg, source: LoadedSource | str, k: int, temperature: float, name: str | None = None) -> list:
-    """``metrics`` of :func:`~simsiam_hub.knn.knn_evaluate` as results-file entries (top1, top5)."""
+def knn_results(
+    metrics: dict, *, data_cfg, source: LoadedSource | str, k: int, temperature: float, name: str | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> list:
+    """``metrics`` of :func:`~simsiam_hub.knn.knn_evaluate` as results-file entries (top1, top5);
+    ``amp_dtype`` is the features' precision (None: fp32)."""
     recipe = {
         "protocol": "weighted k-NN on frozen global-pooled l2-normalised features",
         "k": k,
         "temperature": temperature,
+        "precision": precision_name(amp_dtype),
         "image_size": data_cfg.image_size,
         "bank_size": metrics["bank_size"],
         "query_size": metrics["query_size"],
@@ -155,5 +161,9 @@ def run_knn(source: LoadedSource, data_cfg, output: Path, *, baselines: bool = F
     else:
         metrics = knn_evaluate(source.backbone, data_cfg, **options)
     k, temperature = options.get("k", 200), options.get("temperature", 0.1)
-    write_results(knn_results(metrics, data_cfg=data_cfg, source=source, k=k, temperature=temperature, name=dataset_label), output)
+    results = knn_results(
+        metrics, data_cfg=data_cfg, source=source, k=k, temperature=temperature, name=dataset_label,
+        amp_dtype=options.get("amp_dtype"),
+    )  # fmt: skip
+    write_results(results, output)
     return metrics

@@ -57,7 +57,7 @@ from .fileio import atomic_torch_save
 from .knn import EVAL_DRAW_SEEDS, eval_loader, extract_features, topk_accuracy
 from .monitor import CSVLog
 from .optim import LARC, set_learning_rate
-from .precision import autocast_context, resolve_amp
+from .precision import autocast_context, precision_name, resolve_amp
 from .probe import ProbeResult, linear_probe, still_falling
 from .results import EvalResult, write_results
 
@@ -425,6 +425,7 @@ class LinearEvaluation:
             "weight_decay": cfg.optim.weight_decay,
             "schedule": "cosine per epoch",
             "image_size": cfg.data.image_size,
+            "precision": precision_name(self.amp_dtype),
             "train_size": self.train_size,
             "val_size": self.val_size,
             "backbone_sha256": self.fingerprint,
@@ -464,7 +465,7 @@ class LinearEvaluation:
         )  # fmt: skip
         recipe = dict(
             probe.recipe(), train_features="cached: un-augmented (val transform), computed once",
-            image_size=self.cfg.data.image_size, backbone_sha256=self.fingerprint,
+            image_size=self.cfg.data.image_size, precision=precision_name(self.amp_dtype), backbone_sha256=self.fingerprint,
         )  # fmt: skip
         results = [EvalResult(metric=m, value=getattr(probe, m), recipe=recipe, **self._result_fields()) for m in ("top1", "top5")]
         results_file = write_results(results, self.out / RESULTS_FILE)
