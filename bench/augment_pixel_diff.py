@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pretrain_throughput import machine_description, make_jpegs  # noqa: E402
 
-from simsiam_hub.augment import IMAGENET_MEAN, IMAGENET_STD, two_crop_augmentation  # noqa: E402
-from simsiam_hub.fast_augment import FastTwoCropsTransform  # noqa: E402
+from simsiam_hub.data.augment import IMAGENET_MEAN, IMAGENET_STD, two_crop_augmentation  # noqa: E402
+from simsiam_hub.data.fast_augment import FastTwoCropsTransform  # noqa: E402
 
 
 def levels(view: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pretrain_throughput import machine_description, make_jpegs  # noqa: E402
 
-from simsiam_hub.device_augment import DeviceTwoCropsTransform, unpack_params  # noqa: E402
+from simsiam_hub.data.device_augment import DeviceTwoCropsTransform, unpack_params  # noqa: E402
 
 
 def median_ms(samples: list[float]) -> float:

@@ -49,10 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pretrain_throughput as bench  # noqa: E402
-from simsiam_hub.augment import two_crop_augmentation  # noqa: E402
-from simsiam_hub.device_augment import DeviceTwoCropsTransform  # noqa: E402
-from simsiam_hub.data import SeededViews  # noqa: E402
-from simsiam_hub.fast_augment import FastTwoCropsTransform  # noqa: E402
+
+from simsiam_hub.data.augment import two_crop_augmentation  # noqa: E402
+from simsiam_hub.data.datasets import SeededViews  # noqa: E402
+from simsiam_hub.data.device_augment import DeviceTwoCropsTransform  # noqa: E402
+from simsiam_hub.data.fast_augment import FastTwoCropsTransform  # noqa: E402
 from simsiam_hub.models import SimSiam  # noqa: E402
 
 PIPELINES = ("reference", "ours-loader", "ours-device")

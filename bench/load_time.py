@@ -27,8 +27,8 @@ import torch
 import torchvision
 from torch import nn
 
-from simsiam_hub.export import import_official
-from simsiam_hub.loading import from_pretrained
+from simsiam_hub.hub.export import import_official
+from simsiam_hub.hub.loading import from_pretrained
 from simsiam_hub.models import SimSiam
 
 

@@ -61,13 +61,13 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simsiam_hub.augment import two_crop_augmentation  # noqa: E402
 from simsiam_hub.config import OptimConfig  # noqa: E402
-from simsiam_hub.device_augment import DeviceTwoCropsTransform  # noqa: E402
+from simsiam_hub.data.augment import two_crop_augmentation  # noqa: E402
+from simsiam_hub.data.device_augment import DeviceTwoCropsTransform  # noqa: E402
+from simsiam_hub.data.fast_augment import FastTwoCropsTransform  # noqa: E402
+from simsiam_hub.models import SimSiam, simsiam_loss  # noqa: E402
 from simsiam_hub.optim import build_pretrain_optimizer  # noqa: E402
 from simsiam_hub.precision import autocast_context, resolve_amp  # noqa: E402
-from simsiam_hub.fast_augment import FastTwoCropsTransform  # noqa: E402
-from simsiam_hub.models import SimSiam, simsiam_loss  # noqa: E402
 
 H100_BF16_DENSE_TFLOPS = 989.0  # NVIDIA H100 SXM (and H200) datasheet, bf16 dense (no sparsity)
 

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from .config import PretrainConfig, load_config
-from .data import dataset_info
+from .data.datasets import dataset_info
 from .engine import pretrain
 from .fileio import atomic_write_text
 from .monitor import two_point_ratio

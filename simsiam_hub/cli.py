@@ -171,7 +171,7 @@ def _add_export(sub) -> None:
     )  # fmt: skip
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="the checkpoint to export")
     p.add_argument("--out", required=True, metavar="DIR", help="the model folder to write: new, empty, or a model folder to replace")
-    p.add_argument("--results", action="append", default=[], metavar="FILE", help="a results file (simsiam_hub.results format) for the card; repeatable")
+    p.add_argument("--results", action="append", default=[], metavar="FILE", help="a results file (simsiam_hub.hub.results format) for the card; repeatable")
     p.add_argument("--license", help="licence id for the card; None: the data's (CC-BY-NC-4.0 for the official weights)")
     p.add_argument("--dataset", help="name of the pretraining data for the card; None: as the checkpoint says")
     p.add_argument("--no-simsiam", action="store_true", help="leave out simsiam.safetensors (the whole model)")
@@ -180,7 +180,7 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from .export import export
+    from .hub.export import export
 
     out = export(
         args.checkpoint, args.out, results=args.results, license=args.license, dataset=args.dataset,
@@ -210,7 +210,7 @@ def _add_push(sub) -> None:
 
 
 def _run_push(args) -> int:
-    from .repo import push_to_hub
+    from .hub.repo import push_to_hub
 
     _quiet_http_logs()
     commit = push_to_hub(
@@ -235,7 +235,7 @@ def _add_pull(sub) -> None:
 
 
 def _run_pull(args) -> int:
-    from .repo import pull
+    from .hub.repo import pull
 
     _quiet_http_logs()
     print(pull(args.repo_id, args.revision, args.out, force=args.force))
@@ -252,7 +252,7 @@ def _add_list(sub) -> None:
 
 
 def _run_list(args) -> int:
-    from .registry import DEFAULT_VARIANT, VARIANTS, cache_dir, variant_status
+    from .hub.registry import DEFAULT_VARIANT, VARIANTS, cache_dir, variant_status
 
     rows = [("name", "repo id", "arch", "epochs", "batch", "top-1", "licence", "cached")]
     for v in VARIANTS:
@@ -282,7 +282,7 @@ def _add_import_official(sub) -> None:
 
 
 def _run_import_official(args) -> int:
-    from .export import import_official
+    from .hub.export import import_official
 
     print(f"wrote model folder {import_official(args.checkpoint, args.out, variant=args.variant, force=args.force)}")
     return 0
@@ -301,7 +301,7 @@ def _add_convert_detectron2(sub) -> None:
 
 
 def _run_convert_detectron2(args) -> int:
-    from .detectron2 import convert_source
+    from .detection.convert import convert_source
 
     print(f"wrote {convert_source(args.source, args.out, args.revision)}")
     return 0
@@ -354,7 +354,7 @@ def _run_knn(args) -> int:
 
     import torch
 
-    from .evaluate import data_config_for, load_source, run_knn
+    from .eval.sources import data_config_for, load_source, run_knn
     from .precision import EVAL_AMP, resolve_amp
 
     source = load_source(args.source, args.revision)
@@ -412,7 +412,7 @@ def _add_lincls(sub) -> None:
 
 def _run_lincls(args) -> int:
     from .config import LinclsConfig, load_config
-    from .lincls import linear_eval
+    from .eval.lincls import linear_eval
 
     extra = ([f"data.root={args.data}"] if args.data else []) + ([f"protocol={args.protocol}"] if args.protocol else [])
     cfg = load_config(LinclsConfig, args.config, args.overrides + extra)

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Optional, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .data import DATASETS
+from .data.datasets import DATASETS
 from .errors import UsageError
 from .models import ARCHS, PROJ_LAYERS
 from .resources import shipped_configs
@@ -206,7 +206,7 @@ class PretrainConfig:
 # --- linear evaluation -------------------------------------------------------------------------
 
 LINCLS_OPTIMIZERS = ("lars", "sgd")
-LINCLS_PROTOCOLS = ("reference", "logreg")  # main_lincls's recipe | the converged probe (simsiam_hub.probe)
+LINCLS_PROTOCOLS = ("reference", "logreg")  # main_lincls's recipe | the converged probe (simsiam_hub.eval.probe)
 
 
 @dataclass

@@ -26,26 +26,26 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .augment import eval_transform
 from .checkpoint import list_checkpoints
 from .config import PretrainConfig, load_config
-from .data import build_dataset, dataset_info
-from .detectron2 import convert_source
+from .data.augment import eval_transform
+from .data.datasets import build_dataset, dataset_info
+from .detection.convert import convert_source
+from .detection.synthetic import make_voc
 from .engine import pretrain, pretrain_views, views_to_device
 from .errors import SimsiamHubError
-from .export import export
+from .eval.knn import baseline_features, knn_of_baselines
+from .eval.probe import PROTOCOL_DESCRIPTION, linear_probe
 from .fileio import atomic_write_text
-from .knn import baseline_features, knn_of_baselines
-from .loading import from_pretrained, load_backbone_state_dict
+from .hub.export import export
+from .hub.loading import from_pretrained, load_backbone_state_dict
+from .hub.repo import push_to_hub
+from .hub.results import EvalResult, read_results, write_results
 from .models import PooledFeatures, SimSiam, build_backbone, feature_dim, initial_backbone, simsiam_loss
 from .optim import build_pretrain_optimizer
 from .precision import autocast_context, precision_name, resolve_amp
-from .probe import PROTOCOL_DESCRIPTION, linear_probe
-from .repo import push_to_hub
 from .report import machine_description, plot_runs, summarize_run
 from .resources import configs_dir, hubconf_dir
-from .results import EvalResult, read_results, write_results
-from .synthetic_detection import make_voc
 
 DEFAULT_CONFIG = "fashion_mnist_resnet50_cpu"
 DEMO_REPO_NAME = "simsiam-resnet50-fashion-mnist-demo"

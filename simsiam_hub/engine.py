@@ -32,7 +32,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from . import __version__
-from .augment import two_crop_augmentation
 from .checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -43,19 +42,27 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import ConfigError, PretrainConfig, config_differences, from_dict, to_dict
-from .data import DatasetError, SeededViews, build_dataset, item_name, seeded_subset, targets_of
-from .device_augment import DeviceTwoCropsTransform
-from .distributed import DistInfo, ResumableSampler, barrier, cleanup_distributed, convert_sync_batchnorm, setup_distributed
+from .data.augment import two_crop_augmentation
+from .data.datasets import DatasetError, SeededViews, build_dataset, item_name, seeded_subset, targets_of
+from .data.device_augment import DeviceTwoCropsTransform
+from .data.fast_augment import FastTwoCropsTransform
+from .distributed import (
+    DistInfo,
+    ResumableSampler,
+    barrier,
+    cleanup_distributed,
+    convert_sync_batchnorm,
+    setup_distributed,
+)
 from .errors import SimsiamHubError
-from .fast_augment import FastTwoCropsTransform
+from .eval.knn import extract_features, knn_accuracy, knn_datasets
 from .fileio import atomic_write_text, folder_lock
-from .folder import SIMSIAM_FILE
-from .knn import extract_features, knn_accuracy, knn_datasets
+from .hub.folder import SIMSIAM_FILE
+from .hub.weights import load_simsiam_state_dict
 from .models import PooledFeatures, SimSiam, simsiam_loss
 from .monitor import CSVLog, collapse_ratio, std_of_l2_normalized, top_direction_share
 from .optim import build_pretrain_optimizer, set_learning_rate
 from .precision import autocast_context, resolve_amp
-from .weights import load_simsiam_state_dict
 
 log = logging.getLogger(__name__)
 

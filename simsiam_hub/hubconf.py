@@ -7,8 +7,8 @@ and an installed package carries this file for ``torch.hub.load(dir, ..., source
 
 import os as _os
 
-from simsiam_hub.registry import DEFAULT_VARIANT as _DEFAULT_VARIANT
-from simsiam_hub.registry import get_variant as _get_variant
+from simsiam_hub.hub.registry import DEFAULT_VARIANT as _DEFAULT_VARIANT
+from simsiam_hub.hub.registry import get_variant as _get_variant
 
 dependencies = ["torch", "torchvision", "safetensors", "huggingface_hub"]
 
@@ -41,7 +41,7 @@ def simsiam_resnet50(
     """
     if head not in _HEADS:
         raise ValueError(f"head={head!r}: expected one of {', '.join(_HEADS)}")
-    from simsiam_hub.augment import eval_transform
+    from simsiam_hub.data.augment import eval_transform
     from simsiam_hub.models import SimSiam, build_backbone
 
     if not pretrained:
@@ -50,7 +50,7 @@ def simsiam_resnet50(
         return model.eval()
     if kwargs:
         raise TypeError(f"simsiam_resnet50(pretrained=True) takes no further arguments, got {sorted(kwargs)}")
-    from simsiam_hub.loading import load_variant
+    from simsiam_hub.hub.loading import load_variant
 
     return load_variant(
         repo_id or _os.environ.get("SIMSIAM_HUB_REPO") or DEFAULT_REPO_ID, revision=revision, head=head, progress=progress,

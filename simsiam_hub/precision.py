@@ -14,7 +14,6 @@ import contextlib
 
 import torch
 
-
 EVAL_AMP = "off"  # the default precision of every evaluation's forward pass: fp32
 
 

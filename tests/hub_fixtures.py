@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import get_context
 
-import pytest
-
 TOKEN = "hf_simsiamhubTESTtoken0123456789"
 
 
@@ -372,7 +370,7 @@ def _warm_up() -> None:
     import huggingface_hub  # noqa: F401
     import torchvision  # noqa: F401
 
-    import simsiam_hub.loading  # noqa: F401
+    import simsiam_hub.hub.loading  # noqa: F401
 
 
 def client_pool(env: dict) -> ProcessPoolExecutor:
@@ -386,22 +384,7 @@ def client_pool(env: dict) -> ProcessPoolExecutor:
     return pool
 
 
-@pytest.fixture(scope="module")
-def fake_hub():
-    with FakeHub() as hub:
-        yield hub
-
-
-# --- checkpoints, made once per session ---------------------------------------------------------
-
-_MADE: dict = {}
-
-
-def _once(key, make):
-    """Both test files import these fixtures; the expensive objects are made once."""
-    if key not in _MADE:
-        _MADE[key] = make()
-    return _MADE[key]
+# --- checkpoints (tests/conftest.py makes each once per session) --------------------------------
 
 
 def make_training_checkpoint(folder):
@@ -415,11 +398,6 @@ def make_training_checkpoint(folder):
         "run.tensorboard=false", "run.progress=false", "run.amp=off", f"run.output_dir={folder}",
     ]  # fmt: skip
     return pretrain(load_config(PretrainConfig, None, overrides), resume=None).checkpoint
-
-
-@pytest.fixture(scope="session")
-def training_checkpoint(tmp_path_factory):
-    return _once("training", lambda: make_training_checkpoint(tmp_path_factory.mktemp("run")))
 
 
 def reference_simsiam(dim: int = 2048, pred_dim: int = 512):
@@ -476,9 +454,3 @@ def make_official_checkpoint(folder):
     model.eval()
     backbone = {k: v.clone() for k, v in model.encoder.state_dict().items() if not k.startswith("fc.")}
     return OfficialCheckpoint(path, model, backbone)
-
-
-@pytest.fixture(scope="session")
-def official_checkpoint(tmp_path_factory):
-    return _once("official", lambda: make_official_checkpoint(tmp_path_factory.mktemp("official")))
-

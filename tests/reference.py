@@ -1,5 +1,5 @@
 """The reference SimSiam, written from facebookresearch/simsiam's builder.py (commit a7bc177) independently
-of simsiam_hub.models, for the tests to compare against."""
+of simsiam_hub.models, for the tests to compare against, and the names of its calls that the tests record."""
 
 from torch import nn
 
@@ -25,3 +25,7 @@ class ReferenceSimSiam(nn.Module):
         z1, z2 = self.encoder(x1), self.encoder(x2)
         p1, p2 = self.predictor(z1), self.predictor(z2)
         return p1, p2, z1.detach(), z2.detach()
+
+
+# The reference's ColorJitter calls torchvision's functional ops in a random order: their order index.
+JITTER_OPS = {"adjust_brightness": 0, "adjust_contrast": 1, "adjust_saturation": 2, "adjust_hue": 3}

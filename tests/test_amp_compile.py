@@ -16,8 +16,8 @@ import csv
 import pytest
 import torch
 
-from simsiam_hub.config import PretrainConfig, load_config
 from simsiam_hub.checkpoint import load_checkpoint
+from simsiam_hub.config import PretrainConfig, load_config
 from simsiam_hub.engine import Trainer, pretrain
 from simsiam_hub.precision import resolve_amp
 

@@ -20,17 +20,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torchvision.transforms.functional as TVF
-from PIL import Image, ImageFilter
+from PIL import Image
+from reference import JITTER_OPS
 
-from simsiam_hub.augment import IMAGENET_MEAN, IMAGENET_STD, two_crop_augmentation
 from simsiam_hub.config import PretrainConfig, load_config
-from simsiam_hub.data import SeededViews, SyntheticShapes
-from simsiam_hub.fast_augment import FastTwoCropsTransform, ViewParams, decode_for_crops
+from simsiam_hub.data.augment import IMAGENET_MEAN, IMAGENET_STD, two_crop_augmentation
+from simsiam_hub.data.datasets import SeededViews, SyntheticShapes
+from simsiam_hub.data.fast_augment import FastTwoCropsTransform, ViewParams, decode_for_crops
 from simsiam_hub.models import SimSiam
 
 ROOT = Path(__file__).resolve().parents[1]
-JITTER_OPS = {"adjust_brightness": 0, "adjust_contrast": 1, "adjust_saturation": 2, "adjust_hue": 3}
 
 
 def _bench():
@@ -46,35 +45,6 @@ BENCH = _bench()
 def _seed(seed: int) -> None:
     torch.manual_seed(seed)
     random.seed(seed)
-
-
-@pytest.fixture
-def record_reference(monkeypatch):
-    """Calls the reference makes, as (name, value) events, by wrapping what it calls."""
-    events: list[tuple] = []
-
-    def wrap(name, record):
-        original = getattr(TVF, name)
-
-        def wrapper(*args, **kwargs):
-            events.append(record(*args))
-            return original(*args, **kwargs)
-
-        monkeypatch.setattr(TVF, name, wrapper)
-
-    wrap("resized_crop", lambda img, top, left, height, width, *rest: ("crop", (top, left, height, width)))
-    for name in JITTER_OPS:
-        wrap(name, lambda img, factor, _name=name: (_name, factor))
-    wrap("rgb_to_grayscale", lambda *args: ("grayscale", None))
-    wrap("hflip", lambda *args: ("flip", None))
-
-    class RecordingBlur(ImageFilter.GaussianBlur):
-        def __init__(self, radius=2):
-            events.append(("blur", radius))
-            super().__init__(radius)
-
-    monkeypatch.setattr(ImageFilter, "GaussianBlur", RecordingBlur)
-    return events
 
 
 def _views_from_events(events) -> list[ViewParams]:
@@ -311,7 +281,7 @@ def test_engine_option_selects_the_fast_path_and_views_stay_reproducible():
 
 
 def test_eval_view_keeps_whole_small_images_and_crops_imagenet_style():
-    from simsiam_hub.augment import eval_crop_pct, eval_transform
+    from simsiam_hub.data.augment import eval_crop_pct, eval_transform
 
     # A 28 px "garment" touching the frame: its outermost rows are bright, the rest dark.
     pixels = np.zeros((28, 28), np.uint8)

@@ -14,7 +14,7 @@ import torchvision
 from huggingface_hub import metadata_load
 
 from simsiam_hub.demo import MIN_STEPS, plan_budget
-from simsiam_hub.loading import from_pretrained
+from simsiam_hub.hub.loading import from_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")  # `make data` installs it (Debian's dataset-fashion-mnist)

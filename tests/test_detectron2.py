@@ -2,7 +2,7 @@
 
 Costs measured here (R50-C4, batch 2, 128x192 images, one thread of a shared 2-core machine):
 a training iteration 2.5-5 s with 16 regions per image (8 s and more with 64), 0.5-0.7 s per
-test image with 20 proposals. The data are generated (simsiam_hub/synthetic_detection.py) and the backbones
+test image with 20 proposals. The data are generated (simsiam_hub/detection/synthetic.py) and the backbones
 randomly initialised (no weights can be downloaded), so the APs of those runs are near zero: what
 they check is the conversion, the loading, the wiring, the losses, the files and the numbers'
 bookkeeping. The AP values themselves are checked on known predictions: the ground truth fed
@@ -26,14 +26,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from simsiam_hub.synthetic_detection import make_coco, make_voc
 from safetensors.torch import save_file
 
 from simsiam_hub.cli import main as cli_main
-from simsiam_hub.detectron2 import convert_to_detectron2, detectron2_name
+from simsiam_hub.detection.convert import convert_to_detectron2, detectron2_name
+from simsiam_hub.detection.synthetic import make_coco, make_voc
+from simsiam_hub.hub.results import read_results
+from simsiam_hub.hub.weights import WeightsError
 from simsiam_hub.models import build_backbone
-from simsiam_hub.results import read_results
-from simsiam_hub.weights import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "detection"
@@ -80,7 +80,7 @@ def converted(backbone_file, tmp_path_factory) -> Path:
 def model_folder(tmp_path_factory) -> Path:
     """A freshly initialised ResNet-50 exported as a model folder (what fine-tuning starts from
     here: no pretrained weights can be downloaded)."""
-    from simsiam_hub.export import export
+    from simsiam_hub.hub.export import export
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("fresh") / "fresh.safetensors"

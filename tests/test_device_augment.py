@@ -16,16 +16,16 @@ import random
 import pytest
 import torch
 from PIL import Image
+from test_augment import _levels, _photos, _reference_draws, _seed, check_moco_v2_law
+from test_engine import final_model, tiny
 from torch.utils.data import default_collate
 
 from simsiam_hub.config import ConfigError, PretrainConfig, load_config
-from simsiam_hub.data import SeededViews, SyntheticShapes
-from simsiam_hub.device_augment import CropView, DeviceTwoCropsTransform, pack_params, unpack_params
+from simsiam_hub.data.datasets import SeededViews, SyntheticShapes
+from simsiam_hub.data.device_augment import CropView, DeviceTwoCropsTransform, pack_params, unpack_params
+from simsiam_hub.data.fast_augment import FastTwoCropsTransform, hue_steps
 from simsiam_hub.engine import pretrain
-from simsiam_hub.fast_augment import FastTwoCropsTransform, hue_steps
 from simsiam_hub.models import SimSiam
-from test_augment import _levels, _photos, _reference_draws, _seed, check_moco_v2_law, record_reference  # noqa: F401
-from test_engine import final_model, tiny
 
 # Largest difference, in levels of 255, allowed between a batched view and the per-image one.
 # Float rounding alone (another summation order, fused multiply-adds) stays within a few float32

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from simsiam_hub import engine
-from simsiam_hub.config import ConfigError, PretrainConfig, load_config
 from simsiam_hub.checkpoint import list_checkpoints, load_checkpoint
+from simsiam_hub.config import ConfigError, PretrainConfig, load_config
 from simsiam_hub.engine import NonFiniteLossError, pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,8 +250,8 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 
 def test_a_two_layer_projector_trains_exports_and_loads_whole(tmp_path):
-    from simsiam_hub.export import export
-    from simsiam_hub.loading import from_pretrained
+    from simsiam_hub.hub.export import export
+    from simsiam_hub.hub.loading import from_pretrained
 
     result = pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", "model.proj_layers=2", "run.max_steps=1")))
     state = load_checkpoint(result.checkpoint)["model"]

@@ -17,9 +17,8 @@ from PIL import Image
 from torch import nn
 
 from simsiam_hub.config import DataConfig, LinclsConfig, LinclsOptimConfig, load_config
-from simsiam_hub.evaluate import LoadedSource
-from simsiam_hub.knn import EvaluationError, knn_accuracy, knn_evaluate, knn_scores
-from simsiam_hub.lincls import (
+from simsiam_hub.eval.knn import EvaluationError, knn_accuracy, knn_evaluate, knn_scores
+from simsiam_hub.eval.lincls import (
     BackboneChangedError,
     LinclsCheckpointError,
     build_optimizer,
@@ -27,8 +26,9 @@ from simsiam_hub.lincls import (
     load_lincls_checkpoint,
     new_classifier,
 )
+from simsiam_hub.eval.sources import LoadedSource
+from simsiam_hub.hub.results import read_results
 from simsiam_hub.models import build_backbone
-from simsiam_hub.results import read_results
 
 COLORS = [(200, 40, 40), (40, 200, 40), (40, 40, 200), (200, 200, 40)]  # one class each
 
@@ -264,7 +264,7 @@ def test_cli_results_reach_a_model_card(tiny_checkpoint, color_folder, tmp_path,
     from huggingface_hub import ModelCard
 
     from simsiam_hub.cli import main
-    from simsiam_hub.export import export
+    from simsiam_hub.hub.export import export
 
     # knn: the data options come from the checkpoint; results land beside it, where export looks.
     assert main(["knn", str(tiny_checkpoint), "--workers", "0", "--no-progress", "--k", "20"]) == 0
@@ -302,10 +302,10 @@ def test_cli_results_reach_a_model_card(tiny_checkpoint, color_folder, tmp_path,
 
 
 def test_knn_baselines_score_the_runs_own_initialisation(tiny_checkpoint, color_folder, tmp_path, capsys):
-    from simsiam_hub.cli import main
     from simsiam_hub.checkpoint import load_checkpoint
-    from simsiam_hub.engine import Trainer
+    from simsiam_hub.cli import main
     from simsiam_hub.config import PretrainConfig, from_dict
+    from simsiam_hub.engine import Trainer
     from simsiam_hub.models import initial_backbone
 
     # "random init" is the very network the run started from: the engine's model before step 1.
@@ -424,7 +424,7 @@ def test_reference_recipe_warns_when_its_loss_is_still_falling(color_folder, tmp
     """A learning rate far too small for the epochs: the loss still falls at the end, and the
     run says so (log, results file); the reference numerics themselves are untouched."""
     cfg = lincls_config(color_folder, tmp_path / "run", "data.cache_features=true", "optim.optimizer=sgd", "optim.base_lr=0.01", "optim.epochs=10")
-    with caplog.at_level("WARNING", logger="simsiam_hub.lincls"):
+    with caplog.at_level("WARNING", logger="simsiam_hub.eval.lincls"):
         result = linear_eval(cfg, random_source(), resume=None)
     assert result.converged is False and "has not converged" in caplog.text
     recipe = next(r.recipe for r in read_results(result.results_file) if r.metric == "top1")
@@ -442,7 +442,7 @@ def test_cli_logreg_protocol_results_and_card(tiny_checkpoint, color_folder, tmp
     from huggingface_hub import ModelCard
 
     from simsiam_hub.cli import main
-    from simsiam_hub.export import export
+    from simsiam_hub.hub.export import export
 
     common = ["--data", str(color_folder), "--resume", "none", "data.dataset=imagefolder", "data.image_size=32",
               "data.cache_features=true", "data.num_workers=0", "run.progress=false", "run.amp=off"]  # fmt: skip

@@ -19,21 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from hub_fixtures import (  # noqa: F401 (fixtures)
-    TOKEN,
-    client_pool,
-    fake_hub,
-    hub_env,
-    official_checkpoint,
-    training_checkpoint,
-)
+from hub_fixtures import TOKEN, client_pool, hub_env
 from torch import nn
 
 from simsiam_hub.cli import main
-from simsiam_hub.loading import from_pretrained
-from simsiam_hub.repo import NotCachedError, RepoNotFoundError, pull, push_to_hub
-from simsiam_hub.results import EvalResult, write_results
-from simsiam_hub.weights import read_safetensors, save_safetensors
+from simsiam_hub.hub.loading import from_pretrained
+from simsiam_hub.hub.repo import NotCachedError, RepoNotFoundError, pull, push_to_hub
+from simsiam_hub.hub.results import EvalResult, write_results
+from simsiam_hub.hub.weights import read_safetensors, save_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 REPO = "test-org/simsiam-resnet50"
@@ -60,17 +53,17 @@ def load_state(ref: str, revision: str | None = None) -> dict:
 
 
 def call(name: str, *args, **kwargs):
-    """``simsiam_hub.repo.<name>(*args, **kwargs)``."""
-    import simsiam_hub.repo
+    """``simsiam_hub.hub.repo.<name>(*args, **kwargs)``."""
+    import simsiam_hub.hub.repo
 
-    return getattr(simsiam_hub.repo, name)(*args, **kwargs)
+    return getattr(simsiam_hub.hub.repo, name)(*args, **kwargs)
 
 
 def call_loading(name: str, *args, **kwargs) -> dict:
-    """``simsiam_hub.loading.<name>(*args, **kwargs).state_dict()``."""
-    import simsiam_hub.loading
+    """``simsiam_hub.hub.loading.<name>(*args, **kwargs).state_dict()``."""
+    import simsiam_hub.hub.loading
 
-    return getattr(simsiam_hub.loading, name)(*args, **kwargs).state_dict()
+    return getattr(simsiam_hub.hub.loading, name)(*args, **kwargs).state_dict()
 
 
 def timm_state(name: str) -> dict:
@@ -332,7 +325,7 @@ def test_local_folder_works_wherever_a_repo_id_does(exported, tmp_path):
 
 
 def test_import_official_url_and_torch_hub_fallback(official_checkpoint, fake_hub, client, offline_client, tmp_path, monkeypatch):
-    from simsiam_hub.registry import DEFAULT_VARIANT, download_path, get_variant
+    from simsiam_hub.hub.registry import DEFAULT_VARIANT, download_path, get_variant
 
     fake_hub.static["simsiam/checkpoint_0099.pth.tar"] = official_checkpoint.path.read_bytes()
     url = f"{fake_hub.url}/static/simsiam/checkpoint_0099.pth.tar"

@@ -12,7 +12,7 @@ import pytest
 
 from simsiam_hub.cli import main
 from simsiam_hub.config import ConfigError, LinclsConfig, PretrainConfig, load_config
-from simsiam_hub.data import FASHION_MNIST_DIRS, DatasetError, FashionMNIST, seeded_subset
+from simsiam_hub.data.datasets import FASHION_MNIST_DIRS, DatasetError, FashionMNIST, seeded_subset
 
 FMNIST = Path(FASHION_MNIST_DIRS[0])
 

@@ -1,11 +1,10 @@
 """Model folders on a local disk: written whole, checked before they are published, never
-written over a folder that is not one, described right (card, config, transform), and the
-package's layering. The Hub side is tests/test_hub.py.
+written over a folder that is not one, described right (card, config, transform). The Hub side is tests/test_hub.py; the package's
+layering and wheel, tests/test_package.py.
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import signal
@@ -19,12 +18,12 @@ import torchvision
 from huggingface_hub import ModelCard, metadata_load
 
 from simsiam_hub.cli import main
-from simsiam_hub.export import export
-from simsiam_hub.folder import read_config
-from simsiam_hub.loading import from_pretrained
-from simsiam_hub.repo import push_to_hub
-from simsiam_hub.results import EvalResult
-from simsiam_hub.weights import save_safetensors
+from simsiam_hub.hub.export import export
+from simsiam_hub.hub.folder import read_config
+from simsiam_hub.hub.loading import from_pretrained
+from simsiam_hub.hub.repo import push_to_hub
+from simsiam_hub.hub.results import EvalResult
+from simsiam_hub.hub.weights import save_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,7 +90,7 @@ def test_a_destination_that_is_a_file_is_one_clear_error(weights, tmp_path, caps
 
 KILL_AFTER_FIRST_WRITE = """
 import os, signal, sys
-import simsiam_hub.export as export_module
+import simsiam_hub.hub.export as export_module
 from simsiam_hub.cli import main
 real = export_module.save_safetensors
 
@@ -191,7 +190,7 @@ def test_the_transform_comes_from_the_folders_own_pretrained_cfg(weights, tmp_pa
     assert resize.size == round(160 / 0.95) and resize.interpolation == torchvision.transforms.InterpolationMode.BICUBIC
     assert crop.size == (160, 160) and normalize.mean == (0.5, 0.5, 0.5) and normalize.std == (0.25, 0.25, 0.25)
     # the classifier a timm folder carries is not part of the backbone: loading and converting agree
-    from simsiam_hub.loading import load_backbone_state_dict
+    from simsiam_hub.hub.loading import load_backbone_state_dict
 
     assert "fc.weight" not in load_backbone_state_dict(folder, arch=None)
 
@@ -222,70 +221,3 @@ def test_truncated_or_foreign_weights_are_not_unpickled(tmp_path, capsys):
     code, err = cli(capsys, "export", evil, "--out", tmp_path / "out")
     assert code == 1 and f"was refused and not loaded: it holds a pickled Python object ({os.system.__module__}.system)" in err
     assert "weights_only=False" not in err and not (tmp_path / "out").exists()
-
-
-# --- the package ---------------------------------------------------------------------------------
-
-
-def test_no_module_imports_one_above_it():
-    """The imports between simsiam_hub's modules, wherever they stand (inside functions too),
-    form no cycle: every module can be imported alone, in any order."""
-    import graphlib
-
-    graph = {}
-    for path in (ROOT / "simsiam_hub").glob("*.py"):
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("simsiam_hub."):
-                deps.add(node.module.split(".")[1])
-        graph[path.stem] = deps - {path.stem, "__init__", "__version__"}
-    order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
-    modules = [m for m in order if m != "__init__"]
-    code = "import importlib\nfor m in %r: importlib.import_module('simsiam_hub.' + m)" % modules[::-1]
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-2000:]  # the top first: each pulls in what it needs
-
-
-def test_cli_help_does_not_import_torch():
-    code = "import sys; from simsiam_hub.cli import build_parser; build_parser(); print('torch' in sys.modules)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
-
-
-def test_the_wheel_ships_configs_transfer_and_hubconf(tmp_path):
-    """A non-editable install has what the commands read: every config (found by name), the
-    transfer scripts as simsiam_hub.transfer, and the torch.hub entry points."""
-    import zipfile
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
-    shipped = {f"simsiam_hub/configs/{p.relative_to(ROOT / 'configs')}" for p in (ROOT / "configs").rglob("*.yaml")}
-    assert shipped and shipped <= names, sorted(shipped - names)[:5]
-    assert {"simsiam_hub/transfer/train_net.py", "simsiam_hub/transfer/summarize.py", "simsiam_hub/hubconf.py"} <= names
-    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    text = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry_points).decode()
-    assert "simsiam-hub = simsiam_hub.cli:main" in text and "simsiam-hub-detection = simsiam_hub.transfer.train_net:cli" in text
-
-
-def test_configs_are_found_by_name_and_listed(capsys, tmp_path, monkeypatch):
-    from simsiam_hub.config import ConfigError, LinclsConfig, PretrainConfig, load_config
-
-    by_name = load_config(PretrainConfig, "imagenet_resnet50_100ep")
-    assert by_name == load_config(PretrainConfig, ROOT / "configs" / "pretrain" / "imagenet_resnet50_100ep.yaml")
-    assert load_config(LinclsConfig, "fashion_mnist_cpu.yaml").data.dataset == "fashion_mnist"
-    monkeypatch.chdir(tmp_path)  # the checkout-relative path works from anywhere too
-    assert load_config(PretrainConfig, "configs/pretrain/imagenet_resnet50_100ep.yaml") == by_name
-    with pytest.raises(ConfigError, match="config 'imagenet_resnet50_1000ep' not found: expected a YAML file or the name of a shipped pretrain config"):
-        load_config(PretrainConfig, "imagenet_resnet50_1000ep")
-    assert main(["configs"]) == 0
-    listing = capsys.readouterr().out
-    for kind, folder in (("pretrain", "pretrain"), ("lincls", "lincls"), ("detection", "detection")):
-        assert f"{kind}:" in listing
-        for path in (ROOT / "configs" / folder).glob("*.yaml"):
-            assert f"  {path.stem} " in listing

@@ -4,9 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from reference import ReferenceSimSiam
 from torch import nn
 
-from reference import ReferenceSimSiam
 from simsiam_hub.models import SimSiam, build_backbone, projector_layers, simsiam_loss
 
 

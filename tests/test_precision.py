@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from simsiam_hub.cli import main
 from simsiam_hub.config import DataConfig, LinclsConfig, PretrainConfig
-from simsiam_hub.knn import eval_loader, extract_features, knn_accuracy, knn_datasets
+from simsiam_hub.eval.knn import eval_loader, extract_features, knn_accuracy, knn_datasets
 from simsiam_hub.models import build_backbone
 from simsiam_hub.precision import EVAL_AMP, resolve_amp
 

@@ -1,4 +1,4 @@
-"""The converged linear probe (simsiam_hub.probe): it fits a separable problem perfectly, its
+"""The converged linear probe (simsiam_hub.eval.probe): it fits a separable problem perfectly, its
 weight decay comes from the held-out part of the training set and never from the test set, it
 is deterministic for a seed, it refuses bad input in one line; and the reference recipe's
 convergence check on loss curves of known shape."""
@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from simsiam_hub.probe import (
-    ProbeError,
+from simsiam_hub.eval.probe import (
     WEIGHT_DECAYS,
+    ProbeError,
     choose_weight_decay,
     fit_logistic,
     linear_probe,
@@ -102,7 +102,7 @@ def test_deterministic_for_a_seed():
 
 def test_a_fit_that_runs_out_of_iterations_says_so(caplog):
     train_x, train_y = noisy_problem(300, seed=0)
-    with caplog.at_level("WARNING", logger="simsiam_hub.probe"):
+    with caplog.at_level("WARNING", logger="simsiam_hub.eval.probe"):
         fit = fit_logistic(train_x, train_y, 1e-4, max_iterations=2)
     assert not fit.converged and 1 <= fit.iterations <= 2 and fit.grad_max > 1e-4
     assert "has not converged" in caplog.text

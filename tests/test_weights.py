@@ -8,20 +8,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_fixtures import official_checkpoint, randomize_batchnorm, training_checkpoint  # noqa: F401 (fixtures)
+from hub_fixtures import randomize_batchnorm
 from torch import nn
 
 from simsiam_hub.cli import main
-from simsiam_hub.export import export, import_official
-from simsiam_hub.loading import from_pretrained, load_backbone_state_dict
-from simsiam_hub.models import PooledFeatures, SimSiam, build_resnet
-from simsiam_hub.weights import (
+from simsiam_hub.hub.export import export, import_official
+from simsiam_hub.hub.loading import from_pretrained, load_backbone_state_dict
+from simsiam_hub.hub.weights import (
     WeightsError,
     load_simsiam_state_dict,
     read_safetensors,
     read_weights,
     save_safetensors,
 )
+from simsiam_hub.models import PooledFeatures, SimSiam, build_resnet
 
 
 def images(size: int = 64) -> torch.Tensor:

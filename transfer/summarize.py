@@ -2,7 +2,7 @@
 """The detection transfer table: AP50, AP and AP75 as mean ± std over trials, beside the paper's row.
 
 Reads the ``detection_results.json`` files that ``transfer/train_net.py`` writes (one per trial;
-the ``simsiam_hub.results`` format), groups the trials of one experiment (same weights, task,
+the ``simsiam_hub.hub.results`` format), groups the trials of one experiment (same weights, task,
 benchmark and recipe; only the seed differs), and prints a Markdown table with the columns of
 SimSiam's Table 5 (VOC 07, VOC 07+12, COCO box, COCO mask) and the paper's "SimSiam, base" row
 above ours. Table 5 has two SimSiam rows, both from 200-epoch ImageNet pretraining: "base", the
@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from simsiam_hub.errors import SimsiamHubError, UsageError
-from simsiam_hub.results import EvalResult, read_results, write_results
+from simsiam_hub.hub.results import EvalResult, read_results, write_results
 
 RESULTS_FILE = "detection_results.json"  # what train_net.py writes per trial
 METRICS = ("AP50", "AP", "AP75")

@@ -7,14 +7,14 @@ shape) plus what the protocol and simsiam-hub need:
 
 - the ``Res5ROIHeadsExtraNorm`` ROI head (an extra norm after res5) the configs name;
 - ``MODEL.WEIGHTS`` may be a Hub repo id, a model folder, a ``.safetensors`` file or any
-  checkpoint ``simsiam_hub.weights`` reads: it is converted on the fly into
+  checkpoint ``simsiam_hub.hub.weights`` reads: it is converted on the fly into
   ``OUTPUT_DIR/backbone_detectron2.pkl``; a ``.pkl``, a Detectron2 ``.pth`` checkpoint, a URL
   or ``""`` (random init) go to Detectron2 as they are;
 - a user's own dataset, Pascal VOC layout or COCO json, registered from the command line
   (``--register-voc``/``--register-coco``); the number of classes follows the dataset;
 - ``--trials N``: N fine-tunings with seeds SEED, SEED+1, ... (0, 1, ... when SEED is unset),
   each in ``OUTPUT_DIR/trialK`` with its own ``detection_results.json`` (the
-  ``simsiam_hub.results`` format) for ``transfer/summarize.py``.
+  ``simsiam_hub.hub.results`` format) for ``transfer/summarize.py``.
 
 Builtin datasets (``voc_2007_trainval``, ``voc_2012_trainval``, ``voc_2007_test``,
 ``coco_2017_train``, ``coco_2017_val``, ...) are found under ``$DETECTRON2_DATASETS``
@@ -45,11 +45,11 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from simsiam_hub.checkpoint import CheckpointError, safe_torch_load
-from simsiam_hub.detectron2 import convert_source
+from simsiam_hub.detection.convert import convert_source
 from simsiam_hub.errors import SimsiamHubError, UsageError
 from simsiam_hub.fileio import atomic_write_text
+from simsiam_hub.hub.results import EvalResult, write_results
 from simsiam_hub.resources import shipped_configs
-from simsiam_hub.results import EvalResult, write_results
 
 log = logging.getLogger("detectron2.simsiam_hub")
 
@@ -60,7 +60,7 @@ VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
     "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
-# Builtin test sets and the names results go under (simsiam_hub.results `dataset`, `split`).
+# Builtin test sets and the names results go under (simsiam_hub.hub.results `dataset`, `split`).
 BENCHMARKS = {
     (("voc_2007_trainval",), "voc_2007_test"): ("voc07", "test"),
     (("voc_2007_trainval", "voc_2012_trainval"), "voc_2007_test"): ("voc0712", "test"),
@@ -330,7 +330,7 @@ def _per_dataset(cfg, results) -> dict:
 
 
 def results_entries(cfg, results, *, source: str, seed: int | None, trial: int | None, config_file: str) -> list[EvalResult]:
-    """AP50, AP and AP75 per test dataset and task (box, mask) as ``simsiam_hub.results`` entries."""
+    """AP50, AP and AP75 per test dataset and task (box, mask) as ``simsiam_hub.hub.results`` entries."""
     train = tuple(cfg.DATASETS.TRAIN)
     entries = []
     for test_name, metrics in _per_dataset(cfg, results).items():

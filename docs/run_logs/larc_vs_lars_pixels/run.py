@@ -18,7 +18,7 @@ import torch
 
 from simsiam_hub import lincls
 from simsiam_hub.config import LinclsConfig, load_config
-from simsiam_hub.evaluate import LoadedSource
+from simsiam_hub.eval.sources import LoadedSource
 
 which = sys.argv[1]
 if which == "lars_weight_only":

@@ -12,9 +12,9 @@ import time
 import torch
 
 from simsiam_hub.config import DataConfig
-from simsiam_hub.knn import eval_loader, extract_features, knn_accuracy, knn_datasets, pixel_features
+from simsiam_hub.eval.knn import eval_loader, extract_features, knn_accuracy, knn_datasets, pixel_features
 from simsiam_hub.models import initial_backbone
-from simsiam_hub.probe import linear_probe
+from simsiam_hub.eval.probe import linear_probe
 
 BANK, QUERIES = 10_000, 2_000
 

@@ -1,7 +1,7 @@
-"""The converged linear probe (simsiam_hub.probe) on Fashion-MNIST raw pixels, all 60,000
+"""The converged linear probe (simsiam_hub.eval.probe) on Fashion-MNIST raw pixels, all 60,000
 training / 10,000 test images; its printed output is output.txt beside this file.
 
-Pixels exactly as the k-NN pixel baselines take them (simsiam_hub.evaluate.pixel_features):
+Pixels exactly as the k-NN pixel baselines take them (simsiam_hub.eval.sources.pixel_features):
 the 28x28 grayscale images in [0, 1], flattened to 784 values; the probe standardises them
 with the training set's per-pixel mean and std. Then, as a check of the convergence tolerance,
 the chosen weight decay is refitted with a 10x tighter tolerance and scored the same way.
@@ -16,8 +16,8 @@ import time
 import torch
 
 from simsiam_hub.config import DataConfig
-from simsiam_hub.knn import pixel_features
-from simsiam_hub.probe import GRAD_TOLERANCE, fit_logistic, linear_probe
+from simsiam_hub.eval.knn import pixel_features
+from simsiam_hub.eval.probe import GRAD_TOLERANCE, fit_logistic, linear_probe
 
 
 def cpu_name() -> str:

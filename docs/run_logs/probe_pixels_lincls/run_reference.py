@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from simsiam_hub.config import LinclsConfig, load_config
-from simsiam_hub.evaluate import LoadedSource
-from simsiam_hub.lincls import linear_eval
+from simsiam_hub.eval.sources import LoadedSource
+from simsiam_hub.eval.lincls import linear_eval
 
 here = Path(__file__).resolve().parent
 with open("/proc/cpuinfo") as f:

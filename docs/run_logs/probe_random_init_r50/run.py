@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from simsiam_hub.config import LinclsConfig, load_config
-from simsiam_hub.lincls import linear_eval
+from simsiam_hub.eval.lincls import linear_eval
 from simsiam_hub.models import SimSiam
 
 here = Path(__file__).resolve().parent

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
-from . import registry
-from .augment import transform_from_pretrained_cfg
+from ..data.augment import transform_from_pretrained_cfg
+from ..hub import registry
+from ..models import SimSiam, build_backbone, projector_layers
 from .export import describe, import_official
 from .folder import BACKBONE_FILE, SIMSIAM_FILE, SimsiamSection, read_backbone, read_config, timm_config
-from .models import SimSiam, build_backbone, projector_layers
 from .repo import HubError, NotCachedError, RepoNotFoundError, resolve_model_dir
 from .weights import WeightsError, check_backbone, read_safetensors, read_weights
 
@@ -88,7 +88,7 @@ def from_pretrained(
     (``snapshot_download``); ``progress`` shows its download bars.
 
     The model also carries ``model.pretrained_cfg`` (timm's, from config.json: the transform is
-    built from it) and ``model.simsiam_config`` (the :class:`~simsiam_hub.folder.SimsiamSection`).
+    built from it) and ``model.simsiam_config`` (the :class:`~simsiam_hub.hub.folder.SimsiamSection`).
     """
     if head not in HEADS:
         raise HubError(f"head={head!r}: expected one of {', '.join(HEADS)}")

@@ -19,10 +19,10 @@ from torch.utils.data import DataLoader
 from torchvision import transforms as T
 from tqdm.auto import tqdm
 
-from .augment import eval_transform
-from .data import FashionMNIST, build_dataset, seeded_subset
-from .errors import UsageError
-from .precision import autocast_context
+from ..data.augment import eval_transform
+from ..data.datasets import FashionMNIST, build_dataset, seeded_subset
+from ..errors import UsageError
+from ..precision import autocast_context
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ EVAL_DRAW_SEEDS = {"train": 1, "val": 2}
 
 def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
     """The k-NN bank (train split) and queries (val split) through the eval view (whole images
-    for datasets evaluated whole, else a centre crop: :func:`~simsiam_hub.augment.eval_crop_pct`),
+    for datasets evaluated whole, else a centre crop: :func:`~simsiam_hub.data.augment.eval_crop_pct`),
     as fixed seeded subsets: the pretraining monitor and `simsiam-hub knn` draw the same images."""
     transform = eval_transform(data_cfg.image_size, dataset=data_cfg.dataset)
     bank = seeded_subset(build_dataset(data_cfg, "train", transform), bank_size, seed=EVAL_DRAW_SEEDS["train"], what="k-NN bank")

@@ -16,10 +16,10 @@ import yaml
 from huggingface_hub import EvalResult as HfEvalResult
 from huggingface_hub import ModelCard, ModelCardData, constants
 
-from .data import dataset_info
-from .fileio import atomic_write_text
+from ..data.datasets import dataset_info
+from ..fileio import atomic_write_text
+from ..models import feature_dim
 from .folder import BACKBONE_FILE, CARD_FILE, CONFIG_FILE, RESULTS_FILE, SIMSIAM_FILE, SimsiamSection, read_config
-from .models import feature_dim
 from .registry import GITHUB_REPO, OFFICIAL_CODE_URL, PAPER_URL
 from .results import EvalResult, read_results, write_results
 

@@ -14,16 +14,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import DataConfig
-from .data import DATASETS, dataset_info
-from .fileio import atomic_write_text
-from .folder import SimsiamSection
+from ..config import DataConfig
+from ..data.datasets import DATASETS, dataset_info
+from ..fileio import atomic_write_text
+from ..hub.folder import SimsiamSection
+from ..hub.loading import from_pretrained
+from ..hub.repo import is_local, resolve_model_dir
+from ..hub.results import EvalResult, write_results
+from ..models import initial_backbone
+from ..precision import precision_name
 from .knn import knn_evaluate, knn_with_baselines
-from .loading import from_pretrained
-from .models import initial_backbone
-from .precision import precision_name
-from .repo import is_local, resolve_model_dir
-from .results import EvalResult, write_results
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def knn_results(
     metrics: dict, *, data_cfg, source: LoadedSource | str, k: int, temperature: float, name: str | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> list:
-    """``metrics`` of :func:`~simsiam_hub.knn.knn_evaluate` as results-file entries (top1, top5);
+    """``metrics`` of :func:`~simsiam_hub.eval.knn.knn_evaluate` as results-file entries (top1, top5);
     ``amp_dtype`` is the features' precision (None: fp32)."""
     recipe = {
         "protocol": "weighted k-NN on frozen global-pooled l2-normalised features",
@@ -143,7 +143,7 @@ def random_init_of(source: LoadedSource, seed: int | None = None) -> nn.Module:
 
 
 def knn_with_baselines_file(source: LoadedSource, data_cfg, output: Path, **options) -> dict[str, dict]:
-    """:func:`~simsiam_hub.knn.knn_with_baselines` for ``source`` beside its random init and the
+    """:func:`~simsiam_hub.eval.knn.knn_with_baselines` for ``source`` beside its random init and the
     pixels, written to ``knn_baselines.json`` beside ``output``; returns the comparison."""
     comparison = knn_with_baselines(source.backbone, random_init_of(source), data_cfg, **options)
     path = output.with_name("knn_baselines.json")

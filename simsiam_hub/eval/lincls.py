@@ -45,21 +45,21 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from . import __version__
-from .augment import eval_transform, linear_train_transform
-from .checkpoint import load_tagged
-from .config import ConfigError, LinclsConfig, LinclsOptimConfig, scaled_lr, to_dict
-from .data import SeededViews, build_dataset, seeded_subset, targets_of
-from .distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
-from .errors import SimsiamHubError
-from .evaluate import LoadedSource, backbone_fingerprint, dataset_name, load_source, split_name
-from .fileio import atomic_torch_save
+from .. import __version__
+from ..checkpoint import load_tagged
+from ..config import ConfigError, LinclsConfig, LinclsOptimConfig, scaled_lr, to_dict
+from ..data.augment import eval_transform, linear_train_transform
+from ..data.datasets import SeededViews, build_dataset, seeded_subset, targets_of
+from ..distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
+from ..errors import SimsiamHubError
+from ..fileio import atomic_torch_save
+from ..hub.results import EvalResult, write_results
+from ..monitor import CSVLog
+from ..optim import LARC, set_learning_rate
+from ..precision import autocast_context, precision_name, resolve_amp
 from .knn import EVAL_DRAW_SEEDS, eval_loader, extract_features, topk_accuracy
-from .monitor import CSVLog
-from .optim import LARC, set_learning_rate
-from .precision import autocast_context, precision_name, resolve_amp
 from .probe import ProbeResult, linear_probe, still_falling
-from .results import EvalResult, write_results
+from .sources import LoadedSource, backbone_fingerprint, dataset_name, load_source, split_name
 
 log = logging.getLogger(__name__)
 
@@ -444,12 +444,12 @@ class LinearEvaluation:
             source=self.source.name, source_revision=self.source.revision,
         )  # fmt: skip
 
-    # --- the logreg protocol (simsiam_hub.probe) ------------------------------------------
+    # --- the logreg protocol (simsiam_hub.eval.probe) ------------------------------------------
     def run_logreg(self) -> LinclsResult:
         """The converged probe on the cached features: its weight decay chosen on a held-out
         part of the training set, refitted on all of it, the val split scored once; writes
         ``results_lincls.json``. One process; nothing to resume."""
-        from .results import EvalResult, write_results
+        from ..hub.results import EvalResult, write_results
 
         start = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import random
 from PIL import ImageFilter
 from torchvision import transforms as T
 
-from .data import dataset_info
+from .datasets import dataset_info
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,7 +70,7 @@ def moco_v2_augmentation(
 
 def two_crop_augmentation(size: int = 224, **kwargs):
     """The pretraining transform: two independent MoCo v2 views of each image (``kwargs`` as for
-    :func:`moco_v2_augmentation`). ``simsiam_hub.fast_augment`` computes the same draws faster."""
+    :func:`moco_v2_augmentation`). ``simsiam_hub.data.fast_augment`` computes the same draws faster."""
     return TwoCropsTransform(moco_v2_augmentation(size, **kwargs))
 
 

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from . import __version__
-from .augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
-from .errors import SimsiamHubError
-from .models import ARCHS, feature_dim
+from .. import __version__
+from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
+from ..errors import SimsiamHubError
+from ..models import ARCHS, feature_dim
 from .results import ResultsError, read_results
 from .weights import WeightsError, check_backbone, infer_arch, read_safetensors, split_state_dict
 

@@ -17,9 +17,9 @@ from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub import errors as hf
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-from .errors import SimsiamHubError, UsageError
+from ..errors import SimsiamHubError, UsageError
+from ..fileio import atomic_folder
 from .export import export, rewrite_card
-from .fileio import atomic_folder
 from .folder import BACKBONE_FILE, CONFIG_FILE, MODEL_FILES, FolderError, check_destination, validate_folder
 
 

@@ -4,7 +4,7 @@ Each image is a noisy grey background with a few filled shapes, one colour and s
 (the first class red squares, the second green triangles, the third blue discs), so that a
 detector can learn them in a few iterations. The class names default to three of VOC's, so
 that a generated tree can stand in for VOC2007/VOC2012 under ``$DETECTRON2_DATASETS``. By hand:
-``python -m simsiam_hub.synthetic_detection OUT_DIR`` writes OUT_DIR/VOC2007, OUT_DIR/VOC2012, OUT_DIR/coco.
+``python -m simsiam_hub.detection.synthetic OUT_DIR`` writes OUT_DIR/VOC2007, OUT_DIR/VOC2012, OUT_DIR/coco.
 """
 
 from __future__ import annotations

@@ -12,10 +12,10 @@ import logging
 import shutil
 from pathlib import Path
 
-from . import registry
+from ..data.datasets import dataset_info
+from ..fileio import atomic_folder
+from ..hub import registry
 from .card import folder_results, merge_results, write_card
-from .data import dataset_info
-from .fileio import atomic_folder
 from .folder import BACKBONE_FILE, SIMSIAM_FILE, FolderError, SimsiamSection, check_destination, write_config
 from .results import EvalResult, read_results
 from .weights import LoadedWeights, backbone_metadata, read_weights, save_safetensors
@@ -117,7 +117,7 @@ def as_results(items) -> list[EvalResult]:
 
 
 def _variant(variant) -> registry.Variant | None:
-    """A registry :class:`~simsiam_hub.registry.Variant` from its name (None stays None)."""
+    """A registry :class:`~simsiam_hub.hub.registry.Variant` from its name (None stays None)."""
     if not isinstance(variant, str):
         return variant
     found = registry.get_variant(variant)

@@ -30,11 +30,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from . import __version__
-from .checkpoint import PRETRAIN_FORMAT, load_checkpoint, safe_torch_load
-from .errors import SimsiamHubError
-from .fileio import atomic_path
-from .models import build_backbone
+from .. import __version__
+from ..checkpoint import PRETRAIN_FORMAT, load_checkpoint, safe_torch_load
+from ..errors import SimsiamHubError
+from ..fileio import atomic_path
+from ..models import build_backbone
 
 BACKBONE_FILE = "model.safetensors"
 SIMSIAM_FILE = "simsiam.safetensors"

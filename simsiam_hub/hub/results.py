@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import SimsiamHubError
-from .fileio import atomic_write_text
+from ..errors import SimsiamHubError
+from ..fileio import atomic_write_text
 
 RESULTS_FORMAT = "simsiam-hub/eval-results"
 RESULTS_VERSION = 1

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, Subset
 
-from .errors import SimsiamHubError
+from ..errors import SimsiamHubError
 
 log = logging.getLogger(__name__)
 

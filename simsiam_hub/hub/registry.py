@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .errors import SimsiamHubError
+from ..errors import SimsiamHubError
 
 HUB_ORG = "simsiam-hub"  # the Hub organisation our model repos live under
 GITHUB_REPO = "simsiam-hub/simsiam-hub"  # this code's GitHub repo, for torch.hub.load

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .errors import SimsiamHubError
+from ..errors import SimsiamHubError
 from .knn import topk_accuracy
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import UsageError
-from .fileio import atomic_path
-from .loading import load_backbone_state_dict
-from .weights import check_backbone
+from ..errors import UsageError
+from ..fileio import atomic_path
+from ..hub.loading import load_backbone_state_dict
+from ..hub.weights import check_backbone
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ def convert_to_detectron2(state_dict: dict[str, torch.Tensor]) -> dict:
     """The Detectron2 weights object for a ResNet-50 backbone under torchvision names (no ``fc``).
 
     The state dict must be the full, fixed set of ResNet-50 backbone tensors with their
-    shapes (:func:`simsiam_hub.weights.check_backbone`; BatchNorm ``num_batches_tracked``
+    shapes (:func:`simsiam_hub.hub.weights.check_backbone`; BatchNorm ``num_batches_tracked``
     counters may be absent). Floating tensors become float32 numpy arrays.
 
     Raises:
-        simsiam_hub.weights.WeightsError: naming the missing, unexpected or misshapen tensors.
+        simsiam_hub.hub.weights.WeightsError: naming the missing, unexpected or misshapen tensors.
     """
     backbone = check_backbone(state_dict, "resnet50", where="the backbone to convert")
     model = {}
@@ -74,7 +74,7 @@ def write_detectron2(obj: dict, path: str | Path) -> Path:
 
 
 def convert_source(source: str | Path, out: str | Path, revision: str | None = None) -> Path:
-    """Convert a ResNet-50 backbone from anywhere :func:`simsiam_hub.loading.load_backbone_state_dict`
+    """Convert a ResNet-50 backbone from anywhere :func:`simsiam_hub.hub.loading.load_backbone_state_dict`
     reads (a Hub repo id at ``revision``, a model folder, a ``.safetensors`` file, a training,
     official SimSiam/MoCo or torchvision checkpoint) into the Detectron2 file ``out``."""
     out = Path(out)

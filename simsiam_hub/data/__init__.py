@@ -1,0 +1,18 @@
+"""Every image source behind one map-style interface, and the augmentation paths.
+
+``datasets``: the sources (ImageFolder, Fashion-MNIST, CIFAR-10, synthetic) and the seeded
+views; ``augment``: the reference's MoCo v2 augmentation and the eval view; ``fast_augment``:
+the same draws computed faster; ``device_augment``: the loader crops, the device finishes.
+"""
+
+
+def __getattr__(name: str):
+    # `simsiam_hub.data` was the module `datasets` is now: its names keep working for one release.
+    import warnings
+
+    from . import datasets
+
+    if name.startswith("__") or not hasattr(datasets, name):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"simsiam_hub.data.{name} moved to simsiam_hub.data.datasets.{name}", DeprecationWarning, stacklevel=2)
+    return getattr(datasets, name)
