@@ -10,11 +10,13 @@ FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install detectron2 data test test-fast demo bench clean
+.PHONY: help install detectron2 data lint format test test-fast demo bench clean
 
 help:
 	@echo "make demo        set up everything, then run the main job (simsiam-hub demo)"
-	@echo "make test        set up everything, then run the test suite"
+	@echo "make test        set up everything, then lint and run the test suite"
+	@echo "make test-fast   the suite without the slow end-to-end tests (the edit-test loop)"
+	@echo "make lint        ruff's linter and formatter check; make format applies the formatter"
 	@echo "make install     the virtual environment with simsiam-hub and its dev extras"
 	@echo "make detectron2  detectron2 for the transfer scripts (skipped if it imports)"
 	@echo "make data        Fashion-MNIST from the Debian package (where apt exists)"
@@ -53,8 +55,19 @@ data:
 	  echo "Fashion-MNIST: not in $(FMNIST_DIR); pass --data or data.root=DIR (torchvision downloads it where there is network)"; \
 	fi
 
-test: install detectron2 data
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install detectron2 data lint
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install detectron2 data lint
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: install detectron2 data
 	$(VENV)/bin/simsiam-hub demo

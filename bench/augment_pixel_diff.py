@@ -52,7 +52,9 @@ def compare(images, size: int) -> dict[str, float]:
         "views": len(diffs),
         "mean": every.mean().item(),
         "worst_view": max(d.mean().item() for d in diffs),
-        "p99": torch.quantile(every[torch.randperm(len(every), generator=torch.Generator().manual_seed(0))[:1_000_000]], 0.99).item(),
+        "p99": torch.quantile(
+            every[torch.randperm(len(every), generator=torch.Generator().manual_seed(0))[:1_000_000]], 0.99
+        ).item(),
         "max": every.max().item(),
         "control_mean": sum(control) / len(control),
     }
@@ -65,13 +67,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine_description(torch.device('cpu'))}")
-    print(f"command: python bench/augment_pixel_diff.py --images {args.images} --sizes {' '.join(map(str, args.sizes))}")
+    print(
+        f"command: python bench/augment_pixel_diff.py --images {args.images} --sizes {' '.join(map(str, args.sizes))}"
+    )
     images = [Image.open(io.BytesIO(data)).convert("RGB") for data in make_jpegs(args.images)]
     print("\nfast vs reference two-crop views, same draws, levels of 255 (p99 over up to 1e6 sampled pixels)")
     print("size   views   mean   worst view   p99    max    control: other draws, mean")
     for size in args.sizes:
         c = compare(images, size)
-        print(f"{size:4d}   {c['views']:5d}  {c['mean']:5.2f}   {c['worst_view']:10.2f}  {c['p99']:5.1f}  {c['max']:5.1f}   {c['control_mean']:5.1f}")
+        print(
+            f"{size:4d}   {c['views']:5d}  {c['mean']:5.2f}   {c['worst_view']:10.2f}  {c['p99']:5.1f}  {c['max']:5.1f}   {c['control_mean']:5.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -95,11 +95,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(f"machine: {machine_description(torch.device('cpu'))}")
-    print(f"command: python bench/device_augment_cpu.py --images {args.images} --size {args.size} --rounds {args.rounds}")
+    print(
+        f"command: python bench/device_augment_cpu.py --images {args.images} --size {args.size} --rounds {args.rounds}"
+    )
     jpegs = make_jpegs(args.images)
     ops = colour_ops(jpegs, args.size, args.rounds)
-    print(f"\ncolour ops after the crop, {2 * args.images} views of {args.size} px, ms per view (median of {args.rounds} rounds)")
-    print(f"per view (fast_augment's loader) {ops['per view']:.2f}   batched (device path) {ops['batched']:.2f}   batched / per view {ops['batched'] / ops['per view']:.2f}x")
+    print(
+        f"\ncolour ops after the crop, {2 * args.images} views of {args.size} px, ms per view (median of {args.rounds} rounds)"
+    )
+    print(
+        f"per view (fast_augment's loader) {ops['per view']:.2f}   batched (device path) {ops['batched']:.2f}   batched / per view {ops['batched'] / ops['per view']:.2f}x"
+    )
     share = decode_share(jpegs, args.size, args.rounds)
     print(f"\nthe device path's loader work, ms per image (median of {args.rounds} rounds)")
     print(

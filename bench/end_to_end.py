@@ -93,9 +93,13 @@ class Pipeline:
         total = (args.workers + args.steps) * args.batch_size
         sampler = RandomSampler(dataset, num_samples=total, generator=torch.Generator().manual_seed(0))
         self.loader = DataLoader(
-            dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-            pin_memory=device.type == "cuda", drop_last=True,
-        )  # fmt: skip
+            dataset,
+            batch_size=args.batch_size,
+            sampler=sampler,
+            num_workers=args.workers,
+            pin_memory=device.type == "cuda",
+            drop_last=True,
+        )
 
     def step(self, batch) -> None:
         (x1, x2), _, _ = batch
@@ -166,7 +170,14 @@ def measure(pipeline: Pipeline, skip: int, steps: int, batch_size: int) -> dict:
     busy = sum(b.elapsed_time(e) for b, e in spans) / 1000 / wall if cuda else None
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     util = nvml.mean() if cuda else None
-    return {"pairs_s": steps * batch_size / wall, "s_step": wall / steps, "wait": wait / wall, "busy": busy, "nvml": util, "peak_mib": peak}
+    return {
+        "pairs_s": steps * batch_size / wall,
+        "s_step": wall / steps,
+        "wait": wait / wall,
+        "busy": busy,
+        "nvml": util,
+        "peak_mib": peak,
+    }
 
 
 def time_finish(folder: Path, args, device: torch.device, repeats: int = 5) -> float:
@@ -190,17 +201,25 @@ def time_finish(folder: Path, args, device: torch.device, repeats: int = 5) -> f
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
     cores = os.cpu_count() or 1
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--arch", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))
     parser.add_argument("--size", type=int, default=224 if cuda else 64, help="training crop size in pixels")
     parser.add_argument("--batch-size", type=int, default=256 if cuda else 16, help="images per step (two views each)")
     parser.add_argument("--steps", type=int, default=32, help="timed steps per pipeline (raised to twice --workers)")
     parser.add_argument("--workers", type=int, default=cores, help="data-loader processes")
     parser.add_argument("--images", type=int, default=2048, help="JPEGs in the generated folder")
-    parser.add_argument("--jpeg-dir", type=Path, help="where the JPEG folder is made or reused (default: a temporary folder)")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="ours' autocast, as run.amp")
+    parser.add_argument(
+        "--jpeg-dir", type=Path, help="where the JPEG folder is made or reused (default: a temporary folder)"
+    )
+    parser.add_argument(
+        "--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="ours' autocast, as run.amp"
+    )
     parser.add_argument("--compile", action="store_true", help="ours under torch.compile (run.compile=true)")
-    parser.add_argument("--pipelines", default=",".join(PIPELINES), help="which to run, comma-separated, of " + ", ".join(PIPELINES))
+    parser.add_argument(
+        "--pipelines", default=",".join(PIPELINES), help="which to run, comma-separated, of " + ", ".join(PIPELINES)
+    )
     args = parser.parse_args(argv)
     chosen = [p.strip() for p in args.pipelines.split(",") if p.strip()]
     if not chosen or any(p not in PIPELINES for p in chosen):
@@ -220,7 +239,9 @@ def main(argv=None) -> int:
         start = time.perf_counter()
         folder = jpeg_folder(root, args.images, args.workers)
         size_mb = sum(p.stat().st_size for p in folder.rglob("*.jpg")) / 2**20
-        print(f"data: {args.images} JPEGs 500x375 (quality 90, {size_mb / args.images * 1024:.0f} kB each) in {folder}, made in {time.perf_counter() - start:.1f} s")
+        print(
+            f"data: {args.images} JPEGs 500x375 (quality 90, {size_mb / args.images * 1024:.0f} kB each) in {folder}, made in {time.perf_counter() - start:.1f} s"
+        )
 
         amp = bench.resolve_amp(args.amp, device)
         print(
@@ -249,7 +270,9 @@ def main(argv=None) -> int:
     def fmt(value, spec, none="n/a"):
         return none if value is None else format(value, spec)
 
-    print(f"\n{'pipeline':<14}{'pairs/s':>9}{'s/step':>9}{'loader wait':>13}{'GPU busy':>10}{'NVML util':>11}{'peak GPU MiB':>14}")
+    print(
+        f"\n{'pipeline':<14}{'pairs/s':>9}{'s/step':>9}{'loader wait':>13}{'GPU busy':>10}{'NVML util':>11}{'peak GPU MiB':>14}"
+    )
     for name, r in results.items():
         print(
             f"{name:<14}{r['pairs_s']:>9.1f}{r['s_step']:>9.3f}{r['wait']:>13.1%}{fmt(r['busy'], '.1%'):>10}"

@@ -42,13 +42,20 @@ def make_official_checkpoint(path: Path) -> None:
     for p in params:
         p.grad = torch.zeros_like(p)
     optimizer.step()  # creates the momentum buffers the real checkpoints carry
-    torch.save({"epoch": 100, "arch": "resnet50", "state_dict": wrapper.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    torch.save(
+        {"epoch": 100, "arch": "resnet50", "state_dict": wrapper.state_dict(), "optimizer": optimizer.state_dict()},
+        path,
+    )
 
 
 def reference_load(path: Path) -> nn.Module:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     prefix = "module.encoder."
-    state = {k[len(prefix) :]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix) and not k.startswith(prefix + "fc.")}
+    state = {
+        k[len(prefix) :]: v
+        for k, v in ckpt["state_dict"].items()
+        if k.startswith(prefix) and not k.startswith(prefix + "fc.")
+    }
     model = torchvision.models.resnet50()
     model.fc = nn.Identity()
     model.load_state_dict(state)
@@ -74,8 +81,10 @@ def main() -> None:
         checkpoint = tmp / "checkpoint_0099.pth.tar"
         make_official_checkpoint(checkpoint)
         folder = import_official(checkpoint, tmp / "model")
-        print(f"official checkpoint: {checkpoint.stat().st_size / 1e6:.0f} MB; model.safetensors: "
-              f"{(folder / 'model.safetensors').stat().st_size / 1e6:.0f} MB; torch threads: {torch.get_num_threads()}")
+        print(
+            f"official checkpoint: {checkpoint.stat().st_size / 1e6:.0f} MB; model.safetensors: "
+            f"{(folder / 'model.safetensors').stat().st_size / 1e6:.0f} MB; torch threads: {torch.get_num_threads()}"
+        )
 
         paths = {
             "reference: torch.load(.pth.tar) + build + load_state_dict": lambda: reference_load(checkpoint),

@@ -133,7 +133,9 @@ class Variant:
 
     def step(self, x1, x2) -> float:
         if self.ours:
-            return ours_step(self.net, self.optimizer, self.scaler, x1, x2, amp_dtype=self.amp_dtype, channels_last=True)
+            return ours_step(
+                self.net, self.optimizer, self.scaler, x1, x2, amp_dtype=self.amp_dtype, channels_last=True
+            )
         return reference_step(self.model, self.optimizer, x1, x2)
 
 
@@ -257,8 +259,20 @@ def memory_probe(args) -> dict:
 def cpu_memory(args) -> dict[str, dict]:
     out = {}
     for name in ("reference", "ours"):
-        cmd = [sys.executable, __file__, "--memory-probe", name, "--arch", args.arch, "--size", str(args.size),
-               "--batch-size", str(args.batch_size), "--amp", args.amp]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--memory-probe",
+            name,
+            "--arch",
+            args.arch,
+            "--size",
+            str(args.size),
+            "--batch-size",
+            str(args.batch_size),
+            "--amp",
+            args.amp,
+        ]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         result = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -299,7 +313,9 @@ def machine_description(device: torch.device) -> str:
 
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--arch", default="resnet50", choices=("resnet18", "resnet34", "resnet50"))
     parser.add_argument("--size", type=int, default=224 if cuda else 128, help="training crop size in pixels")
     parser.add_argument("--batch-size", type=int, default=256 if cuda else 32, help="images per step (two views each)")
@@ -307,8 +323,15 @@ def main(argv=None) -> int:
     parser.add_argument("--aug-images", type=int, default=32, help="JPEGs per augmentation round")
     parser.add_argument("--aug-repeats", type=int, default=5, help="timed augmentation rounds per pipeline")
     parser.add_argument("--aug-size", type=int, default=224, help="augmentation output size on the 500x375 JPEGs")
-    parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"), help="our step's autocast, as run.amp (auto: precision.resolve_amp)")
-    parser.add_argument("--threads", type=int, help="torch threads for the training steps (unset: torch's default, one per core)")
+    parser.add_argument(
+        "--amp",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "off"),
+        help="our step's autocast, as run.amp (auto: precision.resolve_amp)",
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads for the training steps (unset: torch's default, one per core)"
+    )
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--compile", action="store_true", help="also time ours under torch.compile (run.compile=true)")
     parser.add_argument("--skip-train", action="store_true", help="only the augmentation benchmark")
@@ -338,7 +361,9 @@ def main(argv=None) -> int:
     if not args.skip_aug:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        print(f"\ntwo-crop augmentation, images/s on one core (median of {args.aug_repeats} rounds of {len(jpegs)} images)")
+        print(
+            f"\ntwo-crop augmentation, images/s on one core (median of {args.aug_repeats} rounds of {len(jpegs)} images)"
+        )
         print(
             f"{'input -> output':<22}{'reference':>11}{'fast':>9}{'fast+draft':>12}{'fast/ref':>10}{'draft/ref':>11}{'drafted':>9}"
             f"{'crop only':>11}{'crop/ref':>10}"
@@ -368,10 +393,14 @@ def main(argv=None) -> int:
     print(f"\ntraining step: {args.arch}, {args.size} px, batch {args.batch_size} (x2 views), {device.type}")
     amp = resolve_amp(args.amp, device)
     why = " (no native bf16 on this CPU: resolve_amp('auto') keeps fp32)" if amp is None and args.amp == "auto" else ""
-    print(f"ours: autocast {str(amp).replace('torch.', '') if amp else 'off'}{why}, channels_last; reference: fp32, NCHW")
+    print(
+        f"ours: autocast {str(amp).replace('torch.', '') if amp else 'off'}{why}, channels_last; reference: fp32, NCHW"
+    )
     if device.type == "cuda":
         tf32 = "on" if torch.backends.cudnn.allow_tf32 else "off"
-        print(f"reference on the GPU as torch runs it by default: cuDNN convolutions in TF32 {tf32}, matmuls TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}")
+        print(
+            f"reference on the GPU as torch runs it by default: cuDNN convolutions in TF32 {tf32}, matmuls TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'}"
+        )
     x1, x2 = make_batch(jpegs, args.batch_size, args.size)
     x1, x2 = x1.to(device), x2.to(device)
     torch.manual_seed(0)
@@ -403,10 +432,15 @@ def main(argv=None) -> int:
         print(f"FLOPs per image (two views, forward + backward, fvcore x 2 x 3): {flops / 1e9:.1f} GFLOP")
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else ""
         if "H100" in name or "H200" in name:  # the same GH100 compute
-            print(f"ours: {rate['ours'] * flops / 1e12 / H100_BF16_DENSE_TFLOPS:.1%} of the {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s bf16 dense peak ({name})")
+            print(
+                f"ours: {rate['ours'] * flops / 1e12 / H100_BF16_DENSE_TFLOPS:.1%} of the {H100_BF16_DENSE_TFLOPS:.0f} TFLOP/s bf16 dense peak ({name})"
+            )
 
     if device.type == "cuda":
-        print("peak GPU memory of one step above the tensors resident before it (max_memory_allocated): " + ", ".join(f"{k} {v:.0f} MiB" for k, v in peak_gpu.items()))
+        print(
+            "peak GPU memory of one step above the tensors resident before it (max_memory_allocated): "
+            + ", ".join(f"{k} {v:.0f} MiB" for k, v in peak_gpu.items())
+        )
     elif not args.no_memory:
         mem = cpu_memory(args)
         method = mem["ours"]["method"]

@@ -10,12 +10,25 @@ import sys
 import warnings
 
 MOVED = {
-    "data": "data.datasets", "augment": "data.augment", "fast_augment": "data.fast_augment",
-    "device_augment": "data.device_augment", "knn": "eval.knn", "probe": "eval.probe", "lincls": "eval.lincls",
-    "evaluate": "eval.sources", "folder": "hub.folder", "weights": "hub.weights", "card": "hub.card",
-    "export": "hub.export", "repo": "hub.repo", "loading": "hub.loading", "registry": "hub.registry",
-    "results": "hub.results", "detectron2": "detection.convert", "synthetic_detection": "detection.synthetic",
-}  # fmt: skip
+    "data": "data.datasets",
+    "augment": "data.augment",
+    "fast_augment": "data.fast_augment",
+    "device_augment": "data.device_augment",
+    "knn": "eval.knn",
+    "probe": "eval.probe",
+    "lincls": "eval.lincls",
+    "evaluate": "eval.sources",
+    "folder": "hub.folder",
+    "weights": "hub.weights",
+    "card": "hub.card",
+    "export": "hub.export",
+    "repo": "hub.repo",
+    "loading": "hub.loading",
+    "registry": "hub.registry",
+    "results": "hub.results",
+    "detectron2": "detection.convert",
+    "synthetic_detection": "detection.synthetic",
+}
 PACKAGE = __name__.rpartition(".")[0]
 
 
@@ -30,7 +43,9 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         new = f"{PACKAGE}.{MOVED[spec.name.rpartition('.')[2]]}"
-        warnings.warn(f"{spec.name} moved to {new}; the old path goes in the next release", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"{spec.name} moved to {new}; the old path goes in the next release", DeprecationWarning, stacklevel=2
+        )
         return importlib.import_module(new)
 
     def exec_module(self, module):

@@ -24,15 +24,23 @@ def ablate_stopgrad(config: str | Path, out_dir: str | Path, overrides: list[str
     folders, cfg = {}, None
     for label, (sub, stop_gradient) in RUNS.items():
         cfg = load_config(
-            PretrainConfig, config, [*overrides, f"model.stop_gradient={stop_gradient}", f"run.output_dir={out_dir / sub}"]
+            PretrainConfig,
+            config,
+            [*overrides, f"model.stop_gradient={stop_gradient}", f"run.output_dir={out_dir / sub}"],
         )
         print(f"--- {label}: {out_dir / sub}")
         pretrain(cfg)
         folders[label] = out_dir / sub
     num_classes = dataset_info(cfg.data.dataset).num_classes
     chance = 100.0 / num_classes if num_classes else None
-    png = plot_runs(folders, out_dir / "stopgrad_ablation.png", dim=cfg.model.dim, chance=chance, batch=cfg.optim.batch_size,
-                    title=f"SimSiam with and without stop-gradient ({cfg.model.arch}, {cfg.data.dataset})")  # fmt: skip
+    png = plot_runs(
+        folders,
+        out_dir / "stopgrad_ablation.png",
+        dim=cfg.model.dim,
+        chance=chance,
+        batch=cfg.optim.batch_size,
+        title=f"SimSiam with and without stop-gradient ({cfg.model.arch}, {cfg.data.dataset})",
+    )
     rows = []
     for label, folder in folders.items():
         s = summarize_run(folder)
@@ -47,7 +55,7 @@ def ablate_stopgrad(config: str | Path, out_dir: str | Path, overrides: list[str
 Same recipe, same seed, same data order; only `model.stop_gradient` differs.
 Architecture {cfg.model.arch} (projector output d = {cfg.model.dim}, so a healthy std is about
 1/sqrt(d) = {1 / math.sqrt(cfg.model.dim):.4f}), dataset {cfg.data.dataset} at {cfg.data.image_size} px,
-batch {cfg.optim.batch_size}, base lr {cfg.optim.base_lr}.{f' Chance k-NN accuracy: {chance:.0f}%.' if chance else ''}
+batch {cfg.optim.batch_size}, base lr {cfg.optim.base_lr}.{f" Chance k-NN accuracy: {chance:.0f}%." if chance else ""}
 
 | run | epochs | final loss | final std of l2-normalised z | std x sqrt(d) | share of z on one line | final k-NN top-1 (%) | best k-NN top-1 (%) |
 |---|---|---|---|---|---|---|---|
@@ -66,7 +74,7 @@ which, like the small part of the output off that line, can keep class informati
 Made with:
 
 ```
-{command or 'simsiam-hub ablate-stopgrad --config ' + str(config) + ' ' + ' '.join(overrides)}
+{command or "simsiam-hub ablate-stopgrad --config " + str(config) + " " + " ".join(overrides)}
 ```
 """
     return atomic_write_text(text, out_dir / "stopgrad_ablation.md")

@@ -49,19 +49,27 @@ def safe_torch_load(path: str | Path, *, error=CheckpointError, mmap: bool = Fal
                 "not just tensors, and simsiam-hub never unpickles objects; expected a checkpoint of tensors"
             ) from None
         reason = text.strip().splitlines()[0].split(". ")[0][:200] if text.strip() else ""
-        raise error(f"{path} is not a readable checkpoint (truncated or not a torch file?): {type(err).__name__}: {reason}") from None
+        raise error(
+            f"{path} is not a readable checkpoint (truncated or not a torch file?): {type(err).__name__}: {reason}"
+        ) from None
 
 
-def load_tagged(path: str | Path, fmt: str, max_version: int, *, error=CheckpointError, what: str = "checkpoint") -> dict:
+def load_tagged(
+    path: str | Path, fmt: str, max_version: int, *, error=CheckpointError, what: str = "checkpoint"
+) -> dict:
     """A checkpoint dict that says ``format == fmt`` in a version this code reads."""
     ckpt = safe_torch_load(path, error=error)
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
-        found = f"format {ckpt['format']!r}" if isinstance(ckpt, dict) and "format" in ckpt else (
-            f"keys {sorted(ckpt)[:8]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}"
-        )  # fmt: skip
+        found = (
+            f"format {ckpt['format']!r}"
+            if isinstance(ckpt, dict) and "format" in ckpt
+            else (f"keys {sorted(ckpt)[:8]}" if isinstance(ckpt, dict) else f"a {type(ckpt).__name__}")
+        )
         raise error(f"{path} is not a simsiam-hub {what}: expected format={fmt!r}, found {found}")
     if ckpt.get("version", 0) > max_version:
-        raise error(f"{path} has {what} version {ckpt['version']}; this simsiam-hub reads up to {max_version}: upgrade it")
+        raise error(
+            f"{path} has {what} version {ckpt['version']}; this simsiam-hub reads up to {max_version}: upgrade it"
+        )
     return ckpt
 
 

@@ -132,15 +132,19 @@ class OptimConfig:
     def __post_init__(self):
         _one_of("optim.lr_schedule", self.lr_schedule, LR_SCHEDULES)
         _check(
-            self.lr_schedule == "step" or self.warmup_epochs == 0, "optim.warmup_epochs", self.warmup_epochs,
+            self.lr_schedule == "step" or self.warmup_epochs == 0,
+            "optim.warmup_epochs",
+            self.warmup_epochs,
             "0 with optim.lr_schedule=epoch (a warm-up set per epoch would hold the first epoch at lr 0): use optim.lr_schedule=step",
-        )  # fmt: skip
+        )
         _check(self.epochs > 0, "optim.epochs", self.epochs, "a positive integer")
         _check(self.batch_size > 0, "optim.batch_size", self.batch_size, "a positive integer")
         _check(self.base_lr > 0, "optim.base_lr", self.base_lr, "a positive number")
         _check(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "a number in [0, 1)")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
-        _check(0 <= self.warmup_epochs < self.epochs, "optim.warmup_epochs", self.warmup_epochs, "a number in [0, epochs)")
+        _check(
+            0 <= self.warmup_epochs < self.epochs, "optim.warmup_epochs", self.warmup_epochs, "a number in [0, epochs)"
+        )
 
 
 @dataclass
@@ -164,7 +168,12 @@ class MonitorConfig:
         _check(self.knn_every_steps >= 0, "monitor.knn_every_steps", self.knn_every_steps, "an integer >= 0")
         _check(self.knn_k > 0, "monitor.knn_k", self.knn_k, "a positive integer")
         _check(self.knn_temperature > 0, "monitor.knn_temperature", self.knn_temperature, "a positive number")
-        _check(0 < self.collapse_warn_share <= 1, "monitor.collapse_warn_share", self.collapse_warn_share, "a number in (0, 1]")
+        _check(
+            0 < self.collapse_warn_share <= 1,
+            "monitor.collapse_warn_share",
+            self.collapse_warn_share,
+            "a number in (0, 1]",
+        )
         _positive_or_null("monitor.knn_bank_size", self.knn_bank_size)
         _positive_or_null("monitor.knn_query_size", self.knn_query_size)
 
@@ -187,7 +196,12 @@ class RunConfig:
 
     def __post_init__(self):
         self.amp = _amp("run.amp", self.amp)
-        _check(self.checkpoint_every_steps >= 0, "run.checkpoint_every_steps", self.checkpoint_every_steps, "an integer >= 0")
+        _check(
+            self.checkpoint_every_steps >= 0,
+            "run.checkpoint_every_steps",
+            self.checkpoint_every_steps,
+            "an integer >= 0",
+        )
         _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, "an integer >= 1")
         _check(self.log_every_steps > 0, "run.log_every_steps", self.log_every_steps, "a positive integer")
         _positive_or_null("run.max_steps", self.max_steps)
@@ -241,7 +255,9 @@ class LinclsOptimConfig:
         _check(0.0 <= self.momentum < 1.0, "optim.momentum", self.momentum, "a number in [0, 1)")
         _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "a number >= 0")
         _check(self.trust_coefficient > 0, "optim.trust_coefficient", self.trust_coefficient, "a positive number")
-        _check(0 <= self.warmup_epochs < self.epochs, "optim.warmup_epochs", self.warmup_epochs, "a number in [0, epochs)")
+        _check(
+            0 <= self.warmup_epochs < self.epochs, "optim.warmup_epochs", self.warmup_epochs, "a number in [0, epochs)"
+        )
 
 
 @dataclass
@@ -273,9 +289,11 @@ class LinclsConfig:
     def __post_init__(self):
         _one_of("protocol", self.protocol, LINCLS_PROTOCOLS)
         _check(
-            self.protocol != "logreg" or self.data.cache_features, "data.cache_features", self.data.cache_features,
+            self.protocol != "logreg" or self.data.cache_features,
+            "data.cache_features",
+            self.data.cache_features,
             "true with protocol=logreg (the probe fits features computed once, un-augmented)",
-        )  # fmt: skip
+        )
 
 
 # --- reading configs ---------------------------------------------------------------------------
@@ -292,7 +310,9 @@ def resolve_config(ref: str | Path, kind: str) -> Path:
     by_name = path.stem if path.suffix == ".yaml" else path.name
     if by_name in shipped and (path.parent == Path(".") or path.parent.name == kind):
         return shipped[by_name]
-    raise ConfigError(f"config {str(ref)!r} not found: expected a YAML file or the name of a shipped {kind} config ({', '.join(shipped)})")
+    raise ConfigError(
+        f"config {str(ref)!r} not found: expected a YAML file or the name of a shipped {kind} config ({', '.join(shipped)})"
+    )
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | tuple = ()) -> T:
@@ -333,7 +353,9 @@ def _load_yaml_with_base(path: Path, referrer: Path | None = None, depth: int = 
     except UnicodeDecodeError as err:
         raise ConfigError(f"{path} is not a text file: {err}") from None
     if not isinstance(node, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping of config sections (model:, data:, ...) at the top level, found a list")
+        raise ConfigError(
+            f"{path}: expected a mapping of config sections (model:, data:, ...) at the top level, found a list"
+        )
     base = node.pop("_base_", None)
     if base is None:
         return node

@@ -94,7 +94,9 @@ def _data_overrides(data: str | None) -> list[str]:
         return []
     root = Path(data).expanduser()
     if not root.is_dir():
-        raise SimsiamHubError(f"--data {root}: not a folder (expected Fashion-MNIST idx files or an ImageFolder with train/ and val/)")
+        raise SimsiamHubError(
+            f"--data {root}: not a folder (expected Fashion-MNIST idx files or an ImageFolder with train/ and val/)"
+        )
     if any(root.glob("train-images-idx3-ubyte*")):
         return ["data.dataset=fashion_mnist", f"data.root={root}"]
     return ["data.dataset=imagefolder", f"data.root={root}"]
@@ -131,7 +133,11 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
     model.to(memory_format=memory)
     optimizer = build_pretrain_optimizer(model, cfg.optim)
     views = pretrain_views(cfg)
-    loader = iter(DataLoader(views, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers, drop_last=True))
+    loader = iter(
+        DataLoader(
+            views, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers, drop_last=True
+        )
+    )
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
@@ -153,9 +159,21 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
 
 
 def plan_budget(
-    budget_s: float, spent_s: float, step_s: float, features_per_s: float, *, detection: bool, train_size: int,
-    bank_limit: int, val_size: int, batch_size: int, config_steps: int, feature_width: int = 2048, pixel_width: int = 784,
-    knn_bank: int | None = None, knn_queries: int | None = None,
+    budget_s: float,
+    spent_s: float,
+    step_s: float,
+    features_per_s: float,
+    *,
+    detection: bool,
+    train_size: int,
+    bank_limit: int,
+    val_size: int,
+    batch_size: int,
+    config_steps: int,
+    feature_width: int = 2048,
+    pixel_width: int = 784,
+    knn_bank: int | None = None,
+    knn_queries: int | None = None,
 ) -> Plan:
     """How many pretraining steps and evaluation images fit ``budget_s`` after ``spent_s``, given
     the measured step time and feature-extraction rate: the fixed stages are reserved first
@@ -207,14 +225,26 @@ def make_plan(cfg: PretrainConfig, opts: DemoOptions, start: float, detection: b
     train_size = len(pretrain_views(cfg))
     pixel_width = 28 * 28 if cfg.data.dataset == "fashion_mnist" else cfg.data.image_size**2  # knn.pixel_features
     return plan_budget(
-        opts.minutes * 60, time.perf_counter() - start, step_s, features_per_s, detection=detection, train_size=train_size,
-        bank_limit=len(build_dataset(cfg.data, "train")), val_size=len(build_dataset(cfg.data, "val")), batch_size=cfg.optim.batch_size,
-        config_steps=cfg.optim.epochs * (train_size // cfg.optim.batch_size), feature_width=feature_dim(cfg.model.arch),
-        pixel_width=pixel_width, knn_bank=opts.knn_bank, knn_queries=opts.knn_queries,
-    )  # fmt: skip
+        opts.minutes * 60,
+        time.perf_counter() - start,
+        step_s,
+        features_per_s,
+        detection=detection,
+        train_size=train_size,
+        bank_limit=len(build_dataset(cfg.data, "train")),
+        val_size=len(build_dataset(cfg.data, "val")),
+        batch_size=cfg.optim.batch_size,
+        config_steps=cfg.optim.epochs * (train_size // cfg.optim.batch_size),
+        feature_width=feature_dim(cfg.model.arch),
+        pixel_width=pixel_width,
+        knn_bank=opts.knn_bank,
+        knn_queries=opts.knn_queries,
+    )
 
 
-def load_or_make_plan(cfg: PretrainConfig, opts: DemoOptions, out: Path, start: float, detection: bool) -> tuple[Plan, bool]:
+def load_or_make_plan(
+    cfg: PretrainConfig, opts: DemoOptions, out: Path, start: float, detection: bool
+) -> tuple[Plan, bool]:
     """The plan of an earlier demo in ``out`` when its pretraining is there (so that it resumes or
     is reused as it was), else a new one; ``(plan, reused)``."""
     path = out / PLAN_FILE
@@ -228,19 +258,29 @@ def load_or_make_plan(cfg: PretrainConfig, opts: DemoOptions, out: Path, start: 
 # --- the stages ----------------------------------------------------------------------------------
 
 
-def evaluate_against_baselines(cfg: PretrainConfig, backbone: torch.nn.Module, *, bank: int, queries: int) -> tuple[dict, dict]:
+def evaluate_against_baselines(
+    cfg: PretrainConfig, backbone: torch.nn.Module, *, bank: int, queries: int
+) -> tuple[dict, dict]:
     """``(k-NN, linear probe)`` of the trained backbone, of the same network at its random
     initialisation (the run's seed) and of raw pixels (k-NN also of standardised pixels), all on
     the same images: each network's features are extracted once and serve both."""
     data_cfg = dataclasses.replace(cfg.data, train_subset=bank)
     m = cfg.model
-    initial = initial_backbone(m.arch, small_stem=m.small_stem, dim=m.dim, pred_dim=m.pred_dim, proj_layers=m.proj_layers, seed=cfg.run.seed)
+    initial = initial_backbone(
+        m.arch, small_stem=m.small_stem, dim=m.dim, pred_dim=m.pred_dim, proj_layers=m.proj_layers, seed=cfg.run.seed
+    )
     features = baseline_features(
-        backbone, initial, data_cfg, val_subset=queries, amp_dtype=resolve_amp(cfg.monitor.amp, torch.device("cpu")),
+        backbone,
+        initial,
+        data_cfg,
+        val_subset=queries,
+        amp_dtype=resolve_amp(cfg.monitor.amp, torch.device("cpu")),
         channels_last=cfg.run.channels_last,
-    )  # fmt: skip
+    )
     knn = knn_of_baselines(features, k=min(cfg.monitor.knn_k, bank), temperature=cfg.monitor.knn_temperature)
-    probes = {name: linear_probe(*bank_xy, *query_xy, seed=cfg.run.seed) for name, (bank_xy, query_xy) in features.items()}
+    probes = {
+        name: linear_probe(*bank_xy, *query_xy, seed=cfg.run.seed) for name, (bank_xy, query_xy) in features.items()
+    }
     return knn, probes
 
 
@@ -253,10 +293,16 @@ def run_detection(model_dir: Path, out: Path) -> dict:
     if not (data_root / "VOC2007").is_dir():
         make_voc(data_root / "VOC2007", {"trainval": 8, "test": 4}, seed=0)
     command = [
-        sys.executable, "-m", "simsiam_hub.transfer.train_net",
-        "--config-file", str(configs_dir() / "detection" / "voc07_R_50_C4_smoke.yaml"),
-        "MODEL.WEIGHTS", str(pkl), "OUTPUT_DIR", str(out / "finetune"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "simsiam_hub.transfer.train_net",
+        "--config-file",
+        str(configs_dir() / "detection" / "voc07_R_50_C4_smoke.yaml"),
+        "MODEL.WEIGHTS",
+        str(pkl),
+        "OUTPUT_DIR",
+        str(out / "finetune"),
+    ]
     env = {**os.environ, "DETECTRON2_DATASETS": str(data_root)}
     log_path = out / "finetune.log"
     reused = done.is_file() and done.read_text() == digest
@@ -272,7 +318,13 @@ def run_detection(model_dir: Path, out: Path) -> dict:
         atomic_write_text(digest, done)
     found = sorted((out / "finetune").rglob("*results.json"))
     metrics = {r.metric: r.value for f in found for r in read_results(f)}
-    return {"pickle": str(pkl), "metrics": metrics, "log": str(log_path), "command": " ".join(command), "reused": reused}
+    return {
+        "pickle": str(pkl),
+        "metrics": metrics,
+        "log": str(log_path),
+        "command": " ".join(command),
+        "reused": reused,
+    }
 
 
 def reload_check(cfg: PretrainConfig, backbone: torch.nn.Module, target: str) -> tuple[str, float]:
@@ -323,15 +375,34 @@ def run_demo(opts: DemoOptions) -> Path:
         probe = f"  linear probe top-1 {probes[name].top1:.2f}%" if name in probes else ""
         print(f"  {name:25s} k-NN top-1 {acc['top1']:.2f}%  top-5 {acc['top5']:.2f}%{probe}")
     dataset = cfg.data.dataset
-    recipe = {"k": min(cfg.monitor.knn_k, plan.knn_bank), "temperature": cfg.monitor.knn_temperature, "bank_size": plan.knn_bank,
-              "query_size": plan.knn_queries, "image_size": cfg.data.image_size, "pretrain_steps": result.step,
-              "precision": precisions(cfg)["evaluation"]}  # fmt: skip
+    recipe = {
+        "k": min(cfg.monitor.knn_k, plan.knn_bank),
+        "temperature": cfg.monitor.knn_temperature,
+        "bank_size": plan.knn_bank,
+        "query_size": plan.knn_queries,
+        "image_size": cfg.data.image_size,
+        "pretrain_steps": result.step,
+        "precision": precisions(cfg)["evaluation"],
+    }
     split = dataset_info(dataset).eval_split
     probe = probes["simsiam"]
     results_file = write_results(
-        [EvalResult("knn", m, knn["simsiam"][m], dataset, split=split, source=str(result.checkpoint), recipe=recipe) for m in ("top1", "top5")]
-        + [EvalResult("linear", m, getattr(probe, m), dataset, split=split, source=str(result.checkpoint),
-                      recipe=dict(probe.recipe(), precision=recipe["precision"])) for m in ("top1", "top5")],
+        [
+            EvalResult("knn", m, knn["simsiam"][m], dataset, split=split, source=str(result.checkpoint), recipe=recipe)
+            for m in ("top1", "top5")
+        ]
+        + [
+            EvalResult(
+                "linear",
+                m,
+                getattr(probe, m),
+                dataset,
+                split=split,
+                source=str(result.checkpoint),
+                recipe=dict(probe.recipe(), precision=recipe["precision"]),
+            )
+            for m in ("top1", "top5")
+        ],
         out / "results_demo.json",
     )
 
@@ -355,14 +426,37 @@ def run_demo(opts: DemoOptions) -> Path:
         print(f"  fine-tuned: {detection['metrics']}")
     timings["end"] = time.perf_counter()
 
-    png = plot_runs({"SimSiam": out / "pretrain"}, out / "training.png", dim=cfg.model.dim, chance=_chance(dataset),
-                    batch=cfg.optim.batch_size, title=f"simsiam-hub demo: {cfg.model.arch} on {dataset}")  # fmt: skip
+    png = plot_runs(
+        {"SimSiam": out / "pretrain"},
+        out / "training.png",
+        dim=cfg.model.dim,
+        chance=_chance(dataset),
+        batch=cfg.optim.batch_size,
+        title=f"simsiam-hub demo: {cfg.model.arch} on {dataset}",
+    )
     names = list(timings)
-    durations = {"setup": timings[names[0]] - start, **{n: timings[names[i + 1]] - timings[n] for i, n in enumerate(names[:-1])}}
+    durations = {
+        "setup": timings[names[0]] - start,
+        **{n: timings[names[i + 1]] - timings[n] for i, n in enumerate(names[:-1])},
+    }
     outcome = Outcome(
-        out, cfg, opts, plan, reused_plan, result, knn, probes, target, pushed, how, max_diff, detection, durations,
-        timings["end"] - start, png,
-    )  # fmt: skip
+        out,
+        cfg,
+        opts,
+        plan,
+        reused_plan,
+        result,
+        knn,
+        probes,
+        target,
+        pushed,
+        how,
+        max_diff,
+        detection,
+        durations,
+        timings["end"] - start,
+        png,
+    )
     report = _write_report(outcome)
     print(f"\nreport: {report}\nplots:  {png}")
     return report
@@ -371,7 +465,10 @@ def run_demo(opts: DemoOptions) -> Path:
 def precisions(cfg: PretrainConfig) -> dict[str, str]:
     """The precision the demo trains in (``run.amp`` on this machine) and evaluates in (``monitor.amp``)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return {"training": precision_name(resolve_amp(cfg.run.amp, device)), "evaluation": precision_name(resolve_amp(cfg.monitor.amp, device))}
+    return {
+        "training": precision_name(resolve_amp(cfg.run.amp, device)),
+        "evaluation": precision_name(resolve_amp(cfg.monitor.amp, device)),
+    }
 
 
 def _chance(dataset: str) -> float | None:
@@ -410,8 +507,8 @@ def _budget_section(o: Outcome) -> str:
     stage_rows = "\n".join(f"| {name} | {seconds:.0f} |" for name, seconds in o.durations.items())
     planned = ", ".join(f"{k} {v:.0f} s" for k, v in plan.reserved_s.items())
     return f"""Machine: {machine_description()}.
-Budget {o.opts.minutes:g} min; total {o.total / 60:.1f} min{' (over budget: see the stages)' if o.total > plan.budget_s else ''}.
-The plan{' (reused from an earlier demo in this folder)' if o.reused_plan else ''}: a training step measured at
+Budget {o.opts.minutes:g} min; total {o.total / 60:.1f} min{" (over budget: see the stages)" if o.total > plan.budget_s else ""}.
+The plan{" (reused from an earlier demo in this folder)" if o.reused_plan else ""}: a training step measured at
 {plan.step_s:.2f} s and feature extraction at {plan.features_per_s:.0f} images/s here gave {plan.steps} pretraining
 steps and a bank of {plan.knn_bank} images with {plan.knn_queries} queries (estimates: {planned}).
 
@@ -422,15 +519,19 @@ steps and a bank of {plan.knn_bank} images with {plan.knn_queries} queries (esti
 
 def _pretraining_section(o: Outcome) -> str:
     cfg, run = o.cfg, summarize_run(o.out / "pretrain")
-    share = "" if run.get("z_top_share") is None else (
-        f"; {run['z_top_share']:.2f} of it lies on one line (near 1 for a collapsed output, whose std the output "
-        "BatchNorm keeps off 0)"
-    )  # fmt: skip
+    share = (
+        ""
+        if run.get("z_top_share") is None
+        else (
+            f"; {run['z_top_share']:.2f} of it lies on one line (near 1 for a collapsed output, whose std the output "
+            "BatchNorm keeps off 0)"
+        )
+    )
     return f"""## 1. Pretraining
 
 Config `{o.opts.config}` ({cfg.model.arch}, {cfg.data.dataset} at {cfg.data.image_size} px, batch {cfg.optim.batch_size},
-{_precision_phrase(cfg)}): {o.result.step} steps, {o.images_seen:,} image pairs seen. Final loss {run['loss']:.4f}; std of the l2-normalised z
-{run['z_std']:.4f}, that is {run['z_std'] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy){share}.
+{_precision_phrase(cfg)}): {o.result.step} steps, {o.images_seen:,} image pairs seen. Final loss {run["loss"]:.4f}; std of the l2-normalised z
+{run["z_std"]:.4f}, that is {run["z_std"] * math.sqrt(cfg.model.dim):.2f} x 1/sqrt({cfg.model.dim}) (1 is healthy){share}.
 Checkpoint: `{o.result.checkpoint}`.
 
 ![loss, collapse std, k-NN accuracy and the share of z on one line over training]({o.png.name})"""
@@ -439,22 +540,32 @@ Checkpoint: `{o.result.checkpoint}`.
 def _precision_phrase(cfg: PretrainConfig) -> str:
     p = precisions(cfg)
     training = "fp32" if p["training"] == "fp32" else f"{p['training']} autocast"
-    return f"trained in {training} (run.amp={cfg.run.amp}), evaluated in {p['evaluation']} (monitor.amp={cfg.monitor.amp})"
+    return (
+        f"trained in {training} (run.amp={cfg.run.amp}), evaluated in {p['evaluation']} (monitor.amp={cfg.monitor.amp})"
+    )
 
 
 def _evaluation_section(o: Outcome) -> str:
     cfg, plan, knn, probes = o.cfg, o.plan, o.knn, o.probes
     ours = knn["simsiam"]["top1"]
-    others = (("random init", "random_init"), ("raw pixels", "raw_pixels"), ("standardised pixels", "raw_pixels_standardised"))
+    others = (
+        ("random init", "random_init"),
+        ("raw pixels", "raw_pixels"),
+        ("standardised pixels", "raw_pixels_standardised"),
+    )
     # A difference counts when it exceeds about two standard errors of the difference of two accuracies.
     margin = 100 * 1.96 * math.sqrt(2 * 0.25 / plan.knn_queries)
     beats = [name for name, key in others if ours - knn[key]["top1"] > margin]
     verdict = (f"SimSiam's k-NN beats {', '.join(beats)}" if beats else "SimSiam's k-NN does not beat any baseline") + (
         f" by more than the {margin:.1f}-point sampling margin of {plan.knn_queries} queries, after {o.result.step} steps "
         f"({o.images_seen:,} image pairs)."
-    )  # fmt: skip
-    labels = (("simsiam", "SimSiam (this run)"), ("random_init", f"same {cfg.model.arch}, random init"),
-              ("raw_pixels", "raw pixels"), ("raw_pixels_standardised", "standardised raw pixels"))  # fmt: skip
+    )
+    labels = (
+        ("simsiam", "SimSiam (this run)"),
+        ("random_init", f"same {cfg.model.arch}, random init"),
+        ("raw_pixels", "raw pixels"),
+        ("raw_pixels_standardised", "standardised raw pixels"),
+    )
     rows = "\n".join(
         f"| {label} | {knn[key]['top1']:.2f} | {knn[key]['top5']:.2f} | {f'{probes[key].top1:.2f}' if key in probes else '(the probe standardises)'} |"
         for key, label in labels
@@ -463,10 +574,10 @@ def _evaluation_section(o: Outcome) -> str:
     return f"""## 2. k-NN and the linear probe
 
 Bank: {plan.knn_bank} training images; queries: {plan.knn_queries} held-out images (seeded subsets), the
-same for every row; every network's features in {precisions(cfg)['evaluation']}. k-NN: k={min(cfg.monitor.knn_k, plan.knn_bank)}, T={cfg.monitor.knn_temperature}, on l2-normalised features. Linear
+same for every row; every network's features in {precisions(cfg)["evaluation"]}. k-NN: k={min(cfg.monitor.knn_k, plan.knn_bank)}, T={cfg.monitor.knn_temperature}, on l2-normalised features. Linear
 probe: {PROTOCOL_DESCRIPTION} (`simsiam-hub lincls --protocol logreg`), fitted on the bank and
 scored on the queries; the trained network's probe chose weight decay {probe.weight_decay:g} and
-{'converged' if probe.converged else 'did NOT converge'} (training loss {probe.train_loss:.3f}).
+{"converged" if probe.converged else "did NOT converge"} (training loss {probe.train_loss:.3f}).
 
 | features | k-NN top-1 (%) | k-NN top-5 (%) | linear probe top-1 (%) |
 |---|---|---|---|
@@ -482,14 +593,16 @@ def _publishing_sections(o: Outcome) -> str:
         detection = f"Skipped: {o.detection['skipped']}."
     else:
         metrics = ", ".join(f"{k} {v:.2f}" for k, v in sorted(o.detection["metrics"].items())) or "no metrics found"
-        detection = (f"Converted to `{o.detection['pickle']}` and fine-tuned Faster R-CNN R50-C4 for the smoke schedule on a "
-                     f"generated VOC-format set (not a benchmark: it checks the wiring). Test metrics: {metrics}.\n\n"
-                     f"```\n{o.detection['command']}\n```")  # fmt: skip
+        detection = (
+            f"Converted to `{o.detection['pickle']}` and fine-tuned Faster R-CNN R50-C4 for the smoke schedule on a "
+            f"generated VOC-format set (not a benchmark: it checks the wiring). Test metrics: {metrics}.\n\n"
+            f"```\n{o.detection['command']}\n```"
+        )
     model = o.out / "model"
     return f"""## 3. Export and push
 
 Model folder `{model}` (model.safetensors, config.json, README.md model card with the k-NN and probe
-results) pushed to `{o.target}`{'' if o.pushed == o.target else f' (commit `{o.pushed}`)'}.
+results) pushed to `{o.target}`{"" if o.pushed == o.target else f" (commit `{o.pushed}`)"}.
 
 ## 4. Reload
 
@@ -518,10 +631,20 @@ def _write_report(o: Outcome) -> Path:
     text = "# simsiam-hub demo report\n\n" + "\n\n".join(sections) + "\n"
     probes = {k: {"top1": v.top1, "top5": v.top5, **v.recipe(), "seconds": v.seconds} for k, v in o.probes.items()}
     json_summary = {
-        "machine": machine_description(), "precision": precisions(o.cfg), "budget_s": o.plan.budget_s, "plan": dataclasses.asdict(o.plan),
-        "plan_reused": o.reused_plan, "knn": o.knn, "linear_probe": probes, "steps": o.result.step, "images_seen": o.images_seen,
-        "pushed": o.pushed, "reload_max_diff": o.max_diff, "detection": o.detection,
-        "seconds": {n: round(d, 1) for n, d in o.durations.items()}, "total_seconds": round(o.total, 1),
-    }  # fmt: skip
+        "machine": machine_description(),
+        "precision": precisions(o.cfg),
+        "budget_s": o.plan.budget_s,
+        "plan": dataclasses.asdict(o.plan),
+        "plan_reused": o.reused_plan,
+        "knn": o.knn,
+        "linear_probe": probes,
+        "steps": o.result.step,
+        "images_seen": o.images_seen,
+        "pushed": o.pushed,
+        "reload_max_diff": o.max_diff,
+        "detection": o.detection,
+        "seconds": {n: round(d, 1) for n, d in o.durations.items()},
+        "total_seconds": round(o.total, 1),
+    }
     atomic_write_text(json.dumps(json_summary, indent=2) + "\n", o.out / "report.json")
     return atomic_write_text(text, o.out / "report.md")

@@ -107,9 +107,14 @@ def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module
         like = next(iter(module.parameters()), None)
         like = like if like is not None else module.running_mean
         new = AllReduceBatchNorm(
-            module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats,
-            device=like.device, dtype=like.dtype,
-        )  # fmt: skip
+            module.num_features,
+            module.eps,
+            module.momentum,
+            module.affine,
+            module.track_running_stats,
+            device=like.device,
+            dtype=like.dtype,
+        )
         if module.affine:
             with torch.no_grad():
                 new.weight.copy_(module.weight)

@@ -66,17 +66,59 @@ from .precision import autocast_context, resolve_amp
 
 log = logging.getLogger(__name__)
 
-STEP_FIELDS = ["step", "epoch", "loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac", "bad_images"]
-EPOCH_FIELDS = ["step", "epoch", "loss", "z_std", "z_std_ratio", "z_top_share", "knn_top1", "knn_top5", "images_per_s", "seconds"]
+STEP_FIELDS = [
+    "step",
+    "epoch",
+    "loss",
+    "lr",
+    "z_std",
+    "z_std_ratio",
+    "z_top_share",
+    "images_per_s",
+    "data_wait_frac",
+    "bad_images",
+]
+EPOCH_FIELDS = [
+    "step",
+    "epoch",
+    "loss",
+    "z_std",
+    "z_std_ratio",
+    "z_top_share",
+    "knn_top1",
+    "knn_top5",
+    "images_per_s",
+    "seconds",
+]
 # Settings a resumed run may change: they decide how the run is watched, logged, stored or
 # sped up, not what is computed. Any other difference from the checkpoint's config is refused.
 RESUMABLE_CHANGES = (
-    "data.num_workers", "data.root", "data.download", "data.max_bad_images", "monitor.", "run.output_dir", "run.progress",
-    "run.tensorboard", "run.log_every_steps", "run.checkpoint_every_steps", "run.keep_checkpoints", "run.max_steps",
-    "run.compile", "run.deterministic", "run.channels_last", "run.init_from",
-)  # fmt: skip
+    "data.num_workers",
+    "data.root",
+    "data.download",
+    "data.max_bad_images",
+    "monitor.",
+    "run.output_dir",
+    "run.progress",
+    "run.tensorboard",
+    "run.log_every_steps",
+    "run.checkpoint_every_steps",
+    "run.keep_checkpoints",
+    "run.max_steps",
+    "run.compile",
+    "run.deterministic",
+    "run.channels_last",
+    "run.init_from",
+)
 # What a checkpoint's weights must match whatever is allowed.
-MODEL_IDENTITY = ("model.arch", "model.dim", "model.pred_dim", "model.small_stem", "model.proj_layers", "optim.batch_size")
+MODEL_IDENTITY = (
+    "model.arch",
+    "model.dim",
+    "model.pred_dim",
+    "model.small_stem",
+    "model.proj_layers",
+    "optim.batch_size",
+)
 
 
 class NonFiniteLossError(SimsiamHubError, RuntimeError):
@@ -118,7 +160,7 @@ class GracefulStop:
         self.received: int | None = None
         self._previous: dict = {}
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> GracefulStop:
         if self.enabled:
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -133,7 +175,10 @@ class GracefulStop:
             self.__exit__()
             raise KeyboardInterrupt
         self.received = signum
-        log.warning("%s: stopping after this step with a checkpoint (send it again to stop at once)", signal.Signals(signum).name)
+        log.warning(
+            "%s: stopping after this step with a checkpoint (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
 
 def ignore_stop_signals(worker_id: int) -> None:
@@ -162,8 +207,12 @@ class KNNMonitor:
     def __init__(self, cfg: PretrainConfig, device: torch.device):
         bank, query = knn_datasets(cfg.data, cfg.monitor.knn_bank_size, cfg.monitor.knn_query_size)
         if cfg.monitor.knn_k > len(bank):
-            raise ConfigError(f"monitor.knn_k={cfg.monitor.knn_k} is larger than the k-NN bank ({len(bank)} images): lower it or enlarge monitor.knn_bank_size")
-        loader_args = dict(batch_size=256, shuffle=False, num_workers=min(cfg.data.num_workers, 4), worker_init_fn=ignore_stop_signals)
+            raise ConfigError(
+                f"monitor.knn_k={cfg.monitor.knn_k} is larger than the k-NN bank ({len(bank)} images): lower it or enlarge monitor.knn_bank_size"
+            )
+        loader_args = dict(
+            batch_size=256, shuffle=False, num_workers=min(cfg.data.num_workers, 4), worker_init_fn=ignore_stop_signals
+        )
         self.bank_loader = DataLoader(bank, **loader_args)
         self.query_loader = DataLoader(query, **loader_args)
         self.num_classes = int(max(targets_of(bank).max(), targets_of(query).max())) + 1
@@ -175,9 +224,14 @@ class KNNMonitor:
         bank_x, bank_y = extract_features(features, self.bank_loader, **args)
         query_x, query_y = extract_features(features, self.query_loader, **args)
         return knn_accuracy(
-            bank_x, bank_y, query_x, query_y,
-            num_classes=self.num_classes, k=self.cfg.monitor.knn_k, temperature=self.cfg.monitor.knn_temperature,
-        )  # fmt: skip
+            bank_x,
+            bank_y,
+            query_x,
+            query_y,
+            num_classes=self.num_classes,
+            k=self.cfg.monitor.knn_k,
+            temperature=self.cfg.monitor.knn_temperature,
+        )
 
 
 def pretrain_views(cfg: PretrainConfig) -> SeededViews:
@@ -239,7 +293,9 @@ class Trainer:
         self.cfg = cfg
         self.info = info = setup_distributed()
         if cfg.optim.batch_size % info.world_size:
-            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes")
+            raise ConfigError(
+                f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes"
+            )
         self.local_batch = cfg.optim.batch_size // info.world_size
         self.out = Path(cfg.run.output_dir)
         if cfg.run.deterministic:
@@ -272,15 +328,25 @@ class Trainer:
         self.dataset = pretrain_views(cfg)
         self.steps_per_epoch = len(self.dataset) // cfg.optim.batch_size
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"the training set has {len(self.dataset)} images, fewer than one batch (optim.batch_size={cfg.optim.batch_size})")
+            raise ConfigError(
+                f"the training set has {len(self.dataset)} images, fewer than one batch (optim.batch_size={cfg.optim.batch_size})"
+            )
         self.total_steps = cfg.optim.epochs * self.steps_per_epoch
         if cfg.run.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
-        self.sampler = ResumableSampler(self.dataset, num_replicas=self.info.world_size, rank=self.info.rank, seed=cfg.run.seed)
+        self.sampler = ResumableSampler(
+            self.dataset, num_replicas=self.info.world_size, rank=self.info.rank, seed=cfg.run.seed
+        )
 
     def _build_model(self) -> None:
         cfg = self.cfg
-        model = SimSiam(cfg.model.arch, cfg.model.dim, cfg.model.pred_dim, small_stem=cfg.model.small_stem, proj_layers=cfg.model.proj_layers)
+        model = SimSiam(
+            cfg.model.arch,
+            cfg.model.dim,
+            cfg.model.pred_dim,
+            small_stem=cfg.model.small_stem,
+            proj_layers=cfg.model.proj_layers,
+        )
         if cfg.run.init_from:
             load_init_weights(model, cfg.run.init_from)
         if self.info.distributed:
@@ -309,7 +375,9 @@ class Trainer:
         refused, allowed = resume_differences(stored_config(ckpt), to_dict(self.cfg))
         identity = {k: v for k, v in refused.items() if k in MODEL_IDENTITY}
         if identity:
-            raise CheckpointError(f"{path} holds a different model: {_describe_changes(identity)} (checkpoint -> this run); use another run.output_dir")
+            raise CheckpointError(
+                f"{path} holds a different model: {_describe_changes(identity)} (checkpoint -> this run); use another run.output_dir"
+            )
         if refused and not allow_config_change:
             raise CheckpointError(
                 f"{path} was trained with other settings: {_describe_changes(refused)} (checkpoint -> this run). Resuming "
@@ -318,7 +386,9 @@ class Trainer:
             )
         self.config_changes = {**refused, **allowed}
         if refused:
-            log.warning("resuming %s with changed settings (--allow-config-change): %s", path, _describe_changes(refused))
+            log.warning(
+                "resuming %s with changed settings (--allow-config-change): %s", path, _describe_changes(refused)
+            )
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -383,10 +453,19 @@ class Trainer:
             name = signal.Signals(self.stop.received).name
             raise TrainingStopped(
                 f"stopped by {name} at step {self.step} of {self.total_steps} (epoch {self.step / self.steps_per_epoch:.2f}); "
-                f"checkpoint {self.checkpoint}: the same command resumes from it", self.stop.received,
-            )  # fmt: skip
+                f"checkpoint {self.checkpoint}: the same command resumes from it",
+                self.stop.received,
+            )
         checkpoint = self.checkpoint or self.resumed_from  # None: resumed at the end, nothing to do
-        return PretrainResult(self.out, checkpoint, self.step, self.step / self.steps_per_epoch, self.loss_value, self.z_std, self.knn_top1)
+        return PretrainResult(
+            self.out,
+            checkpoint,
+            self.step,
+            self.step / self.steps_per_epoch,
+            self.loss_value,
+            self.z_std,
+            self.knn_top1,
+        )
 
     def _open_logs(self) -> None:
         """config.yaml (a resume with changed settings adds config_stepN.yaml beside it), the
@@ -399,7 +478,12 @@ class Trainer:
             atomic_write_text(text, first)
         elif self.config_changes:
             changed = atomic_write_text(text, self.out / f"config_step{self.step:08d}.yaml")
-            log.info("the settings from step %d on are in %s (%s)", self.step, changed, _describe_changes(self.config_changes))
+            log.info(
+                "the settings from step %d on are in %s (%s)",
+                self.step,
+                changed,
+                _describe_changes(self.config_changes),
+            )
         resume_step = self.step if self.resumed_from else None
         self.step_log = CSVLog(self.out / "train_log.csv", STEP_FIELDS, resume_step)
         self.epoch_log = CSVLog(self.out / "epoch_log.csv", EPOCH_FIELDS, resume_step)
@@ -408,7 +492,14 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(self.out / "tb", purge_step=resume_step)
-        self.bar = tqdm(total=self.total_steps, initial=self.step, disable=not cfg.run.progress, desc="pretrain", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not cfg.run.progress,
+            desc="pretrain",
+            unit="step",
+            dynamic_ncols=True,
+        )
 
     def _run_epoch(self) -> bool:
         """Train from the current step to the epoch's end (or the run's); returns whether a stop
@@ -418,10 +509,15 @@ class Trainer:
         self.dataset.epoch = epoch
         self.sampler.set_epoch(epoch, skip=done_in_epoch * self.local_batch)
         loader = DataLoader(
-            self.dataset, batch_size=self.local_batch, sampler=self.sampler, num_workers=cfg.data.num_workers,
-            drop_last=True, pin_memory=self.device.type == "cuda", persistent_workers=False,
+            self.dataset,
+            batch_size=self.local_batch,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
             worker_init_fn=ignore_stop_signals,
-        )  # fmt: skip
+        )
         epoch_start, epoch_step0 = time.perf_counter(), self.step
         self.loss_sum, self.n_steps = 0.0, 0
         self.window = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
@@ -505,16 +601,24 @@ class Trainer:
         self.z_std = std_of_l2_normalized(z1)
         elapsed = time.perf_counter() - self.window["start"]
         row = {
-            "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": self.loss_value, "lr": lr,
-            "z_std": self.z_std, "z_std_ratio": collapse_ratio(self.z_std, cfg.model.dim), "z_top_share": top_direction_share(z1),
-            "images_per_s": self.window["steps"] * cfg.optim.batch_size / elapsed, "data_wait_frac": self.window["wait"] / elapsed,
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "loss": self.loss_value,
+            "lr": lr,
+            "z_std": self.z_std,
+            "z_std_ratio": collapse_ratio(self.z_std, cfg.model.dim),
+            "z_top_share": top_direction_share(z1),
+            "images_per_s": self.window["steps"] * cfg.optim.batch_size / elapsed,
+            "data_wait_frac": self.window["wait"] / elapsed,
             "bad_images": len(self.bad_images),
-        }  # fmt: skip
+        }
         self.step_log.write(row)
         if self.tb:
             for key in ("loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac"):
                 self.tb.add_scalar(f"train/{key}", row[key], self.step)
-        self.bar.set_postfix(loss=f"{self.loss_value:.3f}", z_std=f"{self.z_std:.4f}", img_s=f"{row['images_per_s']:.1f}")
+        self.bar.set_postfix(
+            loss=f"{self.loss_value:.3f}", z_std=f"{self.z_std:.4f}", img_s=f"{row['images_per_s']:.1f}"
+        )
         self.window = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
 
     def _end_epoch(self, epoch: int, z1: torch.Tensor, seconds: float, steps: int) -> None:
@@ -525,10 +629,15 @@ class Trainer:
         ratio = collapse_ratio(self.z_std, cfg.model.dim)
         share = top_direction_share(z1)
         row = {
-            "step": self.step, "epoch": self.step / self.steps_per_epoch, "loss": self.loss_sum / self.n_steps,
-            "z_std": self.z_std, "z_std_ratio": ratio, "z_top_share": share, "seconds": seconds,
+            "step": self.step,
+            "epoch": self.step / self.steps_per_epoch,
+            "loss": self.loss_sum / self.n_steps,
+            "z_std": self.z_std,
+            "z_std_ratio": ratio,
+            "z_top_share": share,
+            "seconds": seconds,
             "images_per_s": steps * cfg.optim.batch_size / seconds,
-        }  # fmt: skip
+        }
         every, every_steps = cfg.monitor.knn_every_epochs, cfg.monitor.knn_every_steps
         epoch_end = self.step % self.steps_per_epoch == 0
         knn_due = (
@@ -549,8 +658,13 @@ class Trainer:
             log.warning(
                 "collapse warning: std of l2-normalised z is %.5f, %.3f x 1/sqrt(%d) (threshold %.2f); "
                 "%.3f of it lies on one line (threshold %.2f)",
-                self.z_std, ratio, cfg.model.dim, cfg.monitor.collapse_warn_ratio, share, cfg.monitor.collapse_warn_share,
-            )  # fmt: skip
+                self.z_std,
+                ratio,
+                cfg.model.dim,
+                cfg.monitor.collapse_warn_ratio,
+                share,
+                cfg.monitor.collapse_warn_share,
+            )
         knn_text = f" knn_top1={row['knn_top1']:.2f}%" if row.get("knn_top1") is not None else ""
         tqdm.write(
             f"epoch {self.step / self.steps_per_epoch:.2f}: loss={row['loss']:.4f} z_std={self.z_std:.4f} (x{ratio:.2f} of 1/sqrt(d), "
@@ -560,7 +674,14 @@ class Trainer:
 
     def _knn_log(self) -> None:
         result = self.knn(self.model)
-        self.epoch_log.write({"step": self.step, "epoch": self.step / self.steps_per_epoch, "knn_top1": result["top1"], "knn_top5": result["top5"]})
+        self.epoch_log.write(
+            {
+                "step": self.step,
+                "epoch": self.step / self.steps_per_epoch,
+                "knn_top1": result["top1"],
+                "knn_top5": result["top5"],
+            }
+        )
         if self.tb:
             self.tb.add_scalar("epoch/knn_top1", result["top1"], self.step)
 

@@ -19,9 +19,18 @@ _HEADS = ("backbone", "simsiam")
 
 
 def simsiam_resnet50(
-    pretrained=True, repo_id=None, revision=None, head="backbone", *, progress=True, cache_dir=None, token=None,
-    local_files_only=False, force_download=False, **kwargs,
-):  # fmt: skip
+    pretrained=True,
+    repo_id=None,
+    revision=None,
+    head="backbone",
+    *,
+    progress=True,
+    cache_dir=None,
+    token=None,
+    local_files_only=False,
+    force_download=False,
+    **kwargs,
+):
     """SimSiam ResNet-50: a torchvision ResNet-50 with ``fc = Identity`` (2048-d pooled
     features), in eval mode, its eval transform at ``model.transform``.
 
@@ -53,6 +62,12 @@ def simsiam_resnet50(
     from simsiam_hub.hub.loading import load_variant
 
     return load_variant(
-        repo_id or _os.environ.get("SIMSIAM_HUB_REPO") or DEFAULT_REPO_ID, revision=revision, head=head, progress=progress,
-        cache_dir=cache_dir, token=token, local_files_only=local_files_only, force_download=force_download,
-    )  # fmt: skip
+        repo_id or _os.environ.get("SIMSIAM_HUB_REPO") or DEFAULT_REPO_ID,
+        revision=revision,
+        head=head,
+        progress=progress,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
+    )

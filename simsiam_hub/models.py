@@ -79,7 +79,13 @@ class SimSiam(nn.Module):
         super().__init__()
         if proj_layers not in PROJ_LAYERS:
             raise ValueError(f"proj_layers={proj_layers!r}: expected one of {PROJ_LAYERS}")
-        self.arch, self.dim, self.pred_dim, self.small_stem, self.proj_layers = arch, dim, pred_dim, small_stem, proj_layers
+        self.arch, self.dim, self.pred_dim, self.small_stem, self.proj_layers = (
+            arch,
+            dim,
+            pred_dim,
+            small_stem,
+            proj_layers,
+        )
         self.encoder = build_resnet(arch, num_classes=dim, small_stem=small_stem, zero_init_residual=True)
         prev_dim = self.encoder.fc.weight.shape[1]
         hidden = [nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True)]
@@ -151,4 +157,6 @@ def initial_backbone(
     the same generator): the "random init" baseline. The caller's RNG state is left as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return PooledFeatures(SimSiam(arch, dim, pred_dim, small_stem=small_stem, proj_layers=proj_layers).encoder).eval()
+        return PooledFeatures(
+            SimSiam(arch, dim, pred_dim, small_stem=small_stem, proj_layers=proj_layers).encoder
+        ).eval()

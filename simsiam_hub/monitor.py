@@ -87,6 +87,7 @@ class CSVLog:
 
 def read_csv(path: str | os.PathLike) -> list[dict]:
     """Rows of a log written by :class:`CSVLog`, numbers as floats (empty cells as None)."""
+
     def parse(value):
         if value in ("", None):
             return None

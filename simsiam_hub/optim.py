@@ -34,8 +34,15 @@ class LARC(torch.optim.SGD):
     The state (momentum buffers) and ``state_dict`` are SGD's; ``clip=True`` is not provided.
     """
 
-    def __init__(self, params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001, eps: float = 1e-8):  # fmt: skip
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coefficient: float = 0.001,
+        eps: float = 1e-8,
+    ):
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.trust_coefficient, self.eps = trust_coefficient, eps
 
@@ -100,4 +107,6 @@ def build_pretrain_optimizer(model, cfg) -> torch.optim.SGD:
         {"params": [p for p in model.encoder.parameters() if p.requires_grad], "fix_lr": False},
         {"params": [p for p in model.predictor.parameters() if p.requires_grad], "fix_lr": cfg.fix_pred_lr},
     ]
-    return torch.optim.SGD(groups, lr=scaled_lr(cfg.base_lr, cfg.batch_size), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        groups, lr=scaled_lr(cfg.base_lr, cfg.batch_size), momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )

@@ -64,7 +64,9 @@ def plot_runs(
     axes[1].axhline(1 / math.sqrt(dim), color="grey", linestyle="--", linewidth=1, label=f"1/sqrt({dim})")
     if batch:
         floor = two_point_ratio(batch) / math.sqrt(dim)
-        axes[1].axhline(floor, color="grey", linestyle=":", linewidth=1, label=f"collapsed under BN (1 of {batch} opposite)")
+        axes[1].axhline(
+            floor, color="grey", linestyle=":", linewidth=1, label=f"collapsed under BN (1 of {batch} opposite)"
+        )
     axes[1].set(title="std of l2-normalised z", xlabel="epoch", ylim=(0, None))
     if chance is not None:
         axes[2].axhline(chance, color="grey", linestyle=":", linewidth=1, label="chance")

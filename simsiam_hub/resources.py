@@ -19,7 +19,9 @@ def configs_dir() -> Path:
     for candidate in (PACKAGE_DIR / "configs", PACKAGE_DIR.parent / "configs"):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"simsiam-hub's configs are missing: expected {PACKAGE_DIR / 'configs'} (a broken install?)")
+    raise FileNotFoundError(
+        f"simsiam-hub's configs are missing: expected {PACKAGE_DIR / 'configs'} (a broken install?)"
+    )
 
 
 def shipped_configs(kind: str) -> dict[str, Path]:

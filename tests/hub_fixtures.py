@@ -136,7 +136,7 @@ def _handler(hub: FakeHub):
             with hub.lock:
                 for prefix, handler in ROUTES[method]:
                     if path.startswith(prefix):
-                        return handler(self, path[len(prefix):], urllib.parse.parse_qs(url.query))
+                        return handler(self, path[len(prefix) :], urllib.parse.parse_qs(url.query))
                 return self._resolve(path.lstrip("/"), method)
 
         def do_GET(self):
@@ -187,7 +187,19 @@ def _handler(hub: FakeHub):
                 if oid is None:
                     return
                 siblings = [{"rfilename": p} for p in sorted(repo.commits[oid])]
-                return self._json(200, {"id": repo_id, "modelId": repo_id, "sha": oid, "private": repo.private, "siblings": siblings, "tags": [], "downloads": 0, "likes": 0})
+                return self._json(
+                    200,
+                    {
+                        "id": repo_id,
+                        "modelId": repo_id,
+                        "sha": oid,
+                        "private": repo.private,
+                        "siblings": siblings,
+                        "tags": [],
+                        "downloads": 0,
+                        "likes": 0,
+                    },
+                )
             if self.command == "GET" and action == "tree":
                 rev, _, sub = rev_path.partition("/")
                 oid = self._commit_of(repo_id, repo, rev)
@@ -247,7 +259,11 @@ def _handler(hub: FakeHub):
                     if parent and parent != repo.branches[rev]:
                         return self._error(412, "PreconditionFailed", "parentCommit is not the branch head")
                 elif key == "file":
-                    data = base64.b64decode(value["content"]) if value.get("encoding") == "base64" else value["content"].encode()
+                    data = (
+                        base64.b64decode(value["content"])
+                        if value.get("encoding") == "base64"
+                        else value["content"].encode()
+                    )
                     blob = hashlib.sha256(data).hexdigest()
                     hub.blobs[blob] = data
                     files[value["path"]] = (blob, False)
@@ -262,7 +278,15 @@ def _handler(hub: FakeHub):
                 else:
                     return self._error(400, "BadRequest", f"unsupported commit operation {key}")
             oid = hub.commit(repo, rev, files, summary)
-            return self._json(200, {"commitUrl": f"{hub.url}/{repo_id}/commit/{oid}", "commitOid": oid, "success": True, "pullRequestUrl": None})
+            return self._json(
+                200,
+                {
+                    "commitUrl": f"{hub.url}/{repo_id}/commit/{oid}",
+                    "commitOid": oid,
+                    "success": True,
+                    "pullRequestUrl": None,
+                },
+            )
 
         def _lfs_batch(self, rest, query):
             body = json.loads(self._body())
@@ -272,9 +296,15 @@ def _handler(hub: FakeHub):
             for obj in body["objects"]:
                 entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
                 if obj["oid"] not in hub.blobs:  # already stored: no upload action
-                    entry["actions"] = {"upload": {"href": f"{hub.url}/lfs-upload/{obj['oid']}/{obj['size']}", "header": {}}}
+                    entry["actions"] = {
+                        "upload": {"href": f"{hub.url}/lfs-upload/{obj['oid']}/{obj['size']}", "header": {}}
+                    }
                 objects.append(entry)
-            return self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(), content_type="application/vnd.git-lfs+json")
+            return self._send(
+                200,
+                json.dumps({"transfer": "basic", "objects": objects}).encode(),
+                content_type="application/vnd.git-lfs+json",
+            )
 
         def _lfs_upload(self, rest, query):
             oid, size = rest.split("/")
@@ -300,7 +330,7 @@ def _handler(hub: FakeHub):
             repo = self._repo(repo_id)
             if repo is None:
                 return
-            rev, _, file = rest[len("resolve/"):].partition("/")
+            rev, _, file = rest[len("resolve/") :].partition("/")
             oid = self._commit_of(repo_id, repo, rev)
             if oid is None:
                 return
@@ -393,10 +423,19 @@ def make_training_checkpoint(folder):
     from simsiam_hub.engine import pretrain
 
     overrides = [
-        "model.arch=resnet50", "data.dataset=synthetic", "data.image_size=32", "data.synthetic_size=4",
-        "data.num_workers=0", "optim.batch_size=4", "optim.epochs=1", "monitor.knn_every_epochs=0",
-        "run.tensorboard=false", "run.progress=false", "run.amp=off", f"run.output_dir={folder}",
-    ]  # fmt: skip
+        "model.arch=resnet50",
+        "data.dataset=synthetic",
+        "data.image_size=32",
+        "data.synthetic_size=4",
+        "data.num_workers=0",
+        "optim.batch_size=4",
+        "optim.epochs=1",
+        "monitor.knn_every_epochs=0",
+        "run.tensorboard=false",
+        "run.progress=false",
+        "run.amp=off",
+        f"run.output_dir={folder}",
+    ]
     return pretrain(load_config(PretrainConfig, None, overrides), resume=None).checkpoint
 
 
@@ -450,7 +489,10 @@ def make_official_checkpoint(folder):
     optimizer.step()  # momentum buffers, as a real checkpoint has (weights move by the decay)
     optimizer.zero_grad(set_to_none=True)
     path = folder / "checkpoint_0099.pth.tar"
-    torch.save({"epoch": 100, "arch": "resnet50", "state_dict": wrapper.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    torch.save(
+        {"epoch": 100, "arch": "resnet50", "state_dict": wrapper.state_dict(), "optimizer": optimizer.state_dict()},
+        path,
+    )
     model.eval()
     backbone = {k: v.clone() for k, v in model.encoder.state_dict().items() if not k.startswith("fc.")}
     return OfficialCheckpoint(path, model, backbone)

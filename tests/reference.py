@@ -12,13 +12,21 @@ class ReferenceSimSiam(nn.Module):
         self.encoder = base_encoder(num_classes=dim, zero_init_residual=True)
         prev_dim = self.encoder.fc.weight.shape[1]
         self.encoder.fc = nn.Sequential(
-            nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True),
-            nn.Linear(prev_dim, prev_dim, bias=False), nn.BatchNorm1d(prev_dim), nn.ReLU(inplace=True),
-            self.encoder.fc, nn.BatchNorm1d(dim, affine=False),
-        )  # fmt: skip
+            nn.Linear(prev_dim, prev_dim, bias=False),
+            nn.BatchNorm1d(prev_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(prev_dim, prev_dim, bias=False),
+            nn.BatchNorm1d(prev_dim),
+            nn.ReLU(inplace=True),
+            self.encoder.fc,
+            nn.BatchNorm1d(dim, affine=False),
+        )
         self.encoder.fc[6].bias.requires_grad = False
         self.predictor = nn.Sequential(
-            nn.Linear(dim, pred_dim, bias=False), nn.BatchNorm1d(pred_dim), nn.ReLU(inplace=True), nn.Linear(pred_dim, dim)
+            nn.Linear(dim, pred_dim, bias=False),
+            nn.BatchNorm1d(pred_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(pred_dim, dim),
         )
 
     def forward(self, x1, x2):

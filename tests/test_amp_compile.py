@@ -36,15 +36,29 @@ def restore_global_torch_state():
 
 def tiny(out, *extra):
     return load_config(
-        PretrainConfig, None,
+        PretrainConfig,
+        None,
         [
-            "data.dataset=synthetic", "data.synthetic_size=16", "data.image_size=8", "data.num_workers=0",
-            "model.arch=resnet18", "model.small_stem=true", "model.dim=64", "model.pred_dim=16",
-            "optim.batch_size=8", "optim.epochs=1", "monitor.knn_every_epochs=0", "run.max_steps=2",
-            "run.log_every_steps=1", f"run.output_dir={out}", "run.progress=false", "run.tensorboard=false",
-            "run.deterministic=true", *extra,
+            "data.dataset=synthetic",
+            "data.synthetic_size=16",
+            "data.image_size=8",
+            "data.num_workers=0",
+            "model.arch=resnet18",
+            "model.small_stem=true",
+            "model.dim=64",
+            "model.pred_dim=16",
+            "optim.batch_size=8",
+            "optim.epochs=1",
+            "monitor.knn_every_epochs=0",
+            "run.max_steps=2",
+            "run.log_every_steps=1",
+            f"run.output_dir={out}",
+            "run.progress=false",
+            "run.tensorboard=false",
+            "run.deterministic=true",
+            *extra,
         ],
-    )  # fmt: skip
+    )
 
 
 def losses(out) -> list[float]:
@@ -157,7 +171,9 @@ def test_bf16_autocast_training_step_on_cpu(monkeypatch, tmp_path):
 @pytest.mark.gpu
 @needs_cuda
 def test_bf16_autocast_training_step_on_cuda(tmp_path):
-    assert resolve_amp("auto", torch.device("cuda")) is (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    assert resolve_amp("auto", torch.device("cuda")) is (
+        torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    )
     fp32, bf16, fp32_seen, bf16_seen = bf16_run_against_fp32(tmp_path)
     check_bf16_against_fp32(tmp_path, fp32, bf16, fp32_seen, bf16_seen)
 
@@ -191,7 +207,12 @@ def compiled_against_eager(tmp_path, backend: str | None):
 
 def check_compiled_against_eager(tmp_path, graphs, eager, compiled, rtol, atol):
     # the SimSiam forward was captured: its convolutions and BatchNorms are in the graphs
-    ops = [str(node.target) for gm in graphs for node in gm.graph.nodes if node.op in ("call_function", "call_module", "call_method")]
+    ops = [
+        str(node.target)
+        for gm in graphs
+        for node in gm.graph.nodes
+        if node.op in ("call_function", "call_module", "call_method")
+    ]
     assert sum("conv" in op for op in ops) >= 2 * 20, ops[:20]  # ResNet-18: 20 convolutions per view
     a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
     assert len(a) == len(b) == 2

@@ -20,15 +20,35 @@ ROOT = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")  # `make data` installs it (Debian's dataset-fashion-mnist)
 # The demo's own config and data (Fashion-MNIST, ResNet-50 at 32 px) at a small size.
 SMALL = [
-    "data.train_subset=96", "data.num_workers=0",
-    "optim.batch_size=16", "monitor.knn_every_steps=3", "monitor.knn_bank_size=64", "monitor.knn_query_size=24",
-    "monitor.knn_k=20", "run.checkpoint_every_steps=3", "run.log_every_steps=2", "run.progress=false",
-]  # fmt: skip
+    "data.train_subset=96",
+    "data.num_workers=0",
+    "optim.batch_size=16",
+    "monitor.knn_every_steps=3",
+    "monitor.knn_bank_size=64",
+    "monitor.knn_query_size=24",
+    "monitor.knn_k=20",
+    "run.checkpoint_every_steps=3",
+    "run.log_every_steps=2",
+    "run.progress=false",
+]
 
 
 def demo(out, *extra):
     # --out relative to the working directory, as `make demo` passes it (runs/demo)
-    cmd = [sys.executable, "-m", "simsiam_hub.cli", "demo", "--out", out.name, "--knn-bank", "96", "--knn-queries", "24", *extra, *SMALL]
+    cmd = [
+        sys.executable,
+        "-m",
+        "simsiam_hub.cli",
+        "demo",
+        "--out",
+        out.name,
+        "--knn-bank",
+        "96",
+        "--knn-queries",
+        "24",
+        *extra,
+        *SMALL,
+    ]
     proc = subprocess.run(cmd, cwd=out.parent, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -36,7 +56,9 @@ def demo(out, *extra):
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # two demos (2.5 min together on a quiet 2-core AMD EPYC); room for slow or busy CI machines
-@pytest.mark.skipif(not (FMNIST / "train-labels-idx1-ubyte.gz").is_file(), reason="Fashion-MNIST is installed by `make data`")
+@pytest.mark.skipif(
+    not (FMNIST / "train-labels-idx1-ubyte.gz").is_file(), reason="Fashion-MNIST is installed by `make data`"
+)
 def test_demo_end_to_end_and_again(tmp_path):
     out = tmp_path / "demo"
     # A budget that the config's 6 steps fit on any CPU, however slow or loaded: the plan's
@@ -48,10 +70,14 @@ def test_demo_end_to_end_and_again(tmp_path):
         assert 0 <= acc["top1"] <= acc["top5"] <= 100
     # 10 classes: chance is 10%; raw pixels are far above it even on 96 bank images
     assert report["knn"]["raw_pixels"]["top1"] > 40, report["knn"]
-    assert report["steps"] == 6 and report["images_seen"] == 96  # the whole config fits the budget: 96 images / batch 16
+    assert (
+        report["steps"] == 6 and report["images_seen"] == 96
+    )  # the whole config fits the budget: 96 images / batch 16
     assert (report["plan"]["knn_bank"], report["plan"]["knn_queries"]) == (96, 24)
     probes = report["linear_probe"]
-    assert set(probes) == {"simsiam", "random_init", "raw_pixels"} and all(p["protocol"] == "logreg" for p in probes.values())
+    assert set(probes) == {"simsiam", "random_init", "raw_pixels"} and all(
+        p["protocol"] == "logreg" for p in probes.values()
+    )
     assert probes["raw_pixels"]["top1"] > 40 and all(0 <= p["top1"] <= p["top5"] <= 100 for p in probes.values())
     assert report["plan"]["steps"] == 6 and report["budget_s"] == 3600 and "cores" in report["machine"]
     assert report["reload_max_diff"] == 0.0
@@ -63,7 +89,13 @@ def test_demo_end_to_end_and_again(tmp_path):
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
     trained = torchvision.models.resnet50()
     trained.fc = torch.nn.Identity()
-    trained.load_state_dict({k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.") and not k.startswith("encoder.fc.")})
+    trained.load_state_dict(
+        {
+            k[len("encoder.") :]: v
+            for k, v in state.items()
+            if k.startswith("encoder.") and not k.startswith("encoder.fc.")
+        }
+    )
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(from_pretrained(hub_copy)(x), trained.eval()(x))
@@ -101,7 +133,11 @@ def test_the_plan_fits_the_budget():
     # An AMD EPYC's rates for the default config: 3.7 s per step, 300 images/s through the backbone.
     plan = plan_budget(600, 25, 3.7, 300, train_size=60_000, config_steps=200, **common)
     assert sum(plan.reserved_s.values()) <= 600
-    assert 50 < plan.steps < 200 and f"data.train_subset={plan.steps * 128}" in plan.overrides and "optim.epochs=1" in plan.overrides
+    assert (
+        50 < plan.steps < 200
+        and f"data.train_subset={plan.steps * 128}" in plan.overrides
+        and "optim.epochs=1" in plan.overrides
+    )
     assert (plan.knn_bank, plan.knn_queries) == (5_700, 1_140)  # features and probes in a third of the 428 s left
     twice_as_fast = plan_budget(600, 25, 1.85, 600, train_size=60_000, config_steps=200, **common)
     assert twice_as_fast.steps > 2 * plan.steps and twice_as_fast.knn_bank == 10_000
@@ -122,13 +158,32 @@ def test_stopgrad_ablation_without_it_heads_for_collapse(tmp_path):
     which stays at 1/sqrt(d), and more of the output lies on one line. (docs/stopgrad_ablation.md has the full-size run.)"""
     out = tmp_path / "ablation"
     cmd = [
-        sys.executable, "-m", "simsiam_hub.cli", "ablate-stopgrad", "--out", str(out),
-        "data.dataset=synthetic", "data.synthetic_size=128", "data.image_size=16", "data.num_workers=0",
-        "model.arch=resnet18", "model.small_stem=true", "model.dim=128", "model.pred_dim=32",
-        "optim.batch_size=32", "optim.epochs=8", "optim.base_lr=0.4", "run.log_every_steps=2",
-        "monitor.knn_every_epochs=0", "run.progress=false", "run.tensorboard=false", "run.deterministic=true",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        sys.executable,
+        "-m",
+        "simsiam_hub.cli",
+        "ablate-stopgrad",
+        "--out",
+        str(out),
+        "data.dataset=synthetic",
+        "data.synthetic_size=128",
+        "data.image_size=16",
+        "data.num_workers=0",
+        "model.arch=resnet18",
+        "model.small_stem=true",
+        "model.dim=128",
+        "model.pred_dim=32",
+        "optim.batch_size=32",
+        "optim.epochs=8",
+        "optim.base_lr=0.4",
+        "run.log_every_steps=2",
+        "monitor.knn_every_epochs=0",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "run.deterministic=true",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     from simsiam_hub.report import summarize_run
 

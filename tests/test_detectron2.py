@@ -46,7 +46,9 @@ try:
     HAVE_D2 = True
 except ImportError:
     HAVE_D2 = False
-needs_detectron2 = pytest.mark.skipif(not HAVE_D2, reason="detectron2 is not importable (`make detectron2` installs it)")
+needs_detectron2 = pytest.mark.skipif(
+    not HAVE_D2, reason="detectron2 is not importable (`make detectron2` installs it)"
+)
 
 
 def random_backbone(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -174,7 +176,12 @@ def test_every_config_loads_and_builds_its_model(train_net):
     names = {f.stem for f in files}
     for bench in ("voc07_R_50_C4", "voc0712_R_50_C4_24k", "coco_R_50_C4_1x", "coco_R_50_C4_2x"):
         assert {bench, f"{bench}_scratch", f"{bench}_imagenet", f"{bench}_msra", f"{bench}_smoke"} <= names
-    schedules = {"voc07": (12500, (9500,)), "voc0712": (24000, (18000, 22000)), "coco_R_50_C4_1x": (90000, (60000, 80000)), "coco_R_50_C4_2x": (180000, (120000, 160000))}  # fmt: skip
+    schedules = {
+        "voc07": (12500, (9500,)),
+        "voc0712": (24000, (18000, 22000)),
+        "coco_R_50_C4_1x": (90000, (60000, 80000)),
+        "coco_R_50_C4_2x": (180000, (120000, 160000)),
+    }
     for path in files:
         cfg = train_net.load_config(str(path))
         # the protocol, in every config, the smoke runs included (MoCo 7397dfe Base-RCNN-C4-BN.yaml)
@@ -182,22 +189,29 @@ def test_every_config_loads_and_builds_its_model(train_net):
         assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN" and cfg.TEST.PRECISE_BN.ENABLED, path.name
         assert cfg.MODEL.BACKBONE.FREEZE_AT == 0, path.name
         if path.stem.endswith("_msra"):  # MoCo's supervised configs: Detectron2's defaults for MSRA's R-50.pkl
-            assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == ("BGR", [103.530, 116.280, 123.675], [1.0] * 3)
+            assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == (
+                "BGR",
+                [103.530, 116.280, 123.675],
+                [1.0] * 3,
+            )
             assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is True, path.name
         else:  # MoCo's *_moco configs: torchvision-style weights
             assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_STD)) == ("RGB", [58.395, 57.120, 57.375]), path.name
             assert cfg.MODEL.RESNETS.STRIDE_IN_1X1 is False, path.name
         if path.stem.endswith("_smoke"):
-            assert cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.RPN.POST_NMS_TOPK_TEST <= 50 and cfg.INPUT.MIN_SIZE_TEST <= 256
+            assert (
+                cfg.MODEL.DEVICE == "cpu" and cfg.MODEL.RPN.POST_NMS_TOPK_TEST <= 50 and cfg.INPUT.MIN_SIZE_TEST <= 256
+            )
         elif path.stem != "Base-RCNN-C4-BN":
             assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR) == (16, 0.02), path.name
             key = next(k for k in schedules if path.stem == k or path.stem.startswith(k + "_"))
             assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS)) == schedules[key], path.name
             assert cfg.MODEL.MASK_ON == path.stem.startswith("coco"), path.name
             weights = {
-                "scratch": "", "imagenet": "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth",
+                "scratch": "",
+                "imagenet": "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth",
                 "msra": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
-            }  # fmt: skip
+            }
             assert cfg.MODEL.WEIGHTS == weights.get(path.stem.rsplit("_", 1)[1], train_net.WEIGHTS_UNSET), path.name
         # builds (names and shapes only, on the meta device: the CUDA configs too)
         cfg.MODEL.DEVICE = "meta"
@@ -205,7 +219,11 @@ def test_every_config_loads_and_builds_its_model(train_net):
             model = build_model(cfg)
         assert type(model.roi_heads).__name__ == "Res5ROIHeadsExtraNorm"
         assert model.roi_heads.res5.norm.num_features == 2048
-        assert type(model.roi_heads.res5.norm).__name__ == type(model.backbone.stem.conv1.norm).__name__ == "NaiveSyncBatchNorm"
+        assert (
+            type(model.roi_heads.res5.norm).__name__
+            == type(model.backbone.stem.conv1.norm).__name__
+            == "NaiveSyncBatchNorm"
+        )
         assert model.roi_heads.box_predictor.cls_score.out_features == cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1
 
 
@@ -226,7 +244,11 @@ def test_converted_backbone_loads_into_r50_c4_with_nothing_missing(train_net, co
     source = load_file(str(backbone_file))
     loaded = model.state_dict()
     # every backbone tensor of the model (stem, res2-res4; res5 lives in the ROI head) came from the file
-    backbone_keys = [k for k in loaded if k.startswith("backbone.") or k.startswith("roi_heads.res5.") and not k.startswith("roi_heads.res5.norm.")]
+    backbone_keys = [
+        k
+        for k in loaded
+        if k.startswith("backbone.") or k.startswith("roi_heads.res5.") and not k.startswith("roi_heads.res5.norm.")
+    ]
     assert len(backbone_keys) == len(source)
     by_d2_name = {detectron2_name(k): v for k, v in source.items()}
     for key in backbone_keys:
@@ -240,11 +262,24 @@ def test_converted_backbone_loads_into_r50_c4_with_nothing_missing(train_net, co
 
 def _voc_args(data: Path, out: Path, weights: str, *extra: str) -> list[str]:
     return [
-        "--config-file", str(CONFIGS / "voc07_R_50_C4_smoke.yaml"),
-        "--register-voc", "overfit_train", str(data), "train", "--classes", "bird,cat,dog",
-        *extra, "MODEL.WEIGHTS", weights, "OUTPUT_DIR", str(out),
-        "DATASETS.TRAIN", "('overfit_train',)", "DATASETS.TEST", "('overfit_train',)",
-    ]  # fmt: skip
+        "--config-file",
+        str(CONFIGS / "voc07_R_50_C4_smoke.yaml"),
+        "--register-voc",
+        "overfit_train",
+        str(data),
+        "train",
+        "--classes",
+        "bird,cat,dog",
+        *extra,
+        "MODEL.WEIGHTS",
+        weights,
+        "OUTPUT_DIR",
+        str(out),
+        "DATASETS.TRAIN",
+        "('overfit_train',)",
+        "DATASETS.TEST",
+        "('overfit_train',)",
+    ]
 
 
 def _ground_truth_predictions(dataset_name: str, *, masks: bool, shift: float = 0.0):
@@ -258,10 +293,16 @@ def _ground_truth_predictions(dataset_name: str, *, masks: bool, shift: float = 
     pairs = []
     for d in DatasetCatalog.get(dataset_name):
         h, w, anns = d["height"], d["width"], d["annotations"]
-        boxes = torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns], dtype=torch.float32)
+        boxes = torch.tensor(
+            [BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in anns], dtype=torch.float32
+        )
         boxes[:, 0::2] += shift * (boxes[:, 2:3] - boxes[:, 0:1])
-        instances = Instances((h, w), pred_boxes=Boxes(boxes), scores=torch.ones(len(anns)),
-                              pred_classes=torch.tensor([a["category_id"] for a in anns]))  # fmt: skip
+        instances = Instances(
+            (h, w),
+            pred_boxes=Boxes(boxes),
+            scores=torch.ones(len(anns)),
+            pred_classes=torch.tensor([a["category_id"] for a in anns]),
+        )
         if masks:
             polygons = [[np.asarray(p, dtype=np.float64) for p in a["segmentation"]] for a in anns]
             instances.pred_masks = torch.stack([torch.from_numpy(polygons_to_bitmask(p, h, w)) for p in polygons])
@@ -278,7 +319,9 @@ def _evaluate(train_net, cfg, name: str, pairs) -> dict:
     for inputs, outputs in pairs:
         evaluator.process(inputs, outputs)
     results = evaluator.evaluate()
-    entries = train_net.results_entries(cfg, results, source="ground truth", seed=None, trial=None, config_file="gt.yaml")
+    entries = train_net.results_entries(
+        cfg, results, source="ground truth", seed=None, trial=None, config_file="gt.yaml"
+    )
     return {(e.task, e.metric): e.value for e in entries}
 
 
@@ -289,10 +332,24 @@ def test_ground_truth_as_predictions_scores_ap_100_on_voc(train_net, tmp_path):
     same boxes moved right by half their width (IoU 1/3)."""
     name = f"gt_voc_{tmp_path.name}"
     data = make_voc(tmp_path / "voc", {"test": 4}, objects=3, seed=5)
-    args = train_net.build_parser().parse_args([
-        "--config-file", str(CONFIGS / "voc07_R_50_C4_smoke.yaml"), "--register-voc", name, str(data), "test",
-        "--classes", "bird,cat,dog", "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)", "OUTPUT_DIR", str(tmp_path / "out"),
-    ])  # fmt: skip
+    args = train_net.build_parser().parse_args(
+        [
+            "--config-file",
+            str(CONFIGS / "voc07_R_50_C4_smoke.yaml"),
+            "--register-voc",
+            name,
+            str(data),
+            "test",
+            "--classes",
+            "bird,cat,dog",
+            "DATASETS.TRAIN",
+            f"('{name}',)",
+            "DATASETS.TEST",
+            f"('{name}',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ]
+    )
     train_net.register_datasets(args)
     cfg = train_net.setup(args)
     exact = _evaluate(train_net, cfg, name, _ground_truth_predictions(name, masks=False))
@@ -308,14 +365,28 @@ def test_ground_truth_as_predictions_scores_ap_100_on_coco(train_net, tmp_path):
     predictions that are the ground truth; boxes moved by half their width score 0."""
     name = f"gt_coco_{tmp_path.name}"
     data = make_coco(tmp_path / "coco", {"val": 4}, objects=3, seed=6)
-    args = train_net.build_parser().parse_args([
-        "--config-file", str(CONFIGS / "coco_R_50_C4_1x_smoke.yaml"), "--register-coco", name, str(data / "val.json"), str(data / "images"),
-        "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)", "OUTPUT_DIR", str(tmp_path / "out"),
-    ])  # fmt: skip
+    args = train_net.build_parser().parse_args(
+        [
+            "--config-file",
+            str(CONFIGS / "coco_R_50_C4_1x_smoke.yaml"),
+            "--register-coco",
+            name,
+            str(data / "val.json"),
+            str(data / "images"),
+            "DATASETS.TRAIN",
+            f"('{name}',)",
+            "DATASETS.TEST",
+            f"('{name}',)",
+            "OUTPUT_DIR",
+            str(tmp_path / "out"),
+        ]
+    )
     train_net.register_datasets(args)
     cfg = train_net.setup(args)
     exact = _evaluate(train_net, cfg, name, _ground_truth_predictions(name, masks=True))
-    expected = {(t, m): pytest.approx(100.0) for t in ("detection", "instance-segmentation") for m in ("AP50", "AP", "AP75")}
+    expected = {
+        (t, m): pytest.approx(100.0) for t in ("detection", "instance-segmentation") for m in ("AP50", "AP", "AP75")
+    }
     assert exact == expected
     moved = _evaluate(train_net, cfg, name, _ground_truth_predictions(name, masks=False, shift=0.5))
     assert moved == {("detection", m): pytest.approx(0.0) for m in ("AP50", "AP", "AP75")}
@@ -330,7 +401,16 @@ def test_overfitting_two_images_the_loss_falls(train_net, converted_fresh, tmp_p
     (At 4x that lr the box regression diverged after about 20 iterations from random weights.)
     """
     data = make_voc(tmp_path / "voc", {"train": 2}, objects=2, seed=3)
-    overrides = ["SOLVER.MAX_ITER", "24", "SOLVER.STEPS", "()", "INPUT.RANDOM_FLIP", "none", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "8"]
+    overrides = [
+        "SOLVER.MAX_ITER",
+        "24",
+        "SOLVER.STEPS",
+        "()",
+        "INPUT.RANDOM_FLIP",
+        "none",
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+        "8",
+    ]
     args = train_net.build_parser().parse_args(_voc_args(data, tmp_path / "run", str(converted_fresh), *overrides))
     train_net.register_datasets(args)
     cfg = train_net.setup(args)
@@ -348,8 +428,10 @@ def test_overfitting_two_images_the_loss_falls(train_net, converted_fresh, tmp_p
     total, rpn_cls, cls = history("total_loss"), history("loss_rpn_cls"), history("loss_cls")
     assert len(total) == 24 and all(math.isfinite(v) for v in total)
     first, last = statistics.fmean(total[:5]), statistics.fmean(total[-5:])
-    print(f"\noverfit: total_loss {first:.3f} (mean of the first 5 iterations) -> {last:.3f} (last 5); "
-          f"loss_rpn_cls {rpn_cls[0]:.3f} -> {rpn_cls[-1]:.3f}; loss_cls {statistics.fmean(cls[:5]):.3f} -> {statistics.fmean(cls[-5:]):.3f}")  # fmt: skip
+    print(
+        f"\noverfit: total_loss {first:.3f} (mean of the first 5 iterations) -> {last:.3f} (last 5); "
+        f"loss_rpn_cls {rpn_cls[0]:.3f} -> {rpn_cls[-1]:.3f}; loss_cls {statistics.fmean(cls[:5]):.3f} -> {statistics.fmean(cls[-5:]):.3f}"
+    )
     # measured with seeds 0, 1, 2 (last 5 over first 5): total x0.28-0.37, classification x0.07-0.09;
     # objectness (last over first) x0.44-0.46
     assert last < 0.6 * first
@@ -366,14 +448,28 @@ def test_voc07_fine_tune_trials_and_summary_from_the_command_line(model_folder, 
     make_voc(datasets / "VOC2007", {"trainval": 4, "test": 2}, seed=1)
     out = tmp_path / "voc07"
     env = dict(os.environ, DETECTRON2_DATASETS=str(datasets), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(ROOT / "transfer" / "train_net.py"), "--config-file", str(CONFIGS / "voc07_R_50_C4_smoke.yaml"),
-           "--trials", "2", "MODEL.WEIGHTS", str(model_folder), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "transfer" / "train_net.py"),
+        "--config-file",
+        str(CONFIGS / "voc07_R_50_C4_smoke.yaml"),
+        "--trials",
+        "2",
+        "MODEL.WEIGHTS",
+        str(model_folder),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "2",
+    ]
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "backbone_detectron2.pkl").is_file()
     trials = [read_results(out / f"trial{i}" / "detection_results.json") for i in range(2)]
     for i, results in enumerate(trials):
-        assert [(r.task, r.dataset, r.split, r.metric) for r in results] == [("detection", "voc07", "test", m) for m in ("AP50", "AP", "AP75")]
+        assert [(r.task, r.dataset, r.split, r.metric) for r in results] == [
+            ("detection", "voc07", "test", m) for m in ("AP50", "AP", "AP75")
+        ]
         assert all(0 <= r.value <= 100 and r.recipe["seed"] == i and r.source == str(model_folder) for r in results)
 
     from transfer import summarize
@@ -403,10 +499,33 @@ def test_a_voc_folder_with_png_images_and_a_one_image_split_fine_tunes(model_fol
     assert not list((data / "JPEGImages").glob("*.jpg"))
     assert (data / "ImageSets" / "Main" / "test.txt").read_text().split() == ["test_0000"]
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "simsiam_hub.transfer.train_net", "--config-file", "voc07_R_50_C4_smoke",
-           "--register-voc", "mine_train", str(data), "trainval", "--register-voc", "mine_test", str(data), "test",
-           "--classes", "bird,cat,dog", "MODEL.WEIGHTS", str(model_folder), "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "2",
-           "DATASETS.TRAIN", "('mine_train',)", "DATASETS.TEST", "('mine_test',)"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "simsiam_hub.transfer.train_net",
+        "--config-file",
+        "voc07_R_50_C4_smoke",
+        "--register-voc",
+        "mine_train",
+        str(data),
+        "trainval",
+        "--register-voc",
+        "mine_test",
+        str(data),
+        "test",
+        "--classes",
+        "bird,cat,dog",
+        "MODEL.WEIGHTS",
+        str(model_folder),
+        "OUTPUT_DIR",
+        str(out),
+        "SOLVER.MAX_ITER",
+        "2",
+        "DATASETS.TRAIN",
+        "('mine_train',)",
+        "DATASETS.TEST",
+        "('mine_test',)",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -419,20 +538,43 @@ def test_a_voc_folder_with_png_images_and_a_one_image_split_fine_tunes(model_fol
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     last = proc.stderr.strip().splitlines()[-1]
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert last == f"train_net.py: error: --register-voc mine_test: {xml} has a <bndbox> without numeric xmin, ymin, xmax, ymax"
+    assert (
+        last
+        == f"train_net.py: error: --register-voc mine_test: {xml} has a <bndbox> without numeric xmin, ymin, xmax, ymax"
+    )
 
 
 @needs_detectron2
 def test_coco_mask_rcnn_fine_tune_eval_only_and_resume(train_net, converted_fresh, tmp_path):
     """Mask R-CNN C4 on a user's COCO json (polygon masks, 3 categories with ids 1, 3, 5)."""
     data = make_coco(tmp_path / "coco", {"train": 4, "val": 2}, seed=2)
-    reg = ["--register-coco", "tiny_train", str(data / "train.json"), str(data / "images"),
-           "--register-coco", "tiny_val", str(data / "val.json"), str(data / "images")]  # fmt: skip
+    reg = [
+        "--register-coco",
+        "tiny_train",
+        str(data / "train.json"),
+        str(data / "images"),
+        "--register-coco",
+        "tiny_val",
+        str(data / "val.json"),
+        str(data / "images"),
+    ]
     common = ["--config-file", str(CONFIGS / "coco_R_50_C4_1x_smoke.yaml"), *reg]
     # every detection kept (score > 0), so that the predictions compared below are never empty
-    data_opts = ["DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "('tiny_val',)", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+    data_opts = [
+        "DATASETS.TRAIN",
+        "('tiny_train',)",
+        "DATASETS.TEST",
+        "('tiny_val',)",
+        "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+        "0.0",
+    ]
     run = tmp_path / "run"
-    assert train_net.cli([*common, *data_opts, "MODEL.WEIGHTS", str(converted_fresh), "OUTPUT_DIR", str(run), "SOLVER.MAX_ITER", "3"]) == 0
+    assert (
+        train_net.cli(
+            [*common, *data_opts, "MODEL.WEIGHTS", str(converted_fresh), "OUTPUT_DIR", str(run), "SOLVER.MAX_ITER", "3"]
+        )
+        == 0
+    )
     assert yaml.safe_load((run / "config.yaml").read_text())["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 3
     results = read_results(run / "detection_results.json")
     tasks = {(r.task, r.metric): r.value for r in results}
@@ -446,9 +588,24 @@ def test_coco_mask_rcnn_fine_tune_eval_only_and_resume(train_net, converted_fres
     # --eval-only on the final checkpoint (a Detectron2 .pth, passed through) predicts the same
     # boxes, masks and scores as the evaluation at the end of training, and the same APs
     again = tmp_path / "eval"
-    assert train_net.cli([*common, "--eval-only", *data_opts, "MODEL.WEIGHTS", str(run / "model_final.pth"), "OUTPUT_DIR", str(again)]) == 0
+    assert (
+        train_net.cli(
+            [
+                *common,
+                "--eval-only",
+                *data_opts,
+                "MODEL.WEIGHTS",
+                str(run / "model_final.pth"),
+                "OUTPUT_DIR",
+                str(again),
+            ]
+        )
+        == 0
+    )
     assert not (again / "backbone_detectron2.pkl").exists()
-    predictions = [json.loads((d / "inference" / "tiny_val" / "coco_instances_results.json").read_text()) for d in (run, again)]
+    predictions = [
+        json.loads((d / "inference" / "tiny_val" / "coco_instances_results.json").read_text()) for d in (run, again)
+    ]
     assert len(predictions[0]) > 0 and {p["category_id"] for p in predictions[0]} <= {1, 3, 5}
     assert predictions[1] == predictions[0]  # image, category, box, score and RLE mask, bit for bit
     evaluated = {(r.task, r.metric): r.value for r in read_results(again / "detection_results.json")}
@@ -456,7 +613,22 @@ def test_coco_mask_rcnn_fine_tune_eval_only_and_resume(train_net, converted_fres
 
     # --resume after the end: the finished trial is not run again
     before = (run / "detection_results.json").read_bytes(), (run / "model_final.pth").stat().st_mtime_ns
-    assert train_net.cli([*common, "--resume", *data_opts, "MODEL.WEIGHTS", str(converted_fresh), "OUTPUT_DIR", str(run), "SOLVER.MAX_ITER", "3"]) == 0
+    assert (
+        train_net.cli(
+            [
+                *common,
+                "--resume",
+                *data_opts,
+                "MODEL.WEIGHTS",
+                str(converted_fresh),
+                "OUTPUT_DIR",
+                str(run),
+                "SOLVER.MAX_ITER",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert ((run / "detection_results.json").read_bytes(), (run / "model_final.pth").stat().st_mtime_ns) == before
 
 
@@ -471,12 +643,52 @@ def test_train_net_refuses_clearly(train_net, tmp_path, capsys):
         # a dataset that is not there: builtin names under $DETECTRON2_DATASETS
         "not found (Detectron2's builtin datasets live under $DETECTRON2_DATASETS": base,
         "--register-voc mine: ": ["--register-voc", "mine", str(tmp_path / "nowhere"), "train", *base],
-        "has an <object> without <pose>": ["--register-voc", "no_pose", str(no_pose), "train", "--classes", "bird,cat,dog", *base],
-        "names the class 'bird', not in the class list ['horse'] (set --classes)": ["--register-voc", "mine2", str(data), "train", "--classes", "horse", *base],
-        "MODEL.WEIGHTS is not set": ["--register-voc", "mine3", str(data), "train", "--classes", "bird,cat,dog", *base,
-                                     "DATASETS.TRAIN", "('mine3',)", "DATASETS.TEST", "('mine3',)"],  # fmt: skip
-        "MODEL.WEIGHTS file not found": ["--register-voc", "mine3", str(data), "train", "--classes", "bird,cat,dog", *base,
-                                         "DATASETS.TRAIN", "('mine3',)", "DATASETS.TEST", "('mine3',)", "MODEL.WEIGHTS", str(tmp_path / "typo.pkl")],  # fmt: skip
+        "has an <object> without <pose>": [
+            "--register-voc",
+            "no_pose",
+            str(no_pose),
+            "train",
+            "--classes",
+            "bird,cat,dog",
+            *base,
+        ],
+        "names the class 'bird', not in the class list ['horse'] (set --classes)": [
+            "--register-voc",
+            "mine2",
+            str(data),
+            "train",
+            "--classes",
+            "horse",
+            *base,
+        ],
+        "MODEL.WEIGHTS is not set": [
+            "--register-voc",
+            "mine3",
+            str(data),
+            "train",
+            "--classes",
+            "bird,cat,dog",
+            *base,
+            "DATASETS.TRAIN",
+            "('mine3',)",
+            "DATASETS.TEST",
+            "('mine3',)",
+        ],
+        "MODEL.WEIGHTS file not found": [
+            "--register-voc",
+            "mine3",
+            str(data),
+            "train",
+            "--classes",
+            "bird,cat,dog",
+            *base,
+            "DATASETS.TRAIN",
+            "('mine3',)",
+            "DATASETS.TEST",
+            "('mine3',)",
+            "MODEL.WEIGHTS",
+            str(tmp_path / "typo.pkl"),
+        ],
         "Non-existent key: MODEL.NO_SUCH_KEY": [*base, "MODEL.NO_SUCH_KEY", "1"],
     }
     for expected, argv in cases.items():

@@ -162,14 +162,20 @@ def _moved_parameters(out) -> int:
     """How many of the model's float tensors the run changed from the runs' common initialisation."""
     torch.manual_seed(0)  # the tiny runs' seed
     init = SimSiam("resnet18", 64, 16, small_stem=True).state_dict()
-    return sum(bool((value - init[key]).abs().max() > 0) for key, value in final_model(out).items() if value.is_floating_point())
+    return sum(
+        bool((value - init[key]).abs().max() > 0)
+        for key, value in final_model(out).items()
+        if value.is_floating_point()
+    )
 
 
 def test_engine_trains_with_views_finished_on_the_device(tmp_path):
     """data.augment_on=device (one loader worker) against the loader path with fast_augment's ops
     (no worker): the same views up to rounding, so the same first loss; and it trains."""
     common = ("run.max_steps=2", "run.log_every_steps=1", "run.channels_last=false")
-    on_device = load_config(PretrainConfig, None, tiny(tmp_path / "device", *common, "data.augment_on=device", "data.num_workers=1"))
+    on_device = load_config(
+        PretrainConfig, None, tiny(tmp_path / "device", *common, "data.augment_on=device", "data.num_workers=1")
+    )
     on_loader = load_config(PretrainConfig, None, tiny(tmp_path / "loader", *common, "data.fast_augment=true"))
     assert pretrain(on_device, resume=None).step == 2
     pretrain(on_loader, resume=None)
@@ -201,7 +207,11 @@ def test_cuda_finish_equals_the_cpu_finish():
 @pytest.mark.gpu
 @needs_cuda
 def test_cuda_engine_trains_with_views_finished_on_the_gpu(tmp_path):
-    cfg = load_config(PretrainConfig, None, tiny(tmp_path, "run.max_steps=3", "run.log_every_steps=1", "data.augment_on=device", "data.num_workers=2"))
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        tiny(tmp_path, "run.max_steps=3", "run.log_every_steps=1", "data.augment_on=device", "data.num_workers=2"),
+    )
     assert pretrain(cfg, resume=None).step == 3
     losses = _step_losses(tmp_path)
     assert len(losses) == 3 and all(-1.0 <= loss <= 1.0 for loss in losses)

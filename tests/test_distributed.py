@@ -50,7 +50,9 @@ def _worker(rank, port, x1, x2, out):
 def test_two_ranks_equal_one_process_in_float64(tmp_path):
     torch.manual_seed(1)
     x1, x2 = torch.randn(8, 3, 16, 16, dtype=torch.float64), torch.randn(8, 3, 16, 16, dtype=torch.float64)
-    mp.start_processes(_worker, args=(_free_port(), x1, x2, tmp_path / "ddp.pt"), nprocs=2, join=True, start_method="fork")
+    mp.start_processes(
+        _worker, args=(_free_port(), x1, x2, tmp_path / "ddp.pt"), nprocs=2, join=True, start_method="fork"
+    )
     torch.manual_seed(0)
     single = SimSiam("resnet18", 32, 8, small_stem=True).double()
     init = {k: v.clone() for k, v in single.state_dict().items()}

@@ -26,12 +26,24 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny(out, *extra):
     return [
-        "data.dataset=synthetic", "data.synthetic_size=64", "data.image_size=16", "data.num_workers=0",
-        "model.arch=resnet18", "model.small_stem=true", "model.dim=64", "model.pred_dim=16",
-        "optim.batch_size=16", "optim.epochs=2", "monitor.knn_every_epochs=0",
-        f"run.output_dir={out}", "run.progress=false", "run.tensorboard=false", "run.deterministic=true",
-        "run.amp=off", *extra,
-    ]  # fmt: skip
+        "data.dataset=synthetic",
+        "data.synthetic_size=64",
+        "data.image_size=16",
+        "data.num_workers=0",
+        "model.arch=resnet18",
+        "model.small_stem=true",
+        "model.dim=64",
+        "model.pred_dim=16",
+        "optim.batch_size=16",
+        "optim.epochs=2",
+        "monitor.knn_every_epochs=0",
+        f"run.output_dir={out}",
+        "run.progress=false",
+        "run.tensorboard=false",
+        "run.deterministic=true",
+        "run.amp=off",
+        *extra,
+    ]
 
 
 def cli(*args, nproc=None, env=None, launcher=None, **kwargs):
@@ -42,7 +54,15 @@ def cli(*args, nproc=None, env=None, launcher=None, **kwargs):
     if nproc:
         prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.Popen([*prefix, *program, *args], cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    return subprocess.Popen(
+        [*prefix, *program, *args],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def run_cli(*args, **kwargs):
@@ -65,7 +85,9 @@ def ddp_gap(tmp_path, plant: str | None = None) -> tuple[float, int]:
     if not list_checkpoints(one):
         code, log = run_cli("pretrain", *tiny(one, *args), launcher=launcher)
         assert code == 0, log[-3000:]
-    code, log = run_cli("pretrain", *tiny(two, *args), nproc=2, launcher=launcher, env={"SIMSIAM_TEST_PLANT": plant or ""})
+    code, log = run_cli(
+        "pretrain", *tiny(two, *args), nproc=2, launcher=launcher, env={"SIMSIAM_TEST_PLANT": plant or ""}
+    )
     assert code == 0, log[-3000:]
     assert load_checkpoint(list_checkpoints(two)[0])["world_size"] == 2
     a, b = final_model(one), final_model(two)
@@ -118,7 +140,17 @@ def test_ddp_check_catches_planted_bugs(tmp_path_factory, plant):
 
 def test_knn_every_steps_also_runs_on_epoch_ends(tmp_path):
     # 4 steps an epoch, a check every 2 steps and none per epoch: steps 2, 4 (an epoch end), 6, 8.
-    cfg = load_config(PretrainConfig, None, tiny(tmp_path, "monitor.knn_every_steps=2", "monitor.knn_bank_size=32", "monitor.knn_query_size=16", "monitor.knn_k=20"))
+    cfg = load_config(
+        PretrainConfig,
+        None,
+        tiny(
+            tmp_path,
+            "monitor.knn_every_steps=2",
+            "monitor.knn_bank_size=32",
+            "monitor.knn_query_size=16",
+            "monitor.knn_k=20",
+        ),
+    )
     pretrain(cfg, resume=None)
     with open(tmp_path / "epoch_log.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["knn_top1"]]
@@ -129,7 +161,13 @@ def test_the_engine_sets_the_lr_once_per_epoch(tmp_path):
     """optim.lr_schedule=epoch in a real run (per step, the default, is what every other test here
     runs; both schedules' values are checked in test_optim.py)."""
     # 2 epochs of 4 steps of batch 4, every step logged; init lr 0.05 * 4 / 256.
-    small = ("data.synthetic_size=16", "optim.batch_size=4", "data.image_size=8", "optim.lr_schedule=epoch", "run.log_every_steps=1")
+    small = (
+        "data.synthetic_size=16",
+        "optim.batch_size=4",
+        "data.image_size=8",
+        "optim.lr_schedule=epoch",
+        "run.log_every_steps=1",
+    )
     pretrain(load_config(PretrainConfig, None, tiny(tmp_path, *small)), resume=None)
     with open(tmp_path / "train_log.csv") as f:
         lrs = [float(r["lr"]) for r in csv.DictReader(f)]
@@ -193,7 +231,9 @@ def test_ctrl_c_stops_after_the_step_with_a_checkpoint_that_resumes(tmp_path):
     text, _ = proc.communicate(timeout=300)
     assert proc.returncode == 128 + signal.SIGINT, text[-3000:]
     assert "Traceback" not in text and "SIGINT: stopping after this step" in text
-    found = re.search(r"stopped by SIGINT at step (\d+) of 100 \(epoch [\d.]+\); checkpoint (\S+): the same command resumes", text)
+    found = re.search(
+        r"stopped by SIGINT at step (\d+) of 100 \(epoch [\d.]+\); checkpoint (\S+): the same command resumes", text
+    )
     assert found, text[-2000:]
     step = int(found[1])
     assert 1 <= step < 100
@@ -253,7 +293,9 @@ def test_a_two_layer_projector_trains_exports_and_loads_whole(tmp_path):
     from simsiam_hub.hub.export import export
     from simsiam_hub.hub.loading import from_pretrained
 
-    result = pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", "model.proj_layers=2", "run.max_steps=1")))
+    result = pretrain(
+        load_config(PretrainConfig, None, tiny(tmp_path / "run", "model.proj_layers=2", "run.max_steps=1"))
+    )
     state = load_checkpoint(result.checkpoint)["model"]
     assert "encoder.fc.3.weight" in state and "encoder.fc.6.weight" not in state
     folder = export(result.checkpoint, tmp_path / "model")
@@ -268,10 +310,14 @@ def test_a_two_layer_projector_trains_exports_and_loads_whole(tmp_path):
 
 def test_foreign_checkpoint_is_refused(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
-    with pytest.raises(engine.CheckpointError, match="not a simsiam-hub training checkpoint.*found keys \\['state_dict'\\]"):
+    with pytest.raises(
+        engine.CheckpointError, match="not a simsiam-hub training checkpoint.*found keys \\['state_dict'\\]"
+    ):
         load_checkpoint(tmp_path / "other.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(engine.CheckpointError, match=r"junk.pt is not a readable checkpoint \(truncated or not a torch file\?\)"):
+    with pytest.raises(
+        engine.CheckpointError, match=r"junk.pt is not a readable checkpoint \(truncated or not a torch file\?\)"
+    ):
         load_checkpoint(tmp_path / "junk.pt")
 
 
@@ -287,7 +333,9 @@ def test_pruning_deletes_only_this_runs_older_checkpoints(tmp_path):
     foreign = tmp_path / "run" / "checkpoint_step00000003.pt"
     foreign.write_bytes(list_checkpoints(tmp_path / "other")[0].read_bytes())
 
-    result = pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "run", *args, "run.max_steps=8")))  # resumes at 4
+    result = pretrain(
+        load_config(PretrainConfig, None, tiny(tmp_path / "run", *args, "run.max_steps=8"))
+    )  # resumes at 4
     assert result.step == 8 and result.checkpoint.is_file()
     names = [p.name for p in list_checkpoints(tmp_path / "run")]
     assert names == ["checkpoint_step00000099.pt", "checkpoint_step00000008.pt", "checkpoint_step00000003.pt"]
@@ -305,9 +353,15 @@ def test_resume_refuses_changed_settings_unless_allowed(tmp_path):
     assert code == 1 and "Traceback" not in log and "--allow-config-change" in log.strip().splitlines()[-1]
 
     # What changes nothing computed (logging, workers, checkpoint cadence) resumes as it is.
-    assert pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "run.max_steps=2", "run.log_every_steps=5"))).step == 2
+    assert (
+        pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "run.max_steps=2", "run.log_every_steps=5"))).step
+        == 2
+    )
     assert (tmp_path / "config.yaml").read_text() == first
-    allowed = pretrain(load_config(PretrainConfig, None, tiny(tmp_path, "optim.base_lr=0.1", "run.max_steps=3")), allow_config_change=True)
+    allowed = pretrain(
+        load_config(PretrainConfig, None, tiny(tmp_path, "optim.base_lr=0.1", "run.max_steps=3")),
+        allow_config_change=True,
+    )
     assert allowed.step == 3
     assert (tmp_path / "config.yaml").read_text() == first  # the run's first settings are never overwritten
     assert "base_lr: 0.1" in (tmp_path / "config_step00000002.yaml").read_text()
@@ -345,7 +399,10 @@ def test_an_unreadable_image_is_skipped_by_name_and_the_run_stays_reproducible(t
     for key, value in load_checkpoint(again.checkpoint)["model"].items():
         assert torch.equal(value, ckpt["model"][key]), key  # the replacement image is drawn from the seed
 
-    with pytest.raises(engine.DatasetError, match=r"1 images could not be read, more than data.max_bad_images=0 \(first: .*broken.jpg\)"):
+    with pytest.raises(
+        engine.DatasetError,
+        match=r"1 images could not be read, more than data.max_bad_images=0 \(first: .*broken.jpg\)",
+    ):
         pretrain(load_config(PretrainConfig, None, tiny(tmp_path / "c", *folder_args, "data.max_bad_images=0")))
 
 
@@ -368,7 +425,9 @@ def test_a_refused_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoin
     code, log = run_cli("pretrain", *tiny(out, *args), preexec_fn=limited)
     last = log.strip().splitlines()[-1]
     assert code == 1 and "Traceback" not in log, log[-2000:]
-    assert last.startswith("simsiam-hub pretrain: error: the file grew past the size this process may write (ulimit -f) while writing ")
+    assert last.startswith(
+        "simsiam-hub pretrain: error: the file grew past the size this process may write (ulimit -f) while writing "
+    )
     assert "checkpoint_step00000004.pt" in last and last.endswith("nothing was written")
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
     assert list_checkpoints(out) == [previous] and load_checkpoint(previous)["step"] == 2
@@ -381,7 +440,10 @@ def test_a_refused_checkpoint_write_is_one_line_and_keeps_the_previous_checkpoin
         ("optim.epochs=0", "optim.epochs=0 is invalid"),
         ("model.arch=vgg16", "model.arch='vgg16' is invalid: expected one of"),
         ("run.amp=fp8", "run.amp='fp8' is invalid"),
-        ("monitor.collapse_warn_share=1.5", r"monitor.collapse_warn_share=1.5 is invalid: expected a number in \(0, 1\]"),
+        (
+            "monitor.collapse_warn_share=1.5",
+            r"monitor.collapse_warn_share=1.5 is invalid: expected a number in \(0, 1\]",
+        ),
         ("optim.base_lr=fast", "config key 'optim.base_lr'"),
         ("optim.epochs", "not of the form key=value"),
     ],
@@ -411,16 +473,36 @@ def test_every_shipped_pretrain_config_is_what_the_readme_says():
         cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / name)
         arch, *traits = row["model"].split(", ")
         assert set(traits) <= {"small stem", "2-layer projector", "no stop-gradient"}, (name, traits)
-        model = (archs[arch], "small stem" in traits, 2 if "2-layer projector" in traits else 3, "no stop-gradient" not in traits)
+        model = (
+            archs[arch],
+            "small stem" in traits,
+            2 if "2-layer projector" in traits else 3,
+            "no stop-gradient" not in traits,
+        )
         assert (cfg.model.arch, cfg.model.small_stem, cfg.model.proj_layers, cfg.model.stop_gradient) == model, name
         data = re.fullmatch(r"([\w-]+), (\d+) px(?:, ([\d,]+) images)?", row["data"])
         subset = int(data[3].replace(",", "")) if data[3] else None
-        assert (cfg.data.dataset, cfg.data.image_size, cfg.data.train_subset) == (datasets[data[1]], int(data[2]), subset), name
+        assert (cfg.data.dataset, cfg.data.image_size, cfg.data.train_subset) == (
+            datasets[data[1]],
+            int(data[2]),
+            subset,
+        ), name
         optim = (int(row["epochs"]), int(row["batch"]), float(row["base lr"]), float(row["wd"]), row["lr schedule"])
-        assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.optim.base_lr, cfg.optim.weight_decay, cfg.optim.lr_schedule) == optim, name
+        assert (
+            cfg.optim.epochs,
+            cfg.optim.batch_size,
+            cfg.optim.base_lr,
+            cfg.optim.weight_decay,
+            cfg.optim.lr_schedule,
+        ) == optim, name
         assert cfg.run.amp == precision[row["precision"]], name
         # "All use momentum 0.9, fix_pred_lr, output width 2048 and predictor width 512"
-        assert (cfg.optim.momentum, cfg.optim.fix_pred_lr, cfg.model.dim, cfg.model.pred_dim) == (0.9, True, 2048, 512), name
+        assert (cfg.optim.momentum, cfg.optim.fix_pred_lr, cfg.model.dim, cfg.model.pred_dim) == (
+            0.9,
+            True,
+            2048,
+            512,
+        ), name
 
 
 def test_the_paper_named_configs_are_the_references_recipe():
@@ -429,21 +511,49 @@ def test_the_paper_named_configs_are_the_references_recipe():
     each epoch's start (l.257, l.359-366), no warm-up, fp32 (no autocast); the paper's batch 256
     (Table 4) and the official command's 512 (l.51); the MoCo v2 augmentation (simsiam/loader.py,
     RandomResizedCrop scale (0.2, 1), blur p=0.5). CIFAR-10: the paper's Appendix D."""
-    recipe = dict(base_lr=0.05, momentum=0.9, weight_decay=1e-4, fix_pred_lr=True, lr_schedule="epoch", warmup_epochs=0.0)
-    for name, (epochs, batch) in {"imagenet_resnet50_100ep.yaml": (100, 256), "imagenet_resnet50_100ep_bs512.yaml": (100, 512),
-                                  "imagenet_resnet50_200ep.yaml": (200, 256)}.items():  # fmt: skip
+    recipe = dict(
+        base_lr=0.05, momentum=0.9, weight_decay=1e-4, fix_pred_lr=True, lr_schedule="epoch", warmup_epochs=0.0
+    )
+    for name, (epochs, batch) in {
+        "imagenet_resnet50_100ep.yaml": (100, 256),
+        "imagenet_resnet50_100ep_bs512.yaml": (100, 512),
+        "imagenet_resnet50_200ep.yaml": (200, 256),
+    }.items():
         cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / name)
         assert {key: getattr(cfg.optim, key) for key in recipe} == recipe, name
         assert (cfg.optim.epochs, cfg.optim.batch_size, cfg.run.amp) == (epochs, batch, "off"), name
-        model = (cfg.model.arch, cfg.model.small_stem, cfg.model.dim, cfg.model.pred_dim, cfg.model.proj_layers, cfg.model.stop_gradient)
+        model = (
+            cfg.model.arch,
+            cfg.model.small_stem,
+            cfg.model.dim,
+            cfg.model.pred_dim,
+            cfg.model.proj_layers,
+            cfg.model.stop_gradient,
+        )
         assert model == ("resnet50", False, 2048, 512, 3, True), name
-        assert (cfg.data.image_size, cfg.data.min_scale, cfg.data.blur_prob, cfg.data.train_subset) == (224, 0.2, 0.5, None), name
+        assert (cfg.data.image_size, cfg.data.min_scale, cfg.data.blur_prob, cfg.data.train_subset) == (
+            224,
+            0.2,
+            0.5,
+            None,
+        ), name
     # Appendix D: base lr 0.03, cosine, 800 epochs, wd 0.0005, momentum 0.9, batch 512, 32x32, no blur,
     # the CIFAR variant of ResNet-18 and a 2-layer projection MLP, 2048-d outputs.
     cifar = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / "cifar10_resnet18.yaml")
-    optim = (cifar.optim.epochs, cifar.optim.batch_size, cifar.optim.base_lr, cifar.optim.weight_decay, cifar.optim.momentum)
+    optim = (
+        cifar.optim.epochs,
+        cifar.optim.batch_size,
+        cifar.optim.base_lr,
+        cifar.optim.weight_decay,
+        cifar.optim.momentum,
+    )
     assert optim == (800, 512, 0.03, 5e-4, 0.9)
-    assert (cifar.optim.lr_schedule, cifar.optim.warmup_epochs, cifar.optim.fix_pred_lr, cifar.run.amp) == ("epoch", 0.0, True, "off")
+    assert (cifar.optim.lr_schedule, cifar.optim.warmup_epochs, cifar.optim.fix_pred_lr, cifar.run.amp) == (
+        "epoch",
+        0.0,
+        True,
+        "off",
+    )
     model = (cifar.model.arch, cifar.model.small_stem, cifar.model.proj_layers, cifar.model.dim, cifar.model.pred_dim)
     assert model == ("resnet18", True, 2, 2048, 512)
     assert (cifar.data.dataset, cifar.data.image_size, cifar.data.blur_prob) == ("cifar10", 32, 0.0)
@@ -453,6 +563,12 @@ def test_cli_reports_errors_in_one_line(tmp_path):
     code, log = run_cli("pretrain", "data.dataset=imagefolder", f"data.root={tmp_path / 'missing'}")
     assert code == 1  # a runtime error; a bad key or value is a usage error
     code_usage, log_usage = run_cli("pretrain", "optim.epochs=0")
-    assert code_usage == 2 and log_usage.strip().splitlines()[-1] == "simsiam-hub pretrain: error: config value optim.epochs=0 is invalid: expected a positive integer"
-    assert log.strip().splitlines()[-1] == f"simsiam-hub pretrain: error: data.root does not exist: {tmp_path / 'missing'}"
+    assert (
+        code_usage == 2
+        and log_usage.strip().splitlines()[-1]
+        == "simsiam-hub pretrain: error: config value optim.epochs=0 is invalid: expected a positive integer"
+    )
+    assert (
+        log.strip().splitlines()[-1] == f"simsiam-hub pretrain: error: data.root does not exist: {tmp_path / 'missing'}"
+    )
     assert "Traceback" not in log

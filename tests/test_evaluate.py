@@ -50,9 +50,16 @@ def color_folder(tmp_path_factory) -> Path:
 
 def lincls_config(root: Path, out: Path, *overrides: str) -> LinclsConfig:
     base = [
-        "data.dataset=imagefolder", f"data.root={root}", "data.image_size=32", "data.num_workers=0",
-        "optim.batch_size=16", "optim.base_lr=50", f"run.output_dir={out}", "run.progress=false", "run.amp=off",
-    ]  # fmt: skip
+        "data.dataset=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "optim.batch_size=16",
+        "optim.base_lr=50",
+        f"run.output_dir={out}",
+        "run.progress=false",
+        "run.amp=off",
+    ]
     return load_config(LinclsConfig, None, base + list(overrides))
 
 
@@ -89,7 +96,9 @@ def test_knn_matches_brute_force_reference():
         assert acc["top1"] == pytest.approx(100 * (ranked[:, 0] == query_labels).double().mean().item(), abs=1e-4)
         ordered = expected.sort(dim=1, descending=True).values
         if (ordered[:, 4] > ordered[:, 5]).all():  # top-5 is well defined (no tie at its edge; k=1 has many)
-            assert acc["top5"] == pytest.approx(100 * (ranked[:, :5] == query_labels[:, None]).any(1).double().mean().item(), abs=1e-4)
+            assert acc["top5"] == pytest.approx(
+                100 * (ranked[:, :5] == query_labels[:, None]).any(1).double().mean().item(), abs=1e-4
+            )
         else:
             assert k == 1
 
@@ -159,7 +168,9 @@ def test_linear_eval_reference_path_keeps_backbone_and_learns(color_folder, tmp_
     before = copy.deepcopy(source.backbone.state_dict())
     # 80 LARS steps: a high lr makes up for the reference's thousands (94-97% over 5 seeds; with
     # base_lr 100, 56-72%: LARC scales each tensor's step to lr * 0.001 of its norm before momentum, the bias too).
-    cfg = lincls_config(color_folder, tmp_path / "run", "optim.epochs=10", "optim.base_lr=300", "run.eval_every_epochs=5")
+    cfg = lincls_config(
+        color_folder, tmp_path / "run", "optim.epochs=10", "optim.base_lr=300", "run.eval_every_epochs=5"
+    )
     result = linear_eval(cfg, source, resume=None)
     after = source.backbone.state_dict()
     assert before.keys() == after.keys()
@@ -171,7 +182,12 @@ def test_linear_eval_reference_path_keeps_backbone_and_learns(color_folder, tmp_
     results = {(r.task, r.metric): r for r in read_results(result.results_file)}
     assert set(results) == {("linear", m) for m in ("top1", "top5", "top1_best", "top5_best")}
     top1 = results[("linear", "top1")]
-    assert (top1.value, top1.dataset, top1.split, top1.source) == (result.top1, color_folder.name, "val", "random resnet18")
+    assert (top1.value, top1.dataset, top1.split, top1.source) == (
+        result.top1,
+        color_folder.name,
+        "val",
+        "random resnet18",
+    )
     assert top1.recipe["train_features"].startswith("online") and top1.recipe["optimizer"] == "lars"
 
 
@@ -203,7 +219,9 @@ def test_resume_continues_exactly_and_refuses_another_run(color_folder, tmp_path
 
     cached = ("optim.epochs=4", "data.cache_features=true")
     whole = linear_eval(lincls_config(color_folder, tmp_path / "whole", *cached), source(), resume=None)
-    part = linear_eval(lincls_config(color_folder, tmp_path / "part", *cached, "run.stop_after_epochs=2"), source(), resume=None)
+    part = linear_eval(
+        lincls_config(color_folder, tmp_path / "part", *cached, "run.stop_after_epochs=2"), source(), resume=None
+    )
     assert part.epoch == 2 and part.results_file is None  # results only once every epoch is done
     torch.manual_seed(123)  # a resumed run does not depend on the global RNG
     resumed = linear_eval(lincls_config(color_folder, tmp_path / "part", *cached), source(), resume="auto")
@@ -220,7 +238,9 @@ def test_resume_continues_exactly_and_refuses_another_run(color_folder, tmp_path
     with pytest.raises(LinclsCheckpointError, match="another backbone"):
         linear_eval(lincls_config(color_folder, tmp_path / "part", *cached), other, resume="auto")
     with pytest.raises(LinclsCheckpointError, match="other settings"):
-        linear_eval(lincls_config(color_folder, tmp_path / "part", *cached, "optim.batch_size=32"), source(), resume="auto")
+        linear_eval(
+            lincls_config(color_folder, tmp_path / "part", *cached, "optim.batch_size=32"), source(), resume="auto"
+        )
 
 
 def test_shipped_lincls_configs_load():
@@ -228,8 +248,17 @@ def test_shipped_lincls_configs_load():
     # main_lincls.py (a7bc177): --epochs 90 (l.44), -b 4096 (l.48), --lr 0.1 (l.53), --momentum 0.9 (l.55),
     # --wd 0 (l.57), LARC(trust_coefficient=.001, clip=False) (l.232), the lr set per epoch (l.299), fp32.
     reference = load_config(LinclsConfig, root / "imagenet_resnet50.yaml")
-    assert (reference.optim.optimizer, reference.optim.batch_size, reference.optim.base_lr, reference.optim.epochs) == ("lars", 4096, 0.1, 90)
-    assert (reference.optim.trust_coefficient, reference.optim.weight_decay, reference.data.min_scale) == (0.001, 0.0, 0.08)
+    assert (reference.optim.optimizer, reference.optim.batch_size, reference.optim.base_lr, reference.optim.epochs) == (
+        "lars",
+        4096,
+        0.1,
+        90,
+    )
+    assert (reference.optim.trust_coefficient, reference.optim.weight_decay, reference.data.min_scale) == (
+        0.001,
+        0.0,
+        0.08,
+    )
     assert (reference.optim.momentum, reference.optim.warmup_epochs, reference.run.amp) == (0.9, 0.0, "off")
     assert not reference.data.cache_features and reference.data.image_size == 224
     cpu = load_config(LinclsConfig, root / "fashion_mnist_cpu.yaml")
@@ -250,13 +279,24 @@ def tiny_checkpoint(color_folder, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("pretrain")
     cfg = load_config(
-        PretrainConfig, None,
+        PretrainConfig,
+        None,
         [
-            "model.arch=resnet18", "model.dim=64", "model.pred_dim=16", "data.dataset=imagefolder", f"data.root={color_folder}",
-            "data.image_size=32", "data.num_workers=0", "optim.batch_size=32", "run.max_steps=1", "monitor.knn_every_epochs=0",
-            f"run.output_dir={out}", "run.tensorboard=false", "run.progress=false",
+            "model.arch=resnet18",
+            "model.dim=64",
+            "model.pred_dim=16",
+            "data.dataset=imagefolder",
+            f"data.root={color_folder}",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "optim.batch_size=32",
+            "run.max_steps=1",
+            "monitor.knn_every_epochs=0",
+            f"run.output_dir={out}",
+            "run.tensorboard=false",
+            "run.progress=false",
         ],
-    )  # fmt: skip
+    )
     return pretrain(cfg, resume=None).checkpoint
 
 
@@ -275,9 +315,24 @@ def test_cli_results_reach_a_model_card(tiny_checkpoint, color_folder, tmp_path,
 
     # lincls: options between SOURCE and the key=value overrides, as the README writes it.
     run = tmp_path / "lincls"
-    argv = ["lincls", str(tiny_checkpoint), "--data", str(color_folder), "--resume", "none", "data.dataset=imagefolder",
-            "data.image_size=32", "data.cache_features=true", "data.num_workers=0", "optim.epochs=20", "optim.batch_size=16",
-            "optim.base_lr=50", f"run.output_dir={run}", "run.progress=false", "run.amp=off"]  # fmt: skip
+    argv = [
+        "lincls",
+        str(tiny_checkpoint),
+        "--data",
+        str(color_folder),
+        "--resume",
+        "none",
+        "data.dataset=imagefolder",
+        "data.image_size=32",
+        "data.cache_features=true",
+        "data.num_workers=0",
+        "optim.epochs=20",
+        "optim.batch_size=16",
+        "optim.base_lr=50",
+        f"run.output_dir={run}",
+        "run.progress=false",
+        "run.amp=off",
+    ]
     assert main(argv) == 0
     linear = {r.metric: r for r in read_results(run / "results_lincls.json")}
     assert linear["top1"].value > 50, linear["top1"]  # chance is 25
@@ -288,17 +343,32 @@ def test_cli_results_reach_a_model_card(tiny_checkpoint, color_folder, tmp_path,
 
     # One task entry per evaluation, each with the standard metric type and a name saying what it is.
     def parsed(task_type: str, metric_type: str, metric_name: str) -> float:
-        hits = [e.metric_value for e in entries if (e.task_type, e.metric_type, e.metric_name) == (task_type, metric_type, metric_name)]
+        hits = [
+            e.metric_value
+            for e in entries
+            if (e.task_type, e.metric_type, e.metric_name) == (task_type, metric_type, metric_name)
+        ]
         assert len(hits) == 1, (task_type, metric_name, [(e.task_type, e.metric_type, e.metric_name) for e in entries])
         return hits[0]
 
-    assert parsed("image-feature-extraction", "accuracy", "top-1 accuracy") == pytest.approx(knn["top1"].value, abs=1e-3)
+    assert parsed("image-feature-extraction", "accuracy", "top-1 accuracy") == pytest.approx(
+        knn["top1"].value, abs=1e-3
+    )
     reference = " (reference recipe, LARS schedule)"  # the linear protocol, named
-    assert parsed("image-classification", "accuracy", "top-1 accuracy" + reference) == pytest.approx(linear["top1"].value, abs=1e-3)
-    assert parsed("image-classification", "accuracy", "top-1 accuracy, best epoch" + reference) == pytest.approx(linear["top1_best"].value, abs=1e-3)
-    assert parsed("image-classification", "top_5_accuracy", "top-5 accuracy" + reference) == pytest.approx(linear["top5"].value, abs=1e-3)
+    assert parsed("image-classification", "accuracy", "top-1 accuracy" + reference) == pytest.approx(
+        linear["top1"].value, abs=1e-3
+    )
+    assert parsed("image-classification", "accuracy", "top-1 accuracy, best epoch" + reference) == pytest.approx(
+        linear["top1_best"].value, abs=1e-3
+    )
+    assert parsed("image-classification", "top_5_accuracy", "top-5 accuracy" + reference) == pytest.approx(
+        linear["top5"].value, abs=1e-3
+    )
     assert {e.dataset_split for e in entries} == {"val"}
-    assert {e.task_name for e in entries} == {"k-NN classification of frozen features", "Linear classification on the frozen backbone"}
+    assert {e.task_name for e in entries} == {
+        "k-NN classification of frozen features",
+        "Linear classification on the frozen backbone",
+    }
 
 
 def test_knn_baselines_score_the_runs_own_initialisation(tiny_checkpoint, color_folder, tmp_path, capsys):
@@ -312,7 +382,13 @@ def test_knn_baselines_score_the_runs_own_initialisation(tiny_checkpoint, color_
     cfg = from_dict(PretrainConfig, load_checkpoint(tiny_checkpoint)["config"])
     cfg.run.output_dir = str(tmp_path / "fresh")
     start = Trainer(cfg, resume=None).model.encoder.state_dict()
-    initial = initial_backbone(cfg.model.arch, small_stem=cfg.model.small_stem, dim=cfg.model.dim, pred_dim=cfg.model.pred_dim, seed=cfg.run.seed)
+    initial = initial_backbone(
+        cfg.model.arch,
+        small_stem=cfg.model.small_stem,
+        dim=cfg.model.dim,
+        pred_dim=cfg.model.pred_dim,
+        seed=cfg.run.seed,
+    )
     for name, tensor in initial.resnet.state_dict().items():
         if not name.startswith("fc."):
             assert torch.equal(tensor, start[name]), name
@@ -331,13 +407,29 @@ def test_knn_baselines_score_the_runs_own_initialisation(tiny_checkpoint, color_
 
     out = tmp_path / "knn" / "results_knn.json"
     # --amp off: fp32 features on every CPU (auto would pick bf16 on one with AMX)
-    argv = ["knn", str(tiny_checkpoint), "--data", str(data), "--workers", "0", "--no-progress", "--k", "20", "--amp", "off",
-            "--baselines", "--output", str(out)]  # fmt: skip
+    argv = [
+        "knn",
+        str(tiny_checkpoint),
+        "--data",
+        str(data),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--k",
+        "20",
+        "--amp",
+        "off",
+        "--baselines",
+        "--output",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     comparison = json.loads((out.parent / "knn_baselines.json").read_text())
     assert set(comparison) >= {"simsiam", "random_init", "raw_pixels", "raw_pixels_standardised"}
-    assert comparison["simsiam"]["top1"] == pytest.approx(next(r.value for r in read_results(out) if r.metric == "top1"))
+    assert comparison["simsiam"]["top1"] == pytest.approx(
+        next(r.value for r in read_results(out) if r.metric == "top1")
+    )
     assert comparison["random_init"]["bank_size"] == comparison["simsiam"]["bank_size"] == 4 * 32
     assert comparison["random_init"]["query_size"] == 4 * 16
     for name in ("random_init", "raw_pixels_standardised"):
@@ -354,7 +446,14 @@ def test_knn_baselines_score_the_runs_own_initialisation(tiny_checkpoint, color_
     resnet.fc = nn.Identity()
     resnet.load_state_dict({k: v for k, v in start.items() if not k.startswith("fc.")})
     resnet.eval()
-    view = T.Compose([T.Resize(round(32 / 0.875)), T.CenterCrop(32), T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    view = T.Compose(
+        [
+            T.Resize(round(32 / 0.875)),
+            T.CenterCrop(32),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
 
     def features(split):
         images, labels = zip(*torchvision.datasets.ImageFolder(data / split, transform=view))
@@ -371,7 +470,10 @@ def test_knn_baselines_score_the_runs_own_initialisation(tiny_checkpoint, color_
     assert fragile <= 2, f"{fragile} of 64 votes too close to call: the check would be weak"
     expected = 100 * (scores.argmax(dim=1) == query_y).double().mean().item()
     assert 25 < expected < 75  # the data are as hard as intended: neither chance nor solved
-    assert abs(comparison["random_init"]["top1"] - expected) <= 100 * fragile / 64 + 1e-6, (comparison["random_init"], expected)
+    assert abs(comparison["random_init"]["top1"] - expected) <= 100 * fragile / 64 + 1e-6, (
+        comparison["random_init"],
+        expected,
+    )
 
 
 def test_cli_bad_input_is_one_line(tiny_checkpoint, tmp_path, capsys):
@@ -396,15 +498,42 @@ def test_ddp_two_processes_match_one_process(tiny_checkpoint, color_folder, tmp_
     import subprocess
     import sys
 
-    overrides = ["data.dataset=imagefolder", f"data.root={color_folder}", "data.image_size=32", "data.num_workers=0",
-                 "optim.epochs=2", "optim.batch_size=16", "optim.base_lr=100", "run.progress=false", "run.amp=off",
-                 "run.channels_last=false"]  # fmt: skip
-    linear_eval(load_config(LinclsConfig, None, [*overrides, f"run.output_dir={tmp_path / 'one'}"]), str(tiny_checkpoint), resume=None)
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "simsiam_hub.cli",
-            "lincls", str(tiny_checkpoint), *overrides, f"run.output_dir={tmp_path / 'two'}"]  # fmt: skip
+    overrides = [
+        "data.dataset=imagefolder",
+        f"data.root={color_folder}",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "optim.epochs=2",
+        "optim.batch_size=16",
+        "optim.base_lr=100",
+        "run.progress=false",
+        "run.amp=off",
+        "run.channels_last=false",
+    ]
+    linear_eval(
+        load_config(LinclsConfig, None, [*overrides, f"run.output_dir={tmp_path / 'one'}"]),
+        str(tiny_checkpoint),
+        resume=None,
+    )
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "simsiam_hub.cli",
+        "lincls",
+        str(tiny_checkpoint),
+        *overrides,
+        f"run.output_dir={tmp_path / 'two'}",
+    ]
     proc = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    one, two = load_lincls_checkpoint(tmp_path / "one" / "checkpoint.pt"), load_lincls_checkpoint(tmp_path / "two" / "checkpoint.pt")
+    one, two = (
+        load_lincls_checkpoint(tmp_path / "one" / "checkpoint.pt"),
+        load_lincls_checkpoint(tmp_path / "two" / "checkpoint.pt"),
+    )
     assert (one["world_size"], two["world_size"]) == (1, 2)
     assert one["step"] == two["step"] == 16
     torch.manual_seed(0)  # the run's seed: the classifier's initialisation
@@ -423,7 +552,14 @@ def test_ddp_two_processes_match_one_process(tiny_checkpoint, color_folder, tmp_
 def test_reference_recipe_warns_when_its_loss_is_still_falling(color_folder, tmp_path, caplog):
     """A learning rate far too small for the epochs: the loss still falls at the end, and the
     run says so (log, results file); the reference numerics themselves are untouched."""
-    cfg = lincls_config(color_folder, tmp_path / "run", "data.cache_features=true", "optim.optimizer=sgd", "optim.base_lr=0.01", "optim.epochs=10")
+    cfg = lincls_config(
+        color_folder,
+        tmp_path / "run",
+        "data.cache_features=true",
+        "optim.optimizer=sgd",
+        "optim.base_lr=0.01",
+        "optim.epochs=10",
+    )
     with caplog.at_level("WARNING", logger="simsiam_hub.eval.lincls"):
         result = linear_eval(cfg, random_source(), resume=None)
     assert result.converged is False and "has not converged" in caplog.text
@@ -444,9 +580,22 @@ def test_cli_logreg_protocol_results_and_card(tiny_checkpoint, color_folder, tmp
     from simsiam_hub.cli import main
     from simsiam_hub.hub.export import export
 
-    common = ["--data", str(color_folder), "--resume", "none", "data.dataset=imagefolder", "data.image_size=32",
-              "data.cache_features=true", "data.num_workers=0", "run.progress=false", "run.amp=off"]  # fmt: skip
-    assert main(["lincls", str(tiny_checkpoint), "--protocol", "logreg", *common, f"run.output_dir={tmp_path / 'logreg'}"]) == 0
+    common = [
+        "--data",
+        str(color_folder),
+        "--resume",
+        "none",
+        "data.dataset=imagefolder",
+        "data.image_size=32",
+        "data.cache_features=true",
+        "data.num_workers=0",
+        "run.progress=false",
+        "run.amp=off",
+    ]
+    assert (
+        main(["lincls", str(tiny_checkpoint), "--protocol", "logreg", *common, f"run.output_dir={tmp_path / 'logreg'}"])
+        == 0
+    )
     printed = capsys.readouterr().out
     probe = {r.metric: r for r in read_results(tmp_path / "logreg" / "results_lincls.json")}
     assert set(probe) == {"top1", "top5"}
@@ -460,8 +609,20 @@ def test_cli_logreg_protocol_results_and_card(tiny_checkpoint, color_folder, tmp
     assert f"linear (logreg probe) top1 {probe['top1'].value:.2f}%" in printed and "converged" in printed
 
     # the reference recipe beside it, then one card with both
-    assert main(["lincls", str(tiny_checkpoint), *common, "optim.epochs=5", "optim.batch_size=16", "optim.base_lr=50",
-                 f"run.output_dir={tmp_path / 'reference'}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "lincls",
+                str(tiny_checkpoint),
+                *common,
+                "optim.epochs=5",
+                "optim.batch_size=16",
+                "optim.base_lr=50",
+                f"run.output_dir={tmp_path / 'reference'}",
+            ]
+        )
+        == 0
+    )
     assert "linear (reference recipe) top1" in capsys.readouterr().out
     reference = {r.metric: r for r in read_results(tmp_path / "reference" / "results_lincls.json")}
     assert reference["top1"].recipe["protocol"] == "reference" and reference["top1"].recipe["train_loss"] > 0
@@ -470,6 +631,14 @@ def test_cli_logreg_protocol_results_and_card(tiny_checkpoint, color_folder, tmp
     text = (card_dir / "README.md").read_text()
     assert "| linear | logistic-regression probe, L-BFGS to convergence |" in text
     assert "| linear | reference recipe, LARS schedule |" in text
-    entries = {e.metric_name: e.metric_value for e in ModelCard.load(card_dir / "README.md").data.eval_results if e.dataset_name == color_folder.name}
-    assert entries["top-1 accuracy (logistic-regression probe, L-BFGS to convergence)"] == pytest.approx(probe["top1"].value, abs=1e-3)
-    assert entries["top-1 accuracy (reference recipe, LARS schedule)"] == pytest.approx(reference["top1"].value, abs=1e-3)
+    entries = {
+        e.metric_name: e.metric_value
+        for e in ModelCard.load(card_dir / "README.md").data.eval_results
+        if e.dataset_name == color_folder.name
+    }
+    assert entries["top-1 accuracy (logistic-regression probe, L-BFGS to convergence)"] == pytest.approx(
+        probe["top1"].value, abs=1e-3
+    )
+    assert entries["top-1 accuracy (reference recipe, LARS schedule)"] == pytest.approx(
+        reference["top1"].value, abs=1e-3
+    )

@@ -51,7 +51,10 @@ def test_a_full_disk_is_one_clear_error_and_the_old_file_stays(tmp_path):
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(StorageError, match=rf"no space left on the device while writing {target} \(\d+ MiB free there\): the previous file is kept"):
+    with pytest.raises(
+        StorageError,
+        match=rf"no space left on the device while writing {target} \(\d+ MiB free there\): the previous file is kept",
+    ):
         with atomic_path(target) as tmp:
             tmp.write_bytes(b"ne")  # part of the new file, then the disk is full
             FullDisk().write(b"w")
@@ -76,7 +79,9 @@ except StorageError as err:
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 3, proc.stdout + proc.stderr
-    assert proc.stdout.startswith("the file grew past the size this process may write (ulimit -f) while writing"), proc.stdout
+    assert proc.stdout.startswith("the file grew past the size this process may write (ulimit -f) while writing"), (
+        proc.stdout
+    )
     assert list(tmp_path.iterdir()) == []  # nothing under the final name, no temporary file left
 
 
@@ -138,7 +143,10 @@ def test_folder_lock_refuses_a_second_holder_and_is_released_after(tmp_path):
     with folder_lock(folder):
         assert (folder / ".lock.owner").read_text().startswith(f"pid {os.getpid()} on ")
         # a second open of the lock file is another holder, even in this process (flock semantics)
-        with pytest.raises(FolderInUseError, match=rf"{folder} is in use by another process \(pid {os.getpid()} on .*set another run.output_dir"):
+        with pytest.raises(
+            FolderInUseError,
+            match=rf"{folder} is in use by another process \(pid {os.getpid()} on .*set another run.output_dir",
+        ):
             with folder_lock(folder):
                 pass
     with folder_lock(folder):  # released: free again

@@ -110,7 +110,9 @@ def trained(training_checkpoint):
     state = torch.load(training_checkpoint, map_location="cpu", weights_only=True)["model"]
     resnet = torchvision.models.resnet50()
     resnet.fc = nn.Identity()
-    resnet.load_state_dict({k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.") and ".fc." not in k[7:]})
+    resnet.load_state_dict(
+        {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.") and ".fc." not in k[7:]}
+    )
     return resnet.eval(), state
 
 
@@ -118,7 +120,10 @@ def trained(training_checkpoint):
 def exported(training_checkpoint, tmp_path_factory):
     """`simsiam-hub export` of the training checkpoint, with a results file beside it (found)
     and one given with --results."""
-    write_results([EvalResult("knn", "top1", 31.25, "synthetic", recipe={"k": 200})], training_checkpoint.parent / "results_knn.json")
+    write_results(
+        [EvalResult("knn", "top1", 31.25, "synthetic", recipe={"k": 200})],
+        training_checkpoint.parent / "results_knn.json",
+    )
     det = tmp_path_factory.mktemp("results") / "detection.json"
     write_results([EvalResult("detection", "AP50", 41.5, "voc07", "test", std=0.4, num_trials=5)], det)
     out = tmp_path_factory.mktemp("export") / "simsiam-r50"
@@ -171,14 +176,29 @@ def test_export_writes_a_timm_compatible_folder_and_model_card(exported, trained
     assert recipe["recipe"]["optim"]["base_lr"] == 0.05 and recipe["recipe"]["trained_steps"] == 1
     _, metadata = read_safetensors(exported / "model.safetensors")
     assert {"format", "arch", "method", "epochs", "batch_size", "dataset", "source", "library_version"} <= set(metadata)
-    assert (metadata["format"], metadata["method"], metadata["batch_size"], metadata["dataset"]) == ("pt", "simsiam", "4", "synthetic")
+    assert (metadata["format"], metadata["method"], metadata["batch_size"], metadata["dataset"]) == (
+        "pt",
+        "simsiam",
+        "4",
+        "synthetic",
+    )
 
     # The card parses back with both results files as model-index entries.
     card = ModelCard.load(exported / "README.md")
     assert card.data.license == "apache-2.0" and "simsiam" in card.data.tags
     found = {(r.task_type, r.dataset_name, r.metric_type, r.metric_value) for r in card.data.eval_results}
-    assert found == {("image-feature-extraction", "synthetic", "accuracy", 31.25), ("object-detection", "voc07", "map_50", 41.5)}
-    for text in ("torch.hub.load(", "simsiam_hub.from_pretrained(", "timm.create_model(", "@inproceedings{chen2021exploring", "base_lr: 0.05", "41.50 ± 0.40"):
+    assert found == {
+        ("image-feature-extraction", "synthetic", "accuracy", 31.25),
+        ("object-detection", "voc07", "map_50", 41.5),
+    }
+    for text in (
+        "torch.hub.load(",
+        "simsiam_hub.from_pretrained(",
+        "timm.create_model(",
+        "@inproceedings{chen2021exploring",
+        "base_lr: 0.05",
+        "41.50 ± 0.40",
+    ):
         assert text in card.text
 
     # Loaded by us (bit for bit) and by timm (strictly) from the folder.
@@ -219,7 +239,9 @@ def test_torch_hub_load_returns_that_model(exported, pushed, client):
     state, facts, _ = client.submit(torch_hub_load, pretrained=True, repo_id=REPO, revision=pushed).result()
     assert facts == ["ResNet", "Identity", False, True]
     assert_same_tensors(state, from_pretrained(exported).state_dict())
-    state, _, _ = client.submit(torch_hub_load, env={"SIMSIAM_HUB_REPO": REPO}, pretrained=True, revision=pushed).result()
+    state, _, _ = client.submit(
+        torch_hub_load, env={"SIMSIAM_HUB_REPO": REPO}, pretrained=True, revision=pushed
+    ).result()
     assert_same_tensors(state, from_pretrained(exported).state_dict())  # the default repo, from the environment
     _, facts, _ = client.submit(torch_hub_load, pretrained=False).result()  # the architecture alone
     assert facts == ["ResNet", "Identity", False, True]
@@ -266,10 +288,14 @@ def test_offline_mode_serves_the_cache_and_fails_clearly(exported, pushed, fake_
     assert len(fake_hub.requests) == seen  # offline: not one request
     # huggingface_hub's own keywords pass through: the cached revision with local_files_only,
     # and a cache_dir of one's own.
-    assert_same_tensors(client.submit(call_loading, "from_pretrained", REPO, pushed, local_files_only=True).result(), online)
+    assert_same_tensors(
+        client.submit(call_loading, "from_pretrained", REPO, pushed, local_files_only=True).result(), online
+    )
     assert len(fake_hub.requests) == seen
     own = tmp_path / "own-cache"
-    assert_same_tensors(client.submit(call_loading, "from_pretrained", REPO, pushed, cache_dir=str(own)).result(), online)
+    assert_same_tensors(
+        client.submit(call_loading, "from_pretrained", REPO, pushed, cache_dir=str(own)).result(), online
+    )
     assert list(own.rglob("model.safetensors"))
 
 
@@ -324,7 +350,9 @@ def test_local_folder_works_wherever_a_repo_id_does(exported, tmp_path):
         from_pretrained(target, revision="main")
 
 
-def test_import_official_url_and_torch_hub_fallback(official_checkpoint, fake_hub, client, offline_client, tmp_path, monkeypatch):
+def test_import_official_url_and_torch_hub_fallback(
+    official_checkpoint, fake_hub, client, offline_client, tmp_path, monkeypatch
+):
     from simsiam_hub.hub.registry import DEFAULT_VARIANT, download_path, get_variant
 
     fake_hub.static["simsiam/checkpoint_0099.pth.tar"] = official_checkpoint.path.read_bytes()
@@ -332,12 +360,17 @@ def test_import_official_url_and_torch_hub_fallback(official_checkpoint, fake_hu
     for _ in range(2):  # downloaded once into the cache, then reused
         rc, out, err = client.submit(run_cli, ["import-official", url, "--out", str(tmp_path / "imported")]).result()
         assert rc == 0, err
-    assert [r for r in fake_hub.requests if r[1].startswith("/static/")] == [("GET", "/static/simsiam/checkpoint_0099.pth.tar")]
+    assert [r for r in fake_hub.requests if r[1].startswith("/static/")] == [
+        ("GET", "/static/simsiam/checkpoint_0099.pth.tar")
+    ]
     assert_same_tensors(from_pretrained(tmp_path / "imported").state_dict(), official_checkpoint.backbone)
     # The download's SHA-256 was recorded; a cached file that changed since is refused, not used.
     monkeypatch.setenv("SIMSIAM_HUB_CACHE", client.env["SIMSIAM_HUB_CACHE"])
     cached_url = download_path(url)
-    assert cached_url.with_name(cached_url.name + ".sha256").read_text().split()[0] == hashlib.sha256(cached_url.read_bytes()).hexdigest()
+    assert (
+        cached_url.with_name(cached_url.name + ".sha256").read_text().split()[0]
+        == hashlib.sha256(cached_url.read_bytes()).hexdigest()
+    )
     good = cached_url.read_bytes()
     cached_url.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
     rc, out, err = client.submit(run_cli, ["import-official", url, "--out", str(tmp_path / "again")]).result()

@@ -21,8 +21,14 @@ FMNIST = Path(FASHION_MNIST_DIRS[0])
     "text,message",
     [
         ("optim:\n  epochs: [1, 2\n", r"bad.yaml is not valid YAML at line 3, column 1"),
-        ("- optim\n- data\n", r"bad.yaml: expected a mapping of config sections \(model:, data:, ...\) at the top level, found a list"),
-        ("_base_: missing_base.yaml\noptim:\n  epochs: 3\n", r"bad.yaml: its _base_ 'missing_base.yaml' was not found \(looked for .*missing_base.yaml\)"),
+        (
+            "- optim\n- data\n",
+            r"bad.yaml: expected a mapping of config sections \(model:, data:, ...\) at the top level, found a list",
+        ),
+        (
+            "_base_: missing_base.yaml\noptim:\n  epochs: 3\n",
+            r"bad.yaml: its _base_ 'missing_base.yaml' was not found \(looked for .*missing_base.yaml\)",
+        ),
         ("optim:\n  epochs: 0\n", r"config value optim.epochs=0 is invalid: expected a positive integer"),
     ],
 )
@@ -43,7 +49,9 @@ def test_linear_evaluation_refuses_pretraining_only_keys():
             load_config(LinclsConfig, None, [key])
 
 
-@pytest.mark.skipif(not (FMNIST / "t10k-labels-idx1-ubyte.gz").is_file(), reason="Fashion-MNIST is installed by `make data`")
+@pytest.mark.skipif(
+    not (FMNIST / "t10k-labels-idx1-ubyte.gz").is_file(), reason="Fashion-MNIST is installed by `make data`"
+)
 def test_fashion_mnist_files_missing_or_truncated_are_one_line(tmp_path):
     with pytest.raises(DatasetError, match=r"Fashion-MNIST t10k idx files not found in .*empty.*data.download=true"):
         FashionMNIST(tmp_path / "empty", train=False)  # no network use without data.download
@@ -73,13 +81,26 @@ def test_k_larger_than_the_bank_is_refused_and_large_subsets_are_said(tmp_path, 
     import torchvision
 
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
-    common = ["knn", str(tmp_path / "r18.pth"), "--data", str(tmp_path / "data"), "--image-size", "16", "--workers", "0", "--no-progress"]
+    common = [
+        "knn",
+        str(tmp_path / "r18.pth"),
+        "--data",
+        str(tmp_path / "data"),
+        "--image-size",
+        "16",
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     assert main([*common, "--k", "20", "--output", str(tmp_path / "knn.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "k-NN with k=20 needs a bank of at least k images, the bank has 12" in err
     with caplog.at_level(logging.WARNING):
         assert main([*common, "--k", "5", "--train-subset", "100", "--output", str(tmp_path / "knn.json")]) == 0
-    assert any("k-NN bank of 100 asked for, but the set has 12 items: using all of them" in r.getMessage() for r in caplog.records)
+    assert any(
+        "k-NN bank of 100 asked for, but the set has 12 items: using all of them" in r.getMessage()
+        for r in caplog.records
+    )
     assert "(12 bank, 12 queries, k=5" in capsys.readouterr().out  # what was used is printed and recorded
 
 

@@ -56,13 +56,21 @@ def cli(capsys, *argv) -> tuple[int, str]:
 def test_export_and_push_refuse_a_folder_that_is_not_a_model_folder(weights, tmp_path, capsys, monkeypatch):
     project = tmp_path / "project"
     project.mkdir()
-    before = {"README.md": b"# my project\n", "config.json": b'{"mine": true}\n', "results.json": b"[]\n", "main.py": b"print(1)\n"}
+    before = {
+        "README.md": b"# my project\n",
+        "config.json": b'{"mine": true}\n',
+        "results.json": b"[]\n",
+        "main.py": b"print(1)\n",
+    }
     for name, data in before.items():
         (project / name).write_bytes(data)
 
     code, err = cli(capsys, "export", weights[0], "--out", project)
     assert code == 1 and err.count("\n") == 1
-    assert f"--out {project} is not empty and is not a simsiam-hub model folder (found README.md, config.json, main.py, results.json)" in err
+    assert (
+        f"--out {project} is not empty and is not a simsiam-hub model folder (found README.md, config.json, main.py, results.json)"
+        in err
+    )
     code, err = cli(capsys, "push", weights[0], "--repo-id", project)
     assert code == 1 and "--repo-id" in err and "not a simsiam-hub model folder" in err
     assert files(project) == before  # nothing replaced, nothing deleted
@@ -82,7 +90,11 @@ def test_a_destination_that_is_a_file_is_one_clear_error(weights, tmp_path, caps
     afile = tmp_path / "a-file"
     afile.write_text("x")
     export(weights[0], tmp_path / "model")
-    for argv in (["export", weights[0], "--out", afile], ["push", tmp_path / "model", "--repo-id", afile], ["pull", tmp_path / "model", "--out", afile]):
+    for argv in (
+        ["export", weights[0], "--out", afile],
+        ["push", tmp_path / "model", "--repo-id", afile],
+        ["pull", tmp_path / "model", "--out", afile],
+    ):
         code, err = cli(capsys, *argv)
         assert code == 1 and err.count("\n") == 1 and f"{afile} is a file: expected a folder" in err, (argv, err)
     assert afile.read_text() == "x"
@@ -110,8 +122,11 @@ def test_an_export_killed_mid_folder_leaves_the_old_folder_or_none(weights, tmp_
     for target in (model, tmp_path / "fresh"):
         proc = subprocess.run(
             [sys.executable, "-c", KILL_AFTER_FIRST_WRITE, "export", str(weights[1]), "--out", str(target)],
-            capture_output=True, text=True, timeout=600, cwd=ROOT,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=ROOT,
+        )
         assert proc.returncode == -signal.SIGKILL, proc.stdout + proc.stderr
     assert files(model) == old  # the old weights beside the old config and card, all of them
     seed0 = torchvision.models.resnet18()
@@ -182,8 +197,17 @@ def test_the_transform_comes_from_the_folders_own_pretrained_cfg(weights, tmp_pa
     folder.mkdir()
     state = {k: v for k, v in torch.load(weights[0], weights_only=True).items()}
     save_safetensors(state, folder / "model.safetensors", {"format": "pt"})  # with its classifier fc.*
-    config = {"architecture": "resnet18", "num_classes": 1000, "pretrained_cfg": {
-        "input_size": [3, 160, 160], "interpolation": "bicubic", "crop_pct": 0.95, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    config = {
+        "architecture": "resnet18",
+        "num_classes": 1000,
+        "pretrained_cfg": {
+            "input_size": [3, 160, 160],
+            "interpolation": "bicubic",
+            "crop_pct": 0.95,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+        },
+    }
     (folder / "config.json").write_text(json.dumps(config))
     model = from_pretrained(folder)
     resize, crop, _, normalize = model.transform.transforms
@@ -219,5 +243,8 @@ def test_truncated_or_foreign_weights_are_not_unpickled(tmp_path, capsys):
     evil = tmp_path / "evil.pth"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "run": os.system}, evil)  # a pickled global: posix.system
     code, err = cli(capsys, "export", evil, "--out", tmp_path / "out")
-    assert code == 1 and f"was refused and not loaded: it holds a pickled Python object ({os.system.__module__}.system)" in err
+    assert (
+        code == 1
+        and f"was refused and not loaded: it holds a pickled Python object ({os.system.__module__}.system)" in err
+    )
     assert "weights_only=False" not in err and not (tmp_path / "out").exists()

@@ -28,7 +28,9 @@ def test_parameters_match_reference_builder(arch, dim, pred_dim):
         assert sum(p.numel() for p in ours.parameters()) == 23_508_032 + projector + predictor == 38_201_408
     assert not ours.encoder.fc[6].bias.requires_grad
     assert not ours.encoder.fc[7].affine
-    last_bns = [b.bn3 if arch == "resnet50" else b.bn2 for layer in (ours.encoder.layer1, ours.encoder.layer4) for b in layer]
+    last_bns = [
+        b.bn3 if arch == "resnet50" else b.bn2 for layer in (ours.encoder.layer1, ours.encoder.layer4) for b in layer
+    ]
     assert all(float(bn.weight.abs().sum()) == 0 for bn in last_bns)  # zero-init residual
 
 
@@ -52,7 +54,13 @@ def test_two_layer_projector_of_the_papers_cifar_recipe():
     assert not two.encoder.fc[3].bias.requires_grad and not two.encoder.fc[4].affine
     assert two.encoder.fc[0].bias is None
     shapes = _shapes(three)
-    for key in ("encoder.fc.3.weight", "encoder.fc.4.weight", "encoder.fc.4.bias", "encoder.fc.6.weight", "encoder.fc.6.bias"):
+    for key in (
+        "encoder.fc.3.weight",
+        "encoder.fc.4.weight",
+        "encoder.fc.4.bias",
+        "encoder.fc.6.weight",
+        "encoder.fc.6.bias",
+    ):
         del shapes[key]
     shapes.update({"encoder.fc.3.weight": ((64, 512), True), "encoder.fc.3.bias": ((64,), False)})
     assert _shapes(two) == shapes
@@ -78,8 +86,10 @@ def test_loss_equals_formula():
     torch.manual_seed(0)
     p1, p2, z1, z2 = (torch.randn(8, 16) for _ in range(4))
     expected = -0.5 * (F.cosine_similarity(p1, z2).mean() + F.cosine_similarity(p2, z1).mean())
-    by_hand = -0.5 * (((p1 / p1.norm(dim=1, keepdim=True)) * (z2 / z2.norm(dim=1, keepdim=True))).sum(1).mean()
-                      + ((p2 / p2.norm(dim=1, keepdim=True)) * (z1 / z1.norm(dim=1, keepdim=True))).sum(1).mean())  # fmt: skip
+    by_hand = -0.5 * (
+        ((p1 / p1.norm(dim=1, keepdim=True)) * (z2 / z2.norm(dim=1, keepdim=True))).sum(1).mean()
+        + ((p2 / p2.norm(dim=1, keepdim=True)) * (z1 / z1.norm(dim=1, keepdim=True))).sum(1).mean()
+    )
     torch.testing.assert_close(simsiam_loss(p1, p2, z1, z2), expected)
     torch.testing.assert_close(simsiam_loss(p1, p2, z1, z2), by_hand)
     assert simsiam_loss(z2, z1, z1, z2).item() == pytest.approx(-1.0)  # p equal to the other view's z

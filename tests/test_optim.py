@@ -45,7 +45,9 @@ def test_per_step_lr_decays_every_step_to_zero():
 
 def test_fix_pred_lr_groups_keep_the_initial_lr_and_lincls_is_per_epoch():
     params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
-    optimizer = torch.optim.SGD([{"params": params[:1], "fix_lr": False}, {"params": params[1:], "fix_lr": True}], lr=1.0)
+    optimizer = torch.optim.SGD(
+        [{"params": params[:1], "fix_lr": False}, {"params": params[1:], "fix_lr": True}], lr=1.0
+    )
     cfg = OptimConfig(epochs=4, batch_size=256, base_lr=0.05, lr_schedule="epoch")
     lr = set_learning_rate(optimizer, cfg, 2.5)
     assert lr == pytest.approx(reference_adjust_learning_rate(0.05, 2, 4))
@@ -59,5 +61,7 @@ def test_lr_schedule_is_validated_by_name():
     assert load_config(PretrainConfig).optim.lr_schedule == "step"  # what runs before the option did
     with pytest.raises(ConfigError, match="optim.lr_schedule='cosine' is invalid: expected one of 'epoch', 'step'"):
         load_config(PretrainConfig, None, ["optim.lr_schedule=cosine"])
-    with pytest.raises(ConfigError, match="optim.warmup_epochs=1.0 is invalid: expected 0 with optim.lr_schedule=epoch"):
+    with pytest.raises(
+        ConfigError, match="optim.warmup_epochs=1.0 is invalid: expected 0 with optim.lr_schedule=epoch"
+    ):
         load_config(PretrainConfig, None, ["optim.lr_schedule=epoch", "optim.warmup_epochs=1"])

@@ -16,6 +16,7 @@ from simsiam_hub.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def test_no_module_imports_one_above_it():
     """The imports between simsiam_hub's modules, in every sub-package and wherever they stand
     (inside functions too), form no cycle: every module can be imported alone, in any order."""
@@ -47,8 +48,14 @@ def test_no_module_imports_one_above_it():
     graph.pop("__init__", None)
     order = list(graphlib.TopologicalSorter(graph).static_order())  # raises CycleError on a cycle
     assert {"data.datasets", "eval.knn", "hub.loading", "detection.convert", "engine"} <= set(order)
-    code = "import importlib\nfor m in %r: importlib.import_module('simsiam_hub.' + m)" % order[::-1]
-    proc = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    code = f"import importlib\nfor m in {order[::-1]!r}: importlib.import_module('simsiam_hub.' + m)"
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]  # the top first: each pulls in what it needs
 
 
@@ -64,9 +71,22 @@ def test_the_wheel_ships_configs_transfer_and_hubconf(tmp_path):
     import zipfile
 
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
     shipped = {f"simsiam_hub/configs/{p.relative_to(ROOT / 'configs')}" for p in (ROOT / "configs").rglob("*.yaml")}
@@ -74,7 +94,10 @@ def test_the_wheel_ships_configs_transfer_and_hubconf(tmp_path):
     assert {"simsiam_hub/transfer/train_net.py", "simsiam_hub/transfer/summarize.py", "simsiam_hub/hubconf.py"} <= names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry_points).decode()
-    assert "simsiam-hub = simsiam_hub.cli:main" in text and "simsiam-hub-detection = simsiam_hub.transfer.train_net:cli" in text
+    assert (
+        "simsiam-hub = simsiam_hub.cli:main" in text
+        and "simsiam-hub-detection = simsiam_hub.transfer.train_net:cli" in text
+    )
 
 
 def test_configs_are_found_by_name_and_listed(capsys, tmp_path, monkeypatch):
@@ -85,7 +108,10 @@ def test_configs_are_found_by_name_and_listed(capsys, tmp_path, monkeypatch):
     assert load_config(LinclsConfig, "fashion_mnist_cpu.yaml").data.dataset == "fashion_mnist"
     monkeypatch.chdir(tmp_path)  # the checkout-relative path works from anywhere too
     assert load_config(PretrainConfig, "configs/pretrain/imagenet_resnet50_100ep.yaml") == by_name
-    with pytest.raises(ConfigError, match="config 'imagenet_resnet50_1000ep' not found: expected a YAML file or the name of a shipped pretrain config"):
+    with pytest.raises(
+        ConfigError,
+        match="config 'imagenet_resnet50_1000ep' not found: expected a YAML file or the name of a shipped pretrain config",
+    ):
         load_config(PretrainConfig, "imagenet_resnet50_1000ep")
     assert main(["configs"]) == 0
     listing = capsys.readouterr().out

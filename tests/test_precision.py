@@ -59,7 +59,9 @@ def offset_network():
 
 
 def loaders(root: Path):
-    bank, query = knn_datasets(DataConfig(dataset="imagefolder", root=str(root), image_size=IMAGE_SIZE, num_workers=0), None, None)
+    bank, query = knn_datasets(
+        DataConfig(dataset="imagefolder", root=str(root), image_size=IMAGE_SIZE, num_workers=0), None, None
+    )
     return [eval_loader(d, batch_size=64, num_workers=0, device=torch.device("cpu")) for d in (bank, query)]
 
 
@@ -115,8 +117,21 @@ def test_knn_command_evaluates_in_fp32_unless_asked(offset_network, near_colours
     weights = tmp_path / "offset.safetensors"
     save_file({k: v.contiguous() for k, v in offset_network.state_dict().items()}, weights)
     _, _, ref_top1 = float64_reference(offset_network, near_colours)
-    common = ["knn", str(weights), "--dataset", "imagefolder", "--data", str(near_colours), "--image-size", str(IMAGE_SIZE),
-              "--k", str(K), "--workers", "0", "--no-progress"]  # fmt: skip
+    common = [
+        "knn",
+        str(weights),
+        "--dataset",
+        "imagefolder",
+        "--data",
+        str(near_colours),
+        "--image-size",
+        str(IMAGE_SIZE),
+        "--k",
+        str(K),
+        "--workers",
+        "0",
+        "--no-progress",
+    ]
     recorded = {}
     for name, extra in (("default", []), ("bf16", ["--amp", "bf16"])):
         out = tmp_path / f"results_{name}.json"

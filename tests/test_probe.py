@@ -82,7 +82,9 @@ def test_the_weight_decay_comes_from_the_held_out_training_split_never_the_test_
     # the test set plays no part: scrambled test labels and noise for test features change the
     # test score, never the choice or the sweep
     g = torch.Generator().manual_seed(7)
-    scrambled = linear_probe(train_x, train_y, torch.randn(300, 40, generator=g), test_y[torch.randperm(300, generator=g)], seed=3)
+    scrambled = linear_probe(
+        train_x, train_y, torch.randn(300, 40, generator=g), test_y[torch.randperm(300, generator=g)], seed=3
+    )
     assert scrambled.sweep == sweep and scrambled.weight_decay == result.weight_decay
     assert scrambled.top1 != result.top1
     # and choose_weight_decay itself receives training data only
@@ -94,7 +96,14 @@ def test_deterministic_for_a_seed():
     test_x, test_y = noisy_problem(100, seed=1)
     a = linear_probe(train_x, train_y, test_x, test_y, seed=5)
     b = linear_probe(train_x, train_y, test_x, test_y, seed=5)
-    assert (a.top1, a.top5, a.weight_decay, a.train_loss, a.iterations, a.sweep) == (b.top1, b.top5, b.weight_decay, b.train_loss, b.iterations, b.sweep)
+    assert (a.top1, a.top5, a.weight_decay, a.train_loss, a.iterations, a.sweep) == (
+        b.top1,
+        b.top5,
+        b.weight_decay,
+        b.train_loss,
+        b.iterations,
+        b.sweep,
+    )
     assert torch.equal(a.fit.weight, b.fit.weight) and torch.equal(a.fit.bias, b.fit.bias)
     # another seed draws another held-out split
     assert not torch.equal(validation_split(300, 5)[1], validation_split(300, 6)[1])

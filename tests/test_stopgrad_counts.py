@@ -21,7 +21,9 @@ def test_the_document_states_every_figure_its_logs_give():
     module = counts()
     figures = module.figures()
     assert len(figures) >= 30
-    assert module.missing() == {}, "docs/stopgrad_ablation.md differs from its logs: run docs/run_logs/stopgrad_counts.py --check"
+    assert module.missing() == {}, (
+        "docs/stopgrad_ablation.md differs from its logs: run docs/run_logs/stopgrad_counts.py --check"
+    )
 
 
 def test_the_check_catches_a_changed_figure(tmp_path):

@@ -59,11 +59,15 @@ def test_official_checkpoint_imports_and_its_features_match(official_checkpoint,
 def test_moco_and_torchvision_layouts_give_the_backbone(official_checkpoint, tmp_path):
     backbone = official_checkpoint.backbone
     moco = {f"module.encoder_q.{k}": v for k, v in backbone.items()}
-    moco.update({
-        "module.encoder_q.fc.weight": torch.randn(128, 2048), "module.encoder_q.fc.bias": torch.zeros(128),
-        "module.encoder_k.conv1.weight": torch.randn(64, 3, 7, 7), "module.queue": torch.randn(128, 4096),
-        "module.queue_ptr": torch.zeros(1, dtype=torch.long),
-    })  # fmt: skip
+    moco.update(
+        {
+            "module.encoder_q.fc.weight": torch.randn(128, 2048),
+            "module.encoder_q.fc.bias": torch.zeros(128),
+            "module.encoder_k.conv1.weight": torch.randn(64, 3, 7, 7),
+            "module.queue": torch.randn(128, 4096),
+            "module.queue_ptr": torch.zeros(1, dtype=torch.long),
+        }
+    )
     torch.save({"epoch": 200, "arch": "resnet50", "state_dict": moco}, tmp_path / "moco_v2_200ep.pth.tar")
     loaded = read_weights(tmp_path / "moco_v2_200ep.pth.tar")
     assert (loaded.kind, loaded.method, loaded.arch, loaded.simsiam) == ("moco", "moco", "resnet50", None)
@@ -81,7 +85,11 @@ def test_moco_and_torchvision_layouts_give_the_backbone(official_checkpoint, tmp
 
 def test_training_checkpoint_gives_backbone_and_whole_model(training_checkpoint):
     state = torch.load(training_checkpoint, map_location="cpu", weights_only=True)["model"]
-    expected = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.") and not k.startswith("encoder.fc.")}
+    expected = {
+        k[len("encoder.") :]: v
+        for k, v in state.items()
+        if k.startswith("encoder.") and not k.startswith("encoder.fc.")
+    }
     assert_same_tensors(load_backbone_state_dict(training_checkpoint), expected)
     assert_same_tensors(load_simsiam_state_dict(training_checkpoint), state)
 
@@ -128,7 +136,10 @@ def test_truncated_files_are_refused(resnet18_folder, tmp_path):
 
     pickled = (resnet18_folder.parent / "resnet18.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(pickled[: len(pickled) // 3])
-    with pytest.raises(WeightsError, match=r"cut.pth is not a readable checkpoint \(truncated or not a torch file\?\): RuntimeError: PytorchStreamReader failed"):
+    with pytest.raises(
+        WeightsError,
+        match=r"cut.pth is not a readable checkpoint \(truncated or not a torch file\?\): RuntimeError: PytorchStreamReader failed",
+    ):
         read_weights(tmp_path / "cut.pth")
 
 
@@ -153,7 +164,9 @@ def test_pickle_with_a_non_tensor_payload_is_refused(tmp_path, capsys):
     assert "was refused and not loaded: it holds a pickled Python object (getattr)" in str(refused.value)
     assert "weights_only=False" not in str(refused.value) and "Re-running" not in str(refused.value)
 
-    assert main(["import-official", str(evil), "--out", str(tmp_path / "out")]) == 1  # a runtime error, not a usage error
+    assert (
+        main(["import-official", str(evil), "--out", str(tmp_path / "out")]) == 1
+    )  # a runtime error, not a usage error
     err = capsys.readouterr().err
     assert err.startswith("simsiam-hub import-official: error:") and err.count("\n") == 1
     assert not marker.exists() and not (tmp_path / "out").exists()
@@ -166,7 +179,9 @@ def test_pickle_with_a_non_tensor_payload_is_refused(tmp_path, capsys):
 def test_unknown_layout_and_wrong_architecture_are_refused(tmp_path):
     r18 = build_resnet("resnet18").state_dict()
     torch.save({f"backbone.body.{k}": v for k, v in r18.items()}, tmp_path / "detector.pth")
-    with pytest.raises(WeightsError, match=r"unknown layout: expected .*module.encoder.*; found prefixes \['backbone.'\]"):
+    with pytest.raises(
+        WeightsError, match=r"unknown layout: expected .*module.encoder.*; found prefixes \['backbone.'\]"
+    ):
         read_weights(tmp_path / "detector.pth")
 
     torch.save(r18, tmp_path / "resnet18.pth")
@@ -175,7 +190,9 @@ def test_unknown_layout_and_wrong_architecture_are_refused(tmp_path):
     message = str(err.value)
     assert "does not fit a resnet50 backbone" in message and "missing" in message
     assert "layer1.0.conv1.weight: expected [64, 64, 1, 1], found [64, 64, 3, 3]" in message
-    assert sorted(load_backbone_state_dict(tmp_path / "resnet18.pth", arch=None)) == sorted(k for k in r18 if not k.startswith("fc."))
+    assert sorted(load_backbone_state_dict(tmp_path / "resnet18.pth", arch=None)) == sorted(
+        k for k in r18 if not k.startswith("fc.")
+    )
 
     deeper = dict(r18, **{"layer3.2.conv1.weight": torch.zeros(256, 256, 3, 3)})  # a block too many
     torch.save(deeper, tmp_path / "odd.pth")

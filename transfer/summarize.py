@@ -149,8 +149,12 @@ def main(argv=None) -> int:
         description="Summarise detection fine-tuning trials (train_net.py --trials N) as the paper's table row.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help=f"run folders (searched for {RESULTS_FILE}) or results files")
-    parser.add_argument("--json", metavar="FILE", help="write the summary as a simsiam-hub results file (for export's model card)")
+    parser.add_argument(
+        "paths", nargs="+", metavar="PATH", help=f"run folders (searched for {RESULTS_FILE}) or results files"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="write the summary as a simsiam-hub results file (for export's model card)"
+    )
     parser.add_argument("--markdown", metavar="FILE", help="also write the Markdown table to FILE")
     args = parser.parse_args(argv)
     try:

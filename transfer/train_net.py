@@ -57,9 +57,27 @@ RESULTS_FILE = "detection_results.json"
 CONVERTED_WEIGHTS = "backbone_detectron2.pkl"
 WEIGHTS_UNSET = "???"  # what the configs hold until MODEL.WEIGHTS is given
 VOC_CLASSES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-    "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
 # Builtin test sets and the names results go under (simsiam_hub.hub.results `dataset`, `split`).
 BENCHMARKS = {
     (("voc_2007_trainval",), "voc_2007_test"): ("voc07", "test"),
@@ -101,7 +119,9 @@ class Trainer(DefaultTrainer):
             return COCOEvaluator(dataset_name, output_dir=output_folder)
         if kind == "pascal_voc":
             return PascalVOCDetectionEvaluator(dataset_name)
-        raise TransferError(f"no evaluator for dataset {dataset_name!r}: expected a VOC or COCO dataset, found evaluator_type={kind!r}")
+        raise TransferError(
+            f"no evaluator for dataset {dataset_name!r}: expected a VOC or COCO dataset, found evaluator_type={kind!r}"
+        )
 
 
 # --- datasets ---------------------------------------------------------------------------
@@ -115,7 +135,9 @@ def _registered(name: str, **where) -> bool:
     meta = MetadataCatalog.get(name)
     if all(meta.get(k) == v for k, v in where.items()):
         return True
-    raise TransferError(f"dataset name {name!r} is taken by other data ({meta.get('dirname') or meta.get('json_file')}): choose another name")
+    raise TransferError(
+        f"dataset name {name!r} is taken by other data ({meta.get('dirname') or meta.get('json_file')}): choose another name"
+    )
 
 
 # Image files a VOC folder's JPEGImages/ may hold, found by id (Detectron2's loader assumes .jpg).
@@ -145,9 +167,18 @@ def voc_records(name: str, root: Path, split: str, classes) -> list[dict]:
         raise TransferError(f"--register-voc {name}: {ids_file} lists no images")
     records = []
     for image_id in ids:
-        image = next((root / "JPEGImages" / f"{image_id}{s}" for s in IMAGE_SUFFIXES if (root / "JPEGImages" / f"{image_id}{s}").is_file()), None)
+        image = next(
+            (
+                root / "JPEGImages" / f"{image_id}{s}"
+                for s in IMAGE_SUFFIXES
+                if (root / "JPEGImages" / f"{image_id}{s}").is_file()
+            ),
+            None,
+        )
         if image is None:
-            raise TransferError(f"--register-voc {name}: no image for {image_id!r} in {root / 'JPEGImages'} (expected {image_id}.jpg, .png, .tif or .bmp)")
+            raise TransferError(
+                f"--register-voc {name}: no image for {image_id!r} in {root / 'JPEGImages'} (expected {image_id}.jpg, .png, .tif or .bmp)"
+            )
         xml = root / "Annotations" / f"{image_id}.xml"
         try:
             tree = ET.parse(xml).getroot()
@@ -160,18 +191,26 @@ def voc_records(name: str, root: Path, split: str, classes) -> list[dict]:
         for obj in tree.iter("object"):
             absent = [tag for tag in OBJECT_TAGS if obj.find(tag) is None]
             if absent:
-                raise TransferError(f"--register-voc {name}: {xml} has an <object> without {', '.join(f'<{t}>' for t in absent)}")
+                raise TransferError(
+                    f"--register-voc {name}: {xml} has an <object> without {', '.join(f'<{t}>' for t in absent)}"
+                )
             label = obj.findtext("name")
             if label not in classes:
-                raise TransferError(f"--register-voc {name}: {xml} names the class {label!r}, not in the class list {list(classes)} (set --classes)")
+                raise TransferError(
+                    f"--register-voc {name}: {xml} names the class {label!r}, not in the class list {list(classes)} (set --classes)"
+                )
             try:
                 box = [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
             except (TypeError, ValueError):
-                raise TransferError(f"--register-voc {name}: {xml} has a <bndbox> without numeric xmin, ymin, xmax, ymax") from None
+                raise TransferError(
+                    f"--register-voc {name}: {xml} has a <bndbox> without numeric xmin, ymin, xmax, ymax"
+                ) from None
             box[0] -= 1.0
             box[1] -= 1.0
             instances.append({"category_id": list(classes).index(label), "bbox": box, "bbox_mode": BoxMode.XYXY_ABS})
-        records.append({"file_name": str(image), "image_id": image_id, "height": height, "width": width, "annotations": instances})
+        records.append(
+            {"file_name": str(image), "image_id": image_id, "height": height, "width": width, "annotations": instances}
+        )
     return records
 
 
@@ -188,7 +227,9 @@ def register_voc(name: str, folder: str, split: str, classes) -> None:
         return
     DatasetCatalog.register(name, lambda: copy.deepcopy(records))
     # The metadata Detectron2's register_pascal_voc sets, which its VOC evaluator reads.
-    MetadataCatalog.get(name).set(thing_classes=list(classes), dirname=str(root), year=2012, split=split, evaluator_type="pascal_voc")
+    MetadataCatalog.get(name).set(
+        thing_classes=list(classes), dirname=str(root), year=2012, split=split, evaluator_type="pascal_voc"
+    )
 
 
 def register_coco(name: str, json_file: str, image_root: str) -> None:
@@ -205,7 +246,9 @@ def register_coco(name: str, json_file: str, image_root: str) -> None:
     except FileNotFoundError:
         raise TransferError(f"--register-coco {name}: {json_path} not found") from None
     except (ValueError, KeyError, TypeError) as err:
-        raise TransferError(f"--register-coco {name}: {json_path} is not COCO-format json with categories: {err!r}") from None
+        raise TransferError(
+            f"--register-coco {name}: {json_path} is not COCO-format json with categories: {err!r}"
+        ) from None
     if _registered(name, json_file=str(json_path), image_root=str(images), thing_classes=classes):
         return
     register_coco_instances(name, {}, str(json_path), str(images))
@@ -287,7 +330,9 @@ def resolve_config_file(config_file: str) -> str:
     """A config file: the path given, or the shipped detection config of that name
     (``voc07_R_50_C4``; ``simsiam-hub configs --kind detection`` lists them)."""
     if not config_file:
-        raise TransferError("--config-file is required: a YAML file or a shipped detection config's name (simsiam-hub configs --kind detection)")
+        raise TransferError(
+            "--config-file is required: a YAML file or a shipped detection config's name (simsiam-hub configs --kind detection)"
+        )
     if os.path.isfile(config_file):
         return config_file
     shipped = shipped_configs("detection")
@@ -329,7 +374,9 @@ def _per_dataset(cfg, results) -> dict:
     return dict(results or {})
 
 
-def results_entries(cfg, results, *, source: str, seed: int | None, trial: int | None, config_file: str) -> list[EvalResult]:
+def results_entries(
+    cfg, results, *, source: str, seed: int | None, trial: int | None, config_file: str
+) -> list[EvalResult]:
     """AP50, AP and AP75 per test dataset and task (box, mask) as ``simsiam_hub.hub.results`` entries."""
     train = tuple(cfg.DATASETS.TRAIN)
     entries = []
@@ -352,7 +399,15 @@ def results_entries(cfg, results, *, source: str, seed: int | None, trial: int |
                 if key in metrics and metric in metrics[key]:
                     value = metrics[key][metric]
                     entries.append(
-                        EvalResult(task=task, metric=metric, value=value, dataset=dataset, split=split, source=source, recipe=recipe)
+                        EvalResult(
+                            task=task,
+                            metric=metric,
+                            value=value,
+                            dataset=dataset,
+                            split=split,
+                            source=source,
+                            recipe=recipe,
+                        )
                     )
     return entries
 
@@ -406,7 +461,9 @@ def main(args) -> dict:
         # DefaultTrainer keeps the final evaluation (its EvalHook runs at the last iteration).
         results = getattr(trainer, "_last_eval_results", None)
         if comm.is_main_process() and results:
-            entries = results_entries(tcfg, results, source=source, seed=seed, trial=trial, config_file=args.config_file)
+            entries = results_entries(
+                tcfg, results, source=source, seed=seed, trial=trial, config_file=args.config_file
+            )
             log.info("results written to %s", write_results(entries, results_path))
         out[tcfg.OUTPUT_DIR] = results
     return out
@@ -431,17 +488,26 @@ Options go before the config overrides (KEY VALUE pairs, always last).
     parser.description = __doc__.split("\n\n")[0]
     parser.add_argument("--trials", type=int, default=1, help="fine-tunings with seeds SEED, SEED+1, ... (default 1)")
     parser.add_argument(
-        "--register-voc", nargs=3, action="append", default=[], metavar=("NAME", "FOLDER", "SPLIT"),
+        "--register-voc",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "FOLDER", "SPLIT"),
         help="register a Pascal VOC layout dataset (FOLDER/JPEGImages, Annotations, ImageSets/Main/SPLIT.txt); repeatable",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--classes", metavar="A,B,...",
+        "--classes",
+        metavar="A,B,...",
         help="comma-separated class names of the --register-voc datasets (default: the 20 VOC classes)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--register-coco", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_DIR"),
+        "--register-coco",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_DIR"),
         help="register a COCO-format dataset (boxes, polygon or RLE masks); classes from its categories; repeatable",
-    )  # fmt: skip
+    )
     return parser
 
 

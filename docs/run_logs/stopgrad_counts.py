@@ -172,7 +172,9 @@ def figures(root: Path = HERE) -> dict[str, str]:
         if len(at_level) == len(tight)
         else f"at {len(at_level)} of the {len(tight)} logged steps where the share is {TIGHT_SHARE} or more"
     )
-    ks = sorted({min(range(1, TIGHT_MAX_K + 1), key=lambda k: abs(r["z_std_ratio"] - two_point_ratio(k))) for r in tight})
+    ks = sorted(
+        {min(range(1, TIGHT_MAX_K + 1), key=lambda k: abs(r["z_std_ratio"] - two_point_ratio(k))) for r in tight}
+    )
     out["5ep two-valued ks"] = f"k = {', '.join(map(str, ks[:-1]))} and {ks[-1]}"
     return out
 
@@ -189,7 +191,9 @@ def missing(doc: Path = DOC, root: Path = HERE) -> dict[str, str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="exit 1 if the document does not state a figure as derived")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if the document does not state a figure as derived"
+    )
     args = parser.parse_args(argv)
     for name, snippet in figures().items():
         print(f"{name:28s} {snippet}")

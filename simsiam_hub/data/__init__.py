@@ -14,5 +14,7 @@ def __getattr__(name: str):
 
     if name.startswith("__") or not hasattr(datasets, name):
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"simsiam_hub.data.{name} moved to simsiam_hub.data.datasets.{name}", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"simsiam_hub.data.{name} moved to simsiam_hub.data.datasets.{name}", DeprecationWarning, stacklevel=2
+    )
     return getattr(datasets, name)

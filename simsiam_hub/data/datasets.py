@@ -26,9 +26,17 @@ log = logging.getLogger(__name__)
 # Where Debian's `dataset-fashion-mnist` package puts the idx files.
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,9 @@ def _read_idx(path: Path) -> np.ndarray:
         with opener(path, "rb") as f:
             data = f.read()
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise DatasetError(f"{path} is truncated or corrupt ({type(err).__name__}: {err}): replace it with a complete copy") from None
+        raise DatasetError(
+            f"{path} is truncated or corrupt ({type(err).__name__}: {err}): replace it with a complete copy"
+        ) from None
     magic = int.from_bytes(data[:4], "big")
     if magic >> 8 != 0x08:  # 0x08 = unsigned byte
         raise DatasetError(f"{path} is not an unsigned-byte idx file (magic {magic:#x})")
@@ -105,7 +115,9 @@ class FashionMNIST(Dataset):
 
     classes = FASHION_MNIST_CLASSES
 
-    def __init__(self, root: str | os.PathLike | None = None, train: bool = True, transform=None, download: bool = False):
+    def __init__(
+        self, root: str | os.PathLike | None = None, train: bool = True, transform=None, download: bool = False
+    ):
         prefix = "train" if train else "t10k"
         candidates = [Path(root)] if root else [Path(d) for d in FASHION_MNIST_DIRS]
         for folder in candidates:
@@ -145,7 +157,9 @@ def _download(name: str, root, train: bool):
         return getattr(torchvision.datasets, name)(str(root), train=train, download=True)
     except (OSError, RuntimeError, ValueError) as err:
         reason = str(getattr(err, "reason", err)).splitlines()[0][:200]
-        raise DatasetError(f"{name} is not in {root} and could not be downloaded: {type(err).__name__}: {reason}") from None
+        raise DatasetError(
+            f"{name} is not in {root} and could not be downloaded: {type(err).__name__}: {reason}"
+        ) from None
 
 
 class SyntheticShapes(Dataset):
@@ -229,10 +243,14 @@ def build_dataset(data_cfg, split: str, transform=None) -> Dataset:
         try:
             return torchvision.datasets.CIFAR10(str(root), train=split == "train", transform=transform)
         except (RuntimeError, OSError) as err:
-            raise DatasetError(f"CIFAR-10 not found in {root} ({err}); data.download=true lets torchvision download it") from None
+            raise DatasetError(
+                f"CIFAR-10 not found in {root} ({err}); data.download=true lets torchvision download it"
+            ) from None
     if name == "synthetic":
         n = data_cfg.synthetic_size if split == "train" else max(data_cfg.synthetic_size // 4, 16)
-        return SyntheticShapes(n, image_size=max(data_cfg.image_size, 16), seed=0 if split == "train" else 1, transform=transform)
+        return SyntheticShapes(
+            n, image_size=max(data_cfg.image_size, 16), seed=0 if split == "train" else 1, transform=transform
+        )
     raise DatasetError(f"unknown dataset {name!r}: expected one of {', '.join(DATASETS)}")
 
 
@@ -304,12 +322,21 @@ class SeededViews(Dataset):
                 break
             except UNREADABLE as err:
                 bad[attempt] = chosen
-                replacement = int(torch.randint(len(self.dataset), (1,), generator=torch.Generator().manual_seed(item_seed + attempt)))
-                log.warning("skipping unreadable image %s (%s: %s); item %d in its place", item_name(self.dataset, chosen),
-                            type(err).__name__, str(err)[:120], replacement)  # fmt: skip
+                replacement = int(
+                    torch.randint(len(self.dataset), (1,), generator=torch.Generator().manual_seed(item_seed + attempt))
+                )
+                log.warning(
+                    "skipping unreadable image %s (%s: %s); item %d in its place",
+                    item_name(self.dataset, chosen),
+                    type(err).__name__,
+                    str(err)[:120],
+                    replacement,
+                )
                 chosen = replacement
         else:
-            raise DatasetError(f"{MAX_TRIES} images in a row could not be read, the last {item_name(self.dataset, chosen)}: is the dataset readable?")
+            raise DatasetError(
+                f"{MAX_TRIES} images in a row could not be read, the last {item_name(self.dataset, chosen)}: is the dataset readable?"
+            )
         state = random.getstate()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)

@@ -26,7 +26,8 @@ holds that bound.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -124,7 +125,7 @@ class DeviceTwoCropsTransform:
             rows = [i for i, k in kernels.items() if len(k) == width]
             # float32 taps: the rounding fast_augment's add_(alpha=w) gives each of them
             taps = _to_device(torch.tensor([kernels[i] for i in rows], dtype=torch.float32), x.device)
-            _update(x, rows, lambda v: _blur(v, taps))
+            _update(x, rows, lambda v, taps=taps: _blur(v, taps))
         _update(x, [i for i, p in enumerate(draws) if p.flip], lambda v: v.flip(-1))
         return x.mul_(_per_channel(self._scale, x.device)).sub_(_per_channel(self._shift, x.device))
 

@@ -77,7 +77,15 @@ class FastMocoV2View:
 
     def __init__(self, size: int = 224, **kwargs):
         recipe = moco_v2_augmentation(size, **kwargs).transforms
-        kinds = (T.RandomResizedCrop, T.RandomApply, T.RandomGrayscale, T.RandomApply, T.RandomHorizontalFlip, T.ToTensor, T.Normalize)
+        kinds = (
+            T.RandomResizedCrop,
+            T.RandomApply,
+            T.RandomGrayscale,
+            T.RandomApply,
+            T.RandomHorizontalFlip,
+            T.ToTensor,
+            T.Normalize,
+        )
         if len(recipe) != len(kinds) or not all(isinstance(t, k) for t, k in zip(recipe, kinds)):
             raise TypeError(f"fast_augment mirrors a MoCo v2 recipe of {[k.__name__ for k in kinds]}; found {recipe}")
         self.size = size
@@ -199,7 +207,7 @@ def _channel(x: torch.Tensor, index: int) -> torch.Tensor:
     return x.narrow(-3, index, 1)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _per_channel(values: tuple[float, float, float], device: torch.device) -> torch.Tensor:
     """A (3, 1, 1) constant on ``device``, made there once (not copied over at every call)."""
     return torch.tensor(values).view(3, 1, 1).to(device)

@@ -79,7 +79,9 @@ def convert_source(source: str | Path, out: str | Path, revision: str | None = N
     official SimSiam/MoCo or torchvision checkpoint) into the Detectron2 file ``out``."""
     out = Path(out)
     if out.suffix != ".pkl":
-        raise ConversionError(f"the Detectron2 weights file must end in .pkl (Detectron2 picks its loader by suffix), got {out}")
+        raise ConversionError(
+            f"the Detectron2 weights file must end in .pkl (Detectron2 picks its loader by suffix), got {out}"
+        )
     obj = convert_to_detectron2(load_backbone_state_dict(source, revision))
     write_detectron2(obj, out)
     log.info("wrote %d tensors from %s to %s", len(obj["model"]), source, out)

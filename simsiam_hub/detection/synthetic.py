@@ -50,7 +50,14 @@ def make_image(rng: random.Random, size: tuple[int, int], n_objects: int, classe
 
 
 def make_voc(
-    root: str | Path, splits: dict[str, int], *, size=(192, 128), objects=2, seed=0, classes=CLASSES, image_format: str = "jpg"
+    root: str | Path,
+    splits: dict[str, int],
+    *,
+    size=(192, 128),
+    objects=2,
+    seed=0,
+    classes=CLASSES,
+    image_format: str = "jpg",
 ) -> Path:
     """A Pascal VOC tree: JPEGImages/ (``image_format``: jpg, or png as user folders often
     have), Annotations/ (with <pose>, which Detectron2's evaluator reads), ImageSets/Main/{split}.txt
@@ -64,7 +71,9 @@ def make_voc(
         for i in range(n):
             image_id = f"{split}_{i:04d}"
             img, objs = make_image(rng, size, objects, classes)
-            img.save(root / "JPEGImages" / f"{image_id}.{image_format}", **({"quality": 95} if image_format == "jpg" else {}))
+            img.save(
+                root / "JPEGImages" / f"{image_id}.{image_format}", **({"quality": 95} if image_format == "jpg" else {})
+            )
             xml_objects = "".join(
                 f"<object><name>{cls}</name><pose>Unspecified</pose><truncated>0</truncated><difficult>0</difficult>"
                 # VOC boxes are 1-based inclusive pixel indices
@@ -102,12 +111,21 @@ def make_coco(root: str | Path, splits: dict[str, int], *, size=(192, 128), obje
                 xs, ys = flat[0::2], flat[1::2]
                 area = 0.5 * abs(sum(xs[k] * ys[k - 1] - xs[k - 1] * ys[k] for k in range(len(xs))))
                 annotations.append(
-                    {"id": ann_id, "image_id": image_id, "category_id": cat_id[cls], "segmentation": [flat],
-                     "bbox": [x0, y0, x1 - x0, y1 - y0], "area": area, "iscrowd": 0}
-                )  # fmt: skip
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "category_id": cat_id[cls],
+                        "segmentation": [flat],
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "area": area,
+                        "iscrowd": 0,
+                    }
+                )
                 ann_id += 1
         categories = [{"id": cat_id[c], "name": c, "supercategory": "shape"} for c in classes]
-        (root / f"{split}.json").write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+        (root / f"{split}.json").write_text(
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
     return root
 
 

@@ -87,7 +87,9 @@ def knn_scores(
     refused: the vote would silently be over the whole bank.
     """
     if not 0 < k <= bank_features.shape[0]:
-        raise EvaluationError(f"k-NN with k={k} needs a bank of at least k items, found {bank_features.shape[0]}: lower k")
+        raise EvaluationError(
+            f"k-NN with k={k} needs a bank of at least k items, found {bank_features.shape[0]}: lower k"
+        )
     scores = []
     for start in range(0, query_features.shape[0], chunk_size):
         sim = query_features[start : start + chunk_size] @ bank_features.T
@@ -112,16 +114,22 @@ def knn_accuracy(bank_features, bank_labels, query_features, query_labels, *, nu
     """k-NN top-1 and top-5 accuracy (percent) of the query set against the bank."""
     if num_classes is None:
         num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
-    scores = knn_scores(bank_features, bank_labels, query_features, num_classes=num_classes, k=k, temperature=temperature)
+    scores = knn_scores(
+        bank_features, bank_labels, query_features, num_classes=num_classes, k=k, temperature=temperature
+    )
     return topk_accuracy(scores, query_labels)
 
 
 def eval_loader(dataset, *, batch_size: int, num_workers: int, device: torch.device):
     """An ordered, unshuffled loader for feature extraction."""
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-        pin_memory=torch.device(device).type == "cuda", persistent_workers=False,
-    )  # fmt: skip
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.device(device).type == "cuda",
+        persistent_workers=False,
+    )
 
 
 # The seeds of the fixed evaluation draws from each split (:func:`seeded_subset`): the k-NN
@@ -134,8 +142,12 @@ def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
     for datasets evaluated whole, else a centre crop: :func:`~simsiam_hub.data.augment.eval_crop_pct`),
     as fixed seeded subsets: the pretraining monitor and `simsiam-hub knn` draw the same images."""
     transform = eval_transform(data_cfg.image_size, dataset=data_cfg.dataset)
-    bank = seeded_subset(build_dataset(data_cfg, "train", transform), bank_size, seed=EVAL_DRAW_SEEDS["train"], what="k-NN bank")
-    query = seeded_subset(build_dataset(data_cfg, "val", transform), query_size, seed=EVAL_DRAW_SEEDS["val"], what="k-NN queries")
+    bank = seeded_subset(
+        build_dataset(data_cfg, "train", transform), bank_size, seed=EVAL_DRAW_SEEDS["train"], what="k-NN bank"
+    )
+    query = seeded_subset(
+        build_dataset(data_cfg, "val", transform), query_size, seed=EVAL_DRAW_SEEDS["val"], what="k-NN queries"
+    )
     return bank, query
 
 
@@ -166,18 +178,24 @@ def network_features(
     return bank_xy, query_xy
 
 
-def knn_on_features(bank_xy, query_xy, *, k: int = 200, temperature: float = 0.1, device: torch.device | str = "cpu") -> dict:
+def knn_on_features(
+    bank_xy, query_xy, *, k: int = 200, temperature: float = 0.1, device: torch.device | str = "cpu"
+) -> dict:
     """Weighted k-NN top-1/top-5 (percent) of raw features (l2-normalised here), with the sizes
     and the number of classes."""
     if k <= 0 or temperature <= 0:
         raise EvaluationError(f"k-NN needs k > 0 and temperature > 0, found k={k}, temperature={temperature}")
     (bank_x, bank_y), (query_x, query_y) = bank_xy, query_xy
     if k > len(bank_x):
-        raise EvaluationError(f"k-NN with k={k} needs a bank of at least k images, the bank has {len(bank_x)}: lower --k or enlarge the bank")
+        raise EvaluationError(
+            f"k-NN with k={k} needs a bank of at least k images, the bank has {len(bank_x)}: lower --k or enlarge the bank"
+        )
     num_classes = int(max(bank_y.max(), query_y.max())) + 1
     device = torch.device(device)  # the similarity search is the slow part: on a GPU where there is one
     bank_x, query_x = F.normalize(bank_x.to(device), dim=1), F.normalize(query_x.to(device), dim=1)
-    metrics = knn_accuracy(bank_x, bank_y.to(device), query_x, query_y, num_classes=num_classes, k=k, temperature=temperature)
+    metrics = knn_accuracy(
+        bank_x, bank_y.to(device), query_x, query_y, num_classes=num_classes, k=k, temperature=temperature
+    )
     return dict(metrics, bank_size=len(bank_x), query_size=len(query_x), num_classes=num_classes)
 
 
@@ -197,7 +215,9 @@ def knn_evaluate(
         raise EvaluationError(f"k-NN needs k > 0 and temperature > 0, found k={k}, temperature={temperature}")
     start = time.perf_counter()
     bank_xy, query_xy = network_features(backbone, data_cfg, val_subset=val_subset, **extract_options)
-    metrics = knn_on_features(bank_xy, query_xy, k=k, temperature=temperature, device=extract_options.get("device", "cpu"))
+    metrics = knn_on_features(
+        bank_xy, query_xy, k=k, temperature=temperature, device=extract_options.get("device", "cpu")
+    )
     return dict(metrics, seconds=time.perf_counter() - start)
 
 
@@ -210,13 +230,17 @@ def pixel_features(data_cfg, split: str, size: int | None) -> tuple[torch.Tensor
         drawn = seeded_subset(full, size, seed=EVAL_DRAW_SEEDS[split])
         idx = torch.as_tensor(drawn.indices) if drawn is not full else torch.arange(len(full))
         return torch.from_numpy(full.images[idx.numpy()]).flatten(1).float() / 255, full.targets[idx]
-    transform = T.Compose([T.Resize(data_cfg.image_size), T.CenterCrop(data_cfg.image_size), T.Grayscale(), T.ToTensor()])
+    transform = T.Compose(
+        [T.Resize(data_cfg.image_size), T.CenterCrop(data_cfg.image_size), T.Grayscale(), T.ToTensor()]
+    )
     drawn = seeded_subset(build_dataset(data_cfg, split, transform), size, seed=EVAL_DRAW_SEEDS[split])
     x, y = zip(*[(img.flatten(), label) for img, label in drawn])
     return torch.stack(x), torch.as_tensor(y)
 
 
-def baseline_features(backbone: nn.Module, random_init: nn.Module, data_cfg, *, val_subset: int | None = None, **extract_options) -> dict:
+def baseline_features(
+    backbone: nn.Module, random_init: nn.Module, data_cfg, *, val_subset: int | None = None, **extract_options
+) -> dict:
     """The raw features a backbone's must beat, on the same images (the ``data_cfg.train_subset``
     bank, ``val_subset`` queries): ``{"simsiam": ..., "random_init": ..., "raw_pixels": ...}``,
     each ``((bank x, y), (query x, y))`` (:func:`network_features`, :func:`pixel_features`)."""
@@ -224,7 +248,10 @@ def baseline_features(backbone: nn.Module, random_init: nn.Module, data_cfg, *, 
         name: network_features(net, data_cfg, val_subset=val_subset, **extract_options)
         for name, net in (("simsiam", backbone), ("random_init", random_init))
     }
-    features["raw_pixels"] = (pixel_features(data_cfg, "train", data_cfg.train_subset), pixel_features(data_cfg, "val", val_subset))
+    features["raw_pixels"] = (
+        pixel_features(data_cfg, "train", data_cfg.train_subset),
+        pixel_features(data_cfg, "val", val_subset),
+    )
     return features
 
 
@@ -234,19 +261,31 @@ def knn_of_baselines(features: dict, *, k: int = 200, temperature: float = 0.1) 
     results = {name: knn_on_features(*xy, k=k, temperature=temperature) for name, xy in features.items()}
     (bx, by), (qx, qy) = features["raw_pixels"]
     mean, std = bx.mean(0), bx.std(0).clamp_min(1e-6)
-    results["raw_pixels_standardised"] = knn_on_features(((bx - mean) / std, by), ((qx - mean) / std, qy), k=k, temperature=temperature)
+    results["raw_pixels_standardised"] = knn_on_features(
+        ((bx - mean) / std, by), ((qx - mean) / std, qy), k=k, temperature=temperature
+    )
     return results
 
 
 def knn_with_baselines(
-    backbone: nn.Module, random_init: nn.Module, data_cfg, *, val_subset: int | None = None, k: int = 200,
-    temperature: float = 0.1, **extract_options,
+    backbone: nn.Module,
+    random_init: nn.Module,
+    data_cfg,
+    *,
+    val_subset: int | None = None,
+    k: int = 200,
+    temperature: float = 0.1,
+    **extract_options,
 ) -> dict[str, dict]:
     """k-NN of ``backbone`` beside the baselines it must beat, on the same images: ``random_init``
     (the same network untrained), raw pixels and standardised raw pixels (per-pixel mean and std
     of the bank). Keys: simsiam, random_init, raw_pixels, raw_pixels_standardised;
     ``extract_options`` go to :func:`network_features` (device, amp_dtype, channels_last, ...)."""
     start = time.perf_counter()
-    results = knn_of_baselines(baseline_features(backbone, random_init, data_cfg, val_subset=val_subset, **extract_options), k=k, temperature=temperature)
+    results = knn_of_baselines(
+        baseline_features(backbone, random_init, data_cfg, val_subset=val_subset, **extract_options),
+        k=k,
+        temperature=temperature,
+    )
     results["simsiam"]["seconds"] = time.perf_counter() - start
     return results

@@ -101,7 +101,13 @@ def build_optimizer(fc: nn.Linear, cfg: LinclsOptimConfig) -> torch.optim.Optimi
     init_lr = scaled_lr(cfg.base_lr, cfg.batch_size)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(fc.parameters(), lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return LARC(fc.parameters(), lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, trust_coefficient=cfg.trust_coefficient)
+    return LARC(
+        fc.parameters(),
+        lr=init_lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        trust_coefficient=cfg.trust_coefficient,
+    )
 
 
 def snapshot_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -148,9 +154,13 @@ class LinearEvaluation:
         self.info = info = setup_distributed()
         self.timings: dict[str, float] = {}
         if cfg.optim.batch_size % info.world_size:
-            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes")
+            raise ConfigError(
+                f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes"
+            )
         if cfg.data.cache_features and info.distributed:
-            raise ConfigError("data.cache_features=true runs in one process: it is for small sets and CPUs (found WORLD_SIZE > 1)")
+            raise ConfigError(
+                "data.cache_features=true runs in one process: it is for small sets and CPUs (found WORLD_SIZE > 1)"
+            )
         self.local_batch = cfg.optim.batch_size // info.world_size
         self.out = Path(cfg.run.output_dir)
         self.device = info.device
@@ -161,14 +171,22 @@ class LinearEvaluation:
         size = cfg.data.image_size
         cached = cfg.data.cache_features
         view = eval_transform(size, dataset=cfg.data.dataset)
-        train = seeded_subset(build_dataset(cfg.data, "train", view if cached else None), cfg.data.train_subset, seed=EVAL_DRAW_SEEDS["train"])
+        train = seeded_subset(
+            build_dataset(cfg.data, "train", view if cached else None),
+            cfg.data.train_subset,
+            seed=EVAL_DRAW_SEEDS["train"],
+        )
         val = seeded_subset(build_dataset(cfg.data, "val", view), cfg.data.val_subset, seed=EVAL_DRAW_SEEDS["val"])
         self.num_classes = int(max(targets_of(train).max(), targets_of(val).max())) + 1
         self.train_size, self.val_size = len(train), len(val)
         self.train_set = train
         if not cached:
-            self.train_set = SeededViews(train, linear_train_transform(size, min_scale=cfg.data.min_scale), cfg.run.seed)
-            self.sampler = ResumableSampler(self.train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.run.seed)
+            self.train_set = SeededViews(
+                train, linear_train_transform(size, min_scale=cfg.data.min_scale), cfg.run.seed
+            )
+            self.sampler = ResumableSampler(
+                self.train_set, num_replicas=info.world_size, rank=info.rank, seed=cfg.run.seed
+            )
         # Each rank evaluates its own share of val; the counts are summed.
         self.val_set = Subset(val, list(range(info.rank, len(val), info.world_size))) if info.distributed else val
 
@@ -204,7 +222,11 @@ class LinearEvaluation:
         """What a resumed run must share with the run that wrote the checkpoint."""
         d = self.cfg.data
         keys = ("dataset", "image_size", "train_subset", "val_subset", "cache_features", "min_scale")
-        compatibility = {"optim": to_dict(self.cfg.optim), "data": {k: getattr(d, k) for k in keys}, "seed": self.cfg.run.seed}
+        compatibility = {
+            "optim": to_dict(self.cfg.optim),
+            "data": {k: getattr(d, k) for k in keys},
+            "seed": self.cfg.run.seed,
+        }
         if self.cfg.optim.optimizer == "lars":  # checkpoints of the earlier LARS (weight only) have no such key
             compatibility["lars"] = "apex LARC"
         return compatibility
@@ -264,11 +286,19 @@ class LinearEvaluation:
     # --- features ------------------------------------------------------------------------
     def _extract(self, dataset, desc: str):
         start = time.perf_counter()
-        loader = eval_loader(dataset, batch_size=self.cfg.run.eval_batch_size, num_workers=self.cfg.data.num_workers, device=self.device)
+        loader = eval_loader(
+            dataset, batch_size=self.cfg.run.eval_batch_size, num_workers=self.cfg.data.num_workers, device=self.device
+        )
         x, y = extract_features(
-            self.backbone, loader, device=self.device, amp_dtype=self.amp_dtype, channels_last=self.cfg.run.channels_last,
-            progress=self.cfg.run.progress and self.info.is_main, desc=desc, normalize=False,
-        )  # fmt: skip
+            self.backbone,
+            loader,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.cfg.run.channels_last,
+            progress=self.cfg.run.progress and self.info.is_main,
+            desc=desc,
+            normalize=False,
+        )
         self.timings[f"{desc} seconds"] = time.perf_counter() - start
         return x.to(self.device), y.to(self.device)
 
@@ -284,9 +314,13 @@ class LinearEvaluation:
         self.train_set.epoch = epoch
         self.sampler.set_epoch(epoch)
         loader = DataLoader(
-            self.train_set, batch_size=self.local_batch, sampler=self.sampler, num_workers=self.cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
-        )  # fmt: skip
+            self.train_set,
+            batch_size=self.local_batch,
+            sampler=self.sampler,
+            num_workers=self.cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
         for images, labels, _ in loader:  # unreadable images are passed over by SeededViews
             images = images.to(self.device, non_blocking=True)
             if self.cfg.run.channels_last:
@@ -316,7 +350,9 @@ class LinearEvaluation:
     def run(self) -> LinclsResult:
         cfg, info = self.cfg, self.info
         run_start = time.perf_counter()
-        end_epoch = cfg.optim.epochs if cfg.run.stop_after_epochs is None else min(cfg.optim.epochs, cfg.run.stop_after_epochs)
+        end_epoch = (
+            cfg.optim.epochs if cfg.run.stop_after_epochs is None else min(cfg.optim.epochs, cfg.run.stop_after_epochs)
+        )
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             csv_log = CSVLog(self.out / "lincls_log.csv", LOG_FIELDS, self.step if self.resumed_from else None)
@@ -328,9 +364,12 @@ class LinearEvaluation:
         checkpoint = self.resumed_from
         steps_per_epoch = self._steps_per_epoch()
         bar = tqdm(
-            total=(end_epoch - self.epoch) * steps_per_epoch, disable=not (cfg.run.progress and info.is_main),
-            desc="lincls", unit="step", dynamic_ncols=True,
-        )  # fmt: skip
+            total=(end_epoch - self.epoch) * steps_per_epoch,
+            disable=not (cfg.run.progress and info.is_main),
+            desc="lincls",
+            unit="step",
+            dynamic_ncols=True,
+        )
         train_start = time.perf_counter()
         while self.epoch < end_epoch:
             row = self._train_epoch(bar)
@@ -338,7 +377,9 @@ class LinearEvaluation:
             if info.is_main:
                 csv_log.write(row)
                 acc_text = f" top1={row['top1']:.2f}% top5={row['top5']:.2f}%" if "top1" in row else ""
-                tqdm.write(f"epoch {self.epoch}/{cfg.optim.epochs}: loss={row['loss']:.4f} lr={row['lr']:.4g}{acc_text} ({row['seconds']:.1f} s)")
+                tqdm.write(
+                    f"epoch {self.epoch}/{cfg.optim.epochs}: loss={row['loss']:.4f} lr={row['lr']:.4g}{acc_text} ({row['seconds']:.1f} s)"
+                )
         bar.close()
         self.timings["train seconds"] = time.perf_counter() - train_start
         if checkpoint is None:
@@ -349,11 +390,20 @@ class LinearEvaluation:
             results_file = self.write_results(convergence)
         barrier()
         return LinclsResult(
-            self.out, checkpoint, results_file, self.epoch, self.last.get("top1"), self.last.get("top5"),
-            self.best.get("top1"), self.best.get("top5"), self.best.get("epoch"), time.perf_counter() - run_start, dict(self.timings),
+            self.out,
+            checkpoint,
+            results_file,
+            self.epoch,
+            self.last.get("top1"),
+            self.last.get("top5"),
+            self.best.get("top1"),
+            self.best.get("top5"),
+            self.best.get("epoch"),
+            time.perf_counter() - run_start,
+            dict(self.timings),
             train_loss=convergence["train_loss"],
             converged=None if convergence["still_falling"] is None else not convergence["still_falling"],
-        )  # fmt: skip
+        )
 
     def _train_epoch(self, bar) -> dict:
         """One epoch at the epoch's lr (set once, as the reference), the backbone check, and the
@@ -373,7 +423,9 @@ class LinearEvaluation:
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
         if not math.isfinite(loss_sum):
-            raise SimsiamHubError(f"the linear classifier's loss is {loss_sum} in epoch {epoch + 1}: lower optim.base_lr")
+            raise SimsiamHubError(
+                f"the linear classifier's loss is {loss_sum} in epoch {epoch + 1}: lower optim.base_lr"
+            )
         self.epoch = epoch + 1
         check_unchanged(self.backbone, self.snapshot)
         row = {"step": self.step, "epoch": self.epoch, "lr": lr, "loss": loss_sum / max(seen, 1)}
@@ -385,7 +437,9 @@ class LinearEvaluation:
                 self.best = dict(self.last)
             row.update(acc)
         seconds = time.perf_counter() - start
-        return dict(row, best_top1=self.best.get("top1"), seconds=seconds, images_per_s=seen * self.info.world_size / seconds)
+        return dict(
+            row, best_top1=self.best.get("top1"), seconds=seconds, images_per_s=seen * self.info.world_size / seconds
+        )
 
     def convergence(self) -> dict:
         """The final training loss and whether it was still falling (:func:`~.probe.still_falling`),
@@ -402,8 +456,10 @@ class LinearEvaluation:
                 "the linear classifier has not converged: over the last epochs its training loss (%.4f) still fell by "
                 "%.3g per unit of learning rate, %.0f%% of its early rate; its accuracy is a lower bound. "
                 "The converged probe: --protocol logreg (or protocol=logreg)",
-                result["train_loss"], result["loss_fall_per_lr_last"], 100 * result["loss_fall_per_lr_last"] / result["loss_fall_per_lr_first"],
-            )  # fmt: skip
+                result["train_loss"],
+                result["loss_fall_per_lr_last"],
+                100 * result["loss_fall_per_lr_last"] / result["loss_fall_per_lr_first"],
+            )
         return result
 
     def write_results(self, convergence: dict) -> Path:
@@ -413,7 +469,8 @@ class LinearEvaluation:
             "protocol": "reference",
             "description": "linear classifier on a frozen backbone in eval mode (simsiam main_lincls)",
             "train_features": (
-                "cached: un-augmented (val transform), computed once" if cfg.data.cache_features
+                "cached: un-augmented (val transform), computed once"
+                if cfg.data.cache_features
                 else "online: RandomResizedCrop + flip through the backbone every step (the reference)"
             ),
             "epochs": cfg.optim.epochs,
@@ -432,17 +489,25 @@ class LinearEvaluation:
             **convergence,
         }
         common = self._result_fields()
-        results = [EvalResult(metric=m, value=self.last[m], recipe=dict(recipe, selection="last epoch"), **common) for m in ("top1", "top5")]
-        best = dict(recipe, selection=f"best val top1 over epochs (epoch {self.best['epoch']}), as the reference's model_best")
+        results = [
+            EvalResult(metric=m, value=self.last[m], recipe=dict(recipe, selection="last epoch"), **common)
+            for m in ("top1", "top5")
+        ]
+        best = dict(
+            recipe, selection=f"best val top1 over epochs (epoch {self.best['epoch']}), as the reference's model_best"
+        )
         results += [EvalResult(metric=f"{m}_best", value=self.best[m], recipe=best, **common) for m in ("top1", "top5")]
         return write_results(results, self.out / RESULTS_FILE)
 
     def _result_fields(self) -> dict:
         cfg = self.cfg
         return dict(
-            task="linear", dataset=dataset_name(cfg.data, cfg.data.name), split=split_name(cfg.data),
-            source=self.source.name, source_revision=self.source.revision,
-        )  # fmt: skip
+            task="linear",
+            dataset=dataset_name(cfg.data, cfg.data.name),
+            split=split_name(cfg.data),
+            source=self.source.name,
+            source_revision=self.source.revision,
+        )
 
     # --- the logreg protocol (simsiam_hub.eval.probe) ------------------------------------------
     def run_logreg(self) -> LinclsResult:
@@ -460,24 +525,48 @@ class LinearEvaluation:
         self.timings["probe seconds"] = probe.seconds
         log.info(
             "logreg probe: weight decay %g (held-out top-1 %s), final training loss %.4f, %s after %d iterations",
-            probe.weight_decay, ", ".join(f"{w:g}: {a:.2f}" for w, a in zip(probe.sweep.weight_decays, probe.sweep.val_top1)),
-            probe.train_loss, "converged" if probe.converged else "NOT converged", probe.iterations,
-        )  # fmt: skip
+            probe.weight_decay,
+            ", ".join(f"{w:g}: {a:.2f}" for w, a in zip(probe.sweep.weight_decays, probe.sweep.val_top1)),
+            probe.train_loss,
+            "converged" if probe.converged else "NOT converged",
+            probe.iterations,
+        )
         recipe = dict(
-            probe.recipe(), train_features="cached: un-augmented (val transform), computed once",
-            image_size=self.cfg.data.image_size, precision=precision_name(self.amp_dtype), backbone_sha256=self.fingerprint,
-        )  # fmt: skip
-        results = [EvalResult(metric=m, value=getattr(probe, m), recipe=recipe, **self._result_fields()) for m in ("top1", "top5")]
+            probe.recipe(),
+            train_features="cached: un-augmented (val transform), computed once",
+            image_size=self.cfg.data.image_size,
+            precision=precision_name(self.amp_dtype),
+            backbone_sha256=self.fingerprint,
+        )
+        results = [
+            EvalResult(metric=m, value=getattr(probe, m), recipe=recipe, **self._result_fields())
+            for m in ("top1", "top5")
+        ]
         results_file = write_results(results, self.out / RESULTS_FILE)
         return LinclsResult(
-            self.out, None, results_file, 0, probe.top1, probe.top5, None, None, None, time.perf_counter() - start,
-            dict(self.timings), protocol="logreg", train_loss=probe.train_loss, converged=probe.converged, probe=probe,
-        )  # fmt: skip
+            self.out,
+            None,
+            results_file,
+            0,
+            probe.top1,
+            probe.top5,
+            None,
+            None,
+            None,
+            time.perf_counter() - start,
+            dict(self.timings),
+            protocol="logreg",
+            train_loss=probe.train_loss,
+            converged=probe.converged,
+            probe=probe,
+        )
 
 
 def load_lincls_checkpoint(path: str | Path) -> dict:
     """Read a linear-evaluation checkpoint safely (``weights_only``) and check that it is one."""
-    return load_tagged(path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, error=LinclsCheckpointError, what="linear-evaluation checkpoint")
+    return load_tagged(
+        path, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, error=LinclsCheckpointError, what="linear-evaluation checkpoint"
+    )
 
 
 def linear_eval(

@@ -137,9 +137,14 @@ class _Problem:
         u = ((weight0 @ basis) / scale).requires_grad_(True)
         b = bias0.clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
-            [u, b], lr=1, max_iter=max_iterations, max_eval=2 * max_iterations, tolerance_grad=tolerance,
-            history_size=HISTORY_SIZE, line_search_fn="strong_wolfe",
-        )  # fmt: skip
+            [u, b],
+            lr=1,
+            max_iter=max_iterations,
+            max_eval=2 * max_iterations,
+            tolerance_grad=tolerance,
+            history_size=HISTORY_SIZE,
+            line_search_fn="strong_wolfe",
+        )
 
         def closure():
             optimizer.zero_grad(set_to_none=False)
@@ -151,15 +156,25 @@ class _Problem:
         iterations = optimizer.state[u].get("n_iter", 0)
         loss = closure()
         if not math.isfinite(loss.item()):
-            raise ProbeError(f"the probe's objective is {loss.item()} (weight decay {weight_decay:g}): the features hold extreme values")
+            raise ProbeError(
+                f"the probe's objective is {loss.item()} (weight decay {weight_decay:g}): the features hold extreme values"
+            )
         grad_max = max(u.grad.abs().max().item(), b.grad.abs().max().item())
         with torch.no_grad():
             weight = (u * scale) @ basis.T
             _, ce = self.objective(weight, b, weight_decay)
         return LogisticFit(
-            weight, b.detach(), self.mean, self.std, weight_decay, ce.item(), loss.item(), grad_max,
-            iterations, grad_max <= tolerance,
-        )  # fmt: skip
+            weight,
+            b.detach(),
+            self.mean,
+            self.std,
+            weight_decay,
+            ce.item(),
+            loss.item(),
+            grad_max,
+            iterations,
+            grad_max <= tolerance,
+        )
 
 
 def _as_features(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -175,7 +190,9 @@ def _checked(x: torch.Tensor, y: torch.Tensor, name: str) -> tuple[torch.Tensor,
         found = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
         raise ProbeError(f"{name}_y: expected integer labels of shape ({x.shape[0]},), found {found}")
     if not torch.isfinite(x).all():
-        raise ProbeError(f"{name}_x: expected finite features, found {int((~torch.isfinite(x)).sum())} NaN or infinite values")
+        raise ProbeError(
+            f"{name}_x: expected finite features, found {int((~torch.isfinite(x)).sum())} NaN or infinite values"
+        )
     if len(y) and y.min() < 0:
         raise ProbeError(f"{name}_y: expected labels >= 0, found {int(y.min())}")
     return x, y.long().to(x.device)
@@ -210,15 +227,21 @@ def _num_classes(y: torch.Tensor, num_classes: int | None) -> int:
     if num_classes is None:
         num_classes = found
     if num_classes < 2 or found > num_classes:
-        raise ProbeError(f"expected labels of at least 2 classes in 0..num_classes-1, found num_classes={num_classes}, largest label {found - 1}")
+        raise ProbeError(
+            f"expected labels of at least 2 classes in 0..num_classes-1, found num_classes={num_classes}, largest label {found - 1}"
+        )
     return num_classes
 
 
 def _warn_unconverged(fits: list[LogisticFit], tolerance: float, what: str) -> None:
     bad = [f for f in fits if not f.converged]
     if bad:
-        detail = ", ".join(f"weight decay {f.weight_decay:g}: max |grad| {f.grad_max:.2g} after {f.iterations} iterations" for f in bad)
-        log.warning("%s has not converged to max |grad| <= %g (%s): its accuracy may be under-fitted", what, tolerance, detail)
+        detail = ", ".join(
+            f"weight decay {f.weight_decay:g}: max |grad| {f.grad_max:.2g} after {f.iterations} iterations" for f in bad
+        )
+        log.warning(
+            "%s has not converged to max |grad| <= %g (%s): its accuracy may be under-fitted", what, tolerance, detail
+        )
 
 
 # --- choosing the weight decay (training data only) ------------------------------------------
@@ -248,7 +271,9 @@ def validation_split(n: int, seed: int, val_fraction: float = VAL_FRACTION) -> t
         raise ProbeError(f"val_fraction: expected a number in (0, 1), found {val_fraction!r}")
     n_val = round(n * val_fraction)
     if n_val < 1 or n - n_val < 2:
-        raise ProbeError(f"the training set has {n} items: too few to hold out {val_fraction:.0%} for choosing the weight decay")
+        raise ProbeError(
+            f"the training set has {n} items: too few to hold out {val_fraction:.0%} for choosing the weight decay"
+        )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return order[n_val:], order[:n_val]
 
@@ -292,16 +317,29 @@ def choose_weight_decay(
         loss.append(F.cross_entropy(scores, val_y).item())
         log.info(
             "weight decay %g: held-out top-1 %.2f%%, train loss %.4f, %d iterations, max |grad| %.2g",
-            weight_decay, top1[-1], fit.train_loss, fit.iterations, fit.grad_max,
-        )  # fmt: skip
+            weight_decay,
+            top1[-1],
+            fit.train_loss,
+            fit.iterations,
+            fit.grad_max,
+        )
     _warn_unconverged(fits, tolerance, "the weight-decay sweep")
     best = max(range(len(top1)), key=lambda i: (top1[i], -loss[i]))
     if best in (0, len(grid) - 1) and len(grid) > 1:
         log.warning("the chosen weight decay %g is at the edge of the grid %g..%g", grid[best], grid[-1], grid[0])
     tried = grid[: len(top1)]
     return WeightDecaySweep(
-        tried, top1, loss, [f.converged for f in fits], grid[best], len(fit_idx), len(val_idx), val_fraction, seed, fits[best]
-    )  # fmt: skip
+        tried,
+        top1,
+        loss,
+        [f.converged for f in fits],
+        grid[best],
+        len(fit_idx),
+        len(val_idx),
+        val_fraction,
+        seed,
+        fits[best],
+    )
 
 
 # --- the protocol ----------------------------------------------------------------------------
@@ -370,20 +408,45 @@ def linear_probe(
         raise ProbeError(f"test_x: expected features of width {train_x.shape[1]} (as train_x), found {test_x.shape[1]}")
     num_classes = _num_classes(train_y, None)
     if len(test_y) == 0 or int(test_y.max()) >= num_classes:
-        raise ProbeError(f"test_y: expected labels in 0..{num_classes - 1} (the training set's classes), found {test_y.unique().tolist()[:10]}")
+        raise ProbeError(
+            f"test_y: expected labels in 0..{num_classes - 1} (the training set's classes), found {test_y.unique().tolist()[:10]}"
+        )
     sweep = choose_weight_decay(
-        train_x, train_y, seed=seed, num_classes=num_classes, weight_decays=weight_decays, val_fraction=val_fraction,
-        tolerance=tolerance, max_iterations=max_iterations,
-    )  # fmt: skip
+        train_x,
+        train_y,
+        seed=seed,
+        num_classes=num_classes,
+        weight_decays=weight_decays,
+        val_fraction=val_fraction,
+        tolerance=tolerance,
+        max_iterations=max_iterations,
+    )
     fit = fit_logistic(
-        train_x, train_y, sweep.chosen, num_classes=num_classes, tolerance=tolerance, max_iterations=max_iterations,
+        train_x,
+        train_y,
+        sweep.chosen,
+        num_classes=num_classes,
+        tolerance=tolerance,
+        max_iterations=max_iterations,
         init=sweep.chosen_fit,
-    )  # fmt: skip
+    )
     accuracy = topk_accuracy(fit.scores(test_x).cpu(), test_y.cpu())
     return ProbeResult(
-        accuracy["top1"], accuracy["top5"], sweep.chosen, fit.train_loss, fit.iterations, fit.grad_max, fit.converged, sweep,
-        len(train_y), len(test_y), train_x.shape[1], time.perf_counter() - start, tolerance, fit,
-    )  # fmt: skip
+        accuracy["top1"],
+        accuracy["top5"],
+        sweep.chosen,
+        fit.train_loss,
+        fit.iterations,
+        fit.grad_max,
+        fit.converged,
+        sweep,
+        len(train_y),
+        len(test_y),
+        train_x.shape[1],
+        time.perf_counter() - start,
+        tolerance,
+        fit,
+    )
 
 
 # --- convergence of a classifier trained on a schedule (the reference recipe) -----------------
@@ -403,7 +466,12 @@ def still_falling(losses: list[float], lrs: list[float], window_fraction: float 
     """
     epochs = len(losses)
     window = max(2, math.ceil(epochs * window_fraction))
-    out = {"train_loss": losses[-1] if losses else None, "loss_fall_per_lr_first": None, "loss_fall_per_lr_last": None, "still_falling": None}
+    out = {
+        "train_loss": losses[-1] if losses else None,
+        "loss_fall_per_lr_first": None,
+        "loss_fall_per_lr_last": None,
+        "still_falling": None,
+    }
     if epochs < 2 * window + 1 or len(lrs) != epochs:
         return out
 
@@ -411,5 +479,9 @@ def still_falling(losses: list[float], lrs: list[float], window_fraction: float 
         return (losses[first] - losses[last]) / max(sum(lrs[first + 1 : last + 1]), 1e-30)
 
     early, late = fall_per_lr(0, window), fall_per_lr(epochs - 1 - window, epochs - 1)
-    out.update(loss_fall_per_lr_first=early, loss_fall_per_lr_last=late, still_falling=late > ratio * early if early > 0 else None)
+    out.update(
+        loss_fall_per_lr_first=early,
+        loss_fall_per_lr_last=late,
+        still_falling=late > ratio * early if early > 0 else None,
+    )
     return out

@@ -84,7 +84,13 @@ def split_name(data_cfg) -> str:
 
 
 def knn_results(
-    metrics: dict, *, data_cfg, source: LoadedSource | str, k: int, temperature: float, name: str | None = None,
+    metrics: dict,
+    *,
+    data_cfg,
+    source: LoadedSource | str,
+    k: int,
+    temperature: float,
+    name: str | None = None,
     amp_dtype: torch.dtype | None = None,
 ) -> list:
     """``metrics`` of :func:`~simsiam_hub.eval.knn.knn_evaluate` as results-file entries (top1, top5);
@@ -99,7 +105,14 @@ def knn_results(
         "query_size": metrics["query_size"],
     }
     src, rev = (source.name, source.revision) if isinstance(source, LoadedSource) else (str(source), None)
-    common = dict(task="knn", dataset=dataset_name(data_cfg, name), split=split_name(data_cfg), source=src, source_revision=rev, recipe=recipe)
+    common = dict(
+        task="knn",
+        dataset=dataset_name(data_cfg, name),
+        split=split_name(data_cfg),
+        source=src,
+        source_revision=rev,
+        recipe=recipe,
+    )
     return [EvalResult(metric=m, value=metrics[m], **common) for m in ("top1", "top5")]
 
 
@@ -117,7 +130,9 @@ def data_config_for(source: LoadedSource, **options) -> DataConfig:
     recorded = recipe.get("data", {}) if isinstance(recipe, dict) else {}
     values = {"dataset": "imagefolder", "image_size": section.image_size if section else 224}
     if recorded.get("dataset") in DATASETS:
-        values.update({k: recorded[k] for k in ("dataset", "root", "image_size", "synthetic_size") if recorded.get(k) is not None})
+        values.update(
+            {k: recorded[k] for k in ("dataset", "root", "image_size", "synthetic_size") if recorded.get(k) is not None}
+        )
     elif section is not None and section.dataset in DATASETS:
         values["dataset"] = section.dataset
     chosen = {k: v for k, v in options.items() if v is not None}
@@ -137,9 +152,13 @@ def random_init_of(source: LoadedSource, seed: int | None = None) -> nn.Module:
     model = recipe.get("model", {})
     run_seed = recipe.get("run", {}).get("seed", 0)
     return initial_backbone(
-        section.arch, small_stem=section.small_stem, dim=model.get("dim", 2048), pred_dim=model.get("pred_dim", 512),
-        proj_layers=model.get("proj_layers", 3), seed=run_seed if seed is None else seed,
-    )  # fmt: skip
+        section.arch,
+        small_stem=section.small_stem,
+        dim=model.get("dim", 2048),
+        pred_dim=model.get("pred_dim", 512),
+        proj_layers=model.get("proj_layers", 3),
+        seed=run_seed if seed is None else seed,
+    )
 
 
 def knn_with_baselines_file(source: LoadedSource, data_cfg, output: Path, **options) -> dict[str, dict]:
@@ -147,11 +166,21 @@ def knn_with_baselines_file(source: LoadedSource, data_cfg, output: Path, **opti
     pixels, written to ``knn_baselines.json`` beside ``output``; returns the comparison."""
     comparison = knn_with_baselines(source.backbone, random_init_of(source), data_cfg, **options)
     path = output.with_name("knn_baselines.json")
-    atomic_write_text(json.dumps({"source": source.name, "image_size": data_cfg.image_size, **comparison}, indent=2) + "\n", path)
+    atomic_write_text(
+        json.dumps({"source": source.name, "image_size": data_cfg.image_size, **comparison}, indent=2) + "\n", path
+    )
     return comparison
 
 
-def run_knn(source: LoadedSource, data_cfg, output: Path, *, baselines: bool = False, dataset_label: str | None = None, **options) -> dict:
+def run_knn(
+    source: LoadedSource,
+    data_cfg,
+    output: Path,
+    *,
+    baselines: bool = False,
+    dataset_label: str | None = None,
+    **options,
+) -> dict:
     """`simsiam-hub knn`: k-NN of ``source`` (and with ``baselines`` the baselines, written beside
     ``output``), written to the results file ``output``; returns the metrics (and
     ``comparison`` with baselines)."""
@@ -162,8 +191,13 @@ def run_knn(source: LoadedSource, data_cfg, output: Path, *, baselines: bool = F
         metrics = knn_evaluate(source.backbone, data_cfg, **options)
     k, temperature = options.get("k", 200), options.get("temperature", 0.1)
     results = knn_results(
-        metrics, data_cfg=data_cfg, source=source, k=k, temperature=temperature, name=dataset_label,
+        metrics,
+        data_cfg=data_cfg,
+        source=source,
+        k=k,
+        temperature=temperature,
+        name=dataset_label,
         amp_dtype=options.get("amp_dtype"),
-    )  # fmt: skip
+    )
     write_results(results, output)
     return metrics

@@ -48,7 +48,10 @@ METRICS = {
     "AP75": ("map_75", "AP75"),
 }
 # The linear protocols a results entry can name (recipe["protocol"]), as the card shows them.
-LINEAR_PROTOCOLS = {"reference": "reference recipe, LARS schedule", "logreg": "logistic-regression probe, L-BFGS to convergence"}
+LINEAR_PROTOCOLS = {
+    "reference": "reference recipe, LARS schedule",
+    "logreg": "logistic-regression probe, L-BFGS to convergence",
+}
 CITATION = """@inproceedings{chen2021exploring,
   title     = {Exploring Simple Siamese Representation Learning},
   author    = {Chen, Xinlei and He, Kaiming},
@@ -119,11 +122,16 @@ def _results_table(results: list[EvalResult]) -> str:
             "No evaluation results were attached to this export: `simsiam-hub knn`/`lincls` and the "
             "detection transfer write results files that `simsiam-hub export --results FILE` adds here."
         )
-    rows = ["| task | protocol | dataset | split | metric | value | trials | source |", "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| task | protocol | dataset | split | metric | value | trials | source |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         value = f"{r.value:.2f}" + (f" ± {r.std:.2f}" if r.std is not None else "")
         protocol = LINEAR_PROTOCOLS.get(linear_protocol(r), "-")
-        rows.append(f"| {r.task} | {protocol} | {r.dataset} | {r.split} | {r.metric} | {value} | {r.num_trials} | {r.source or '-'} |")
+        rows.append(
+            f"| {r.task} | {protocol} | {r.dataset} | {r.split} | {r.metric} | {value} | {r.num_trials} | {r.source or '-'} |"
+        )
     return "\n".join(rows)
 
 
@@ -161,7 +169,9 @@ def _overview(section: SimsiamSection, pretrained_cfg: dict, name: str) -> str:
         "moco": "pretrained with MoCo (self-supervised), imported for comparison",
         "supervised": "trained with labels (supervised), imported as a baseline",
     }.get(section.method, f"pretrained with {section.method}")
-    stem = "small-image stem (3x3/1 conv, no max-pool)" if section.small_stem else "standard stem (7x7/2 conv, max-pool)"
+    stem = (
+        "small-image stem (3x3/1 conv, no max-pool)" if section.small_stem else "standard stem (7x7/2 conv, max-pool)"
+    )
     known = lambda value: "unknown" if value is None else value  # noqa: E731
     return f"""# {name}
 
@@ -244,13 +254,15 @@ def build_card(
 ) -> ModelCard:
     """The model card (a huggingface_hub ``ModelCard``) of a model folder: its metadata, an
     overview, the evaluation results, how to load it, the recipe, the files, licence, citation."""
-    body = "\n\n".join([
-        _overview(section, pretrained_cfg, name),
-        f"## Evaluation\n\n{_results_table(results)}",
-        _how_to_load(section, repo_id or f"<org>/{name}"),
-        _recipe_and_files(section),
-        f"## Citation\n\n```bibtex\n{CITATION}\n```",
-    ])  # fmt: skip
+    body = "\n\n".join(
+        [
+            _overview(section, pretrained_cfg, name),
+            f"## Evaluation\n\n{_results_table(results)}",
+            _how_to_load(section, repo_id or f"<org>/{name}"),
+            _recipe_and_files(section),
+            f"## Citation\n\n```bibtex\n{CITATION}\n```",
+        ]
+    )
     return ModelCard(f"---\n{card_metadata(section, results, name).to_yaml()}\n---\n\n{body}\n")
 
 
@@ -269,7 +281,9 @@ def folder_results(folder: str | Path) -> list[EvalResult]:
     return read_results(path) if path.is_file() else []
 
 
-def write_card(folder: str | Path, results: list[EvalResult], *, repo_id: str | None = None, name: str | None = None) -> Path:
+def write_card(
+    folder: str | Path, results: list[EvalResult], *, repo_id: str | None = None, name: str | None = None
+) -> Path:
     """(Re)write a model folder's README.md and results.json from its config.json and ``results``."""
     folder = Path(folder)
     section, pretrained_cfg = read_config(folder)

@@ -46,7 +46,9 @@ def describe(
     """The ``simsiam`` section for weights read from ``path``: what the file says about itself,
     then what the registry ``variant`` says, then the explicit ``license``/``dataset``/``source``."""
     info = loaded.info
-    section = SimsiamSection(arch=loaded.arch, small_stem=loaded.small_stem, method=loaded.method, source=source or path.name)
+    section = SimsiamSection(
+        arch=loaded.arch, small_stem=loaded.small_stem, method=loaded.method, source=source or path.name
+    )
     if loaded.simsiam is not None:
         section.has_simsiam = True
         section.dim = int(loaded.simsiam["predictor.3.weight"].shape[0])  # the predictor's output: z's width
@@ -73,7 +75,12 @@ def describe(
             section.dataset = "imagenet-1k"  # every official SimSiam and MoCo release is
     if variant is not None:
         section.variant = variant.name
-        section.epochs, section.batch_size, section.dataset, section.recipe = variant.epochs, variant.batch_size, variant.dataset, variant.recipe
+        section.epochs, section.batch_size, section.dataset, section.recipe = (
+            variant.epochs,
+            variant.batch_size,
+            variant.dataset,
+            variant.recipe,
+        )
         section.source = source or variant.source_url or variant.repo_id
     section.dataset = dataset or section.dataset
     section.license = (
@@ -105,10 +112,15 @@ def published_results(variant: registry.Variant | None) -> list[EvalResult]:
         return []
     return [
         EvalResult(
-            task="linear", metric="top1", value=variant.top1, dataset=variant.dataset, split="val",
-            source=registry.OFFICIAL_CODE_URL, recipe={"published": "official README"},
+            task="linear",
+            metric="top1",
+            value=variant.top1,
+            dataset=variant.dataset,
+            split="val",
+            source=registry.OFFICIAL_CODE_URL,
+            recipe={"published": "official README"},
         )
-    ]  # fmt: skip
+    ]
 
 
 def as_results(items) -> list[EvalResult]:
@@ -173,7 +185,9 @@ def export(
     return out
 
 
-def rewrite_card(folder: str | Path, out: str | Path, *, results=(), repo_id: str | None = None, name: str | None = None) -> Path:
+def rewrite_card(
+    folder: str | Path, out: str | Path, *, results=(), repo_id: str | None = None, name: str | None = None
+) -> Path:
     """Copy a model folder's weights and config into ``out`` (a staging folder) with its card
     and results rewritten for ``repo_id`` and the extra ``results``."""
     folder, out = Path(folder), Path(out)
@@ -185,7 +199,12 @@ def rewrite_card(folder: str | Path, out: str | Path, *, results=(), repo_id: st
 
 
 def import_official(
-    checkpoint: str | Path, out_dir: str | Path | None = None, *, variant=None, progress: bool = True, force: bool = False
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    *,
+    variant=None,
+    progress: bool = True,
+    force: bool = False,
 ) -> Path:
     """A model folder from an official SimSiam (or MoCo) checkpoint: a path, a URL or a
     registry name. URLs and names are downloaded once into the cache, with a progress bar and
@@ -196,15 +215,22 @@ def import_official(
     source_name = None
     if named is not None:
         if named.source_url is None:
-            raise FolderError(f"{ref} has no original checkpoint to import: it lives on the Hub only ({named.repo_id}); use pull")
-        path, source_name = registry.download(named.source_url, sha256=named.sha256, progress=progress), named.source_url
+            raise FolderError(
+                f"{ref} has no original checkpoint to import: it lives on the Hub only ({named.repo_id}); use pull"
+            )
+        path, source_name = (
+            registry.download(named.source_url, sha256=named.sha256, progress=progress),
+            named.source_url,
+        )
     elif ref.startswith(("http://", "https://")):
         path, source_name = registry.download(ref, progress=progress), ref
     else:
         path = Path(ref).expanduser()
         if not path.is_file():
             names = ", ".join(v.name for v in registry.VARIANTS if v.source_url)
-            raise FolderError(f"{ref}: expected a checkpoint file, an http(s) URL or a registry name ({names}); found none")
+            raise FolderError(
+                f"{ref}: expected a checkpoint file, an http(s) URL or a registry name ({names}); found none"
+            )
     if out_dir is None:
         if variant is None:
             raise FolderError("an output folder is required (--out) unless CHECKPOINT is a registry name")

@@ -70,7 +70,7 @@ class SimsiamSection:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, values: dict, where: str = "config.json") -> "SimsiamSection":
+    def from_json(cls, values: dict, where: str = "config.json") -> SimsiamSection:
         """From a ``simsiam`` section; keys a newer simsiam-hub added are ignored (logged)."""
         if not isinstance(values, dict):
             raise FolderError(f"{where}: the simsiam section should be a JSON object, found {type(values).__name__}")
@@ -84,7 +84,7 @@ class SimsiamSection:
             raise FolderError(f"{where}: the simsiam section is incomplete: {err}") from None
 
     @classmethod
-    def from_timm_config(cls, config: dict, where: str = "config.json") -> "SimsiamSection":
+    def from_timm_config(cls, config: dict, where: str = "config.json") -> SimsiamSection:
         """A folder made by timm (no ``simsiam`` section): what its timm fields say."""
         size = (config.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
         arch = config.get("architecture")
@@ -205,12 +205,16 @@ def validate_folder(folder: str | Path, where: str | None = None) -> SimsiamSect
             state, _ = read_safetensors(whole_path)
             _, whole_backbone, whole = split_state_dict(state, f"{where}/{SIMSIAM_FILE}")
             if whole is None:
-                raise FolderError(f"{where}/{SIMSIAM_FILE} holds no projector and predictor: expected the whole SimSiam model")
+                raise FolderError(
+                    f"{where}/{SIMSIAM_FILE} holds no projector and predictor: expected the whole SimSiam model"
+                )
             if infer_arch(whole_backbone, f"{where}/{SIMSIAM_FILE}") != (section.arch, section.small_stem):
                 raise FolderError(f"{where}/{SIMSIAM_FILE} is not of the {section.arch} that config.json names")
             dims = (int(whole["predictor.3.weight"].shape[0]), int(whole["predictor.0.weight"].shape[0]))
             if section.dim is not None and dims != (section.dim, section.pred_dim):
-                raise FolderError(f"{where}/{SIMSIAM_FILE} has dim/pred_dim {dims}, config.json says {(section.dim, section.pred_dim)}")
+                raise FolderError(
+                    f"{where}/{SIMSIAM_FILE} has dim/pred_dim {dims}, config.json says {(section.dim, section.pred_dim)}"
+                )
         elif section.has_simsiam:
             raise FolderError(f"{where}: config.json says simsiam.safetensors is included, and it is missing")
         if (folder / RESULTS_FILE).is_file():

@@ -35,7 +35,16 @@ def _skip_init_on_meta():
     """
     from torch.nn import init
 
-    names = ("kaiming_normal_", "kaiming_uniform_", "normal_", "uniform_", "constant_", "ones_", "zeros_", "trunc_normal_")
+    names = (
+        "kaiming_normal_",
+        "kaiming_uniform_",
+        "normal_",
+        "uniform_",
+        "constant_",
+        "ones_",
+        "zeros_",
+        "trunc_normal_",
+    )
     saved = {name: getattr(init, name) for name in names}
 
     def skipping(original):
@@ -57,13 +66,21 @@ def _assemble(section: SimsiamSection, state: dict, head: str, where: str):
         if head == "backbone":
             model = build_backbone(section.arch, small_stem=section.small_stem)
         else:
-            model = SimSiam(section.arch, section.dim, section.pred_dim, small_stem=section.small_stem, proj_layers=projector_layers(state))
+            model = SimSiam(
+                section.arch,
+                section.dim,
+                section.pred_dim,
+                small_stem=section.small_stem,
+                proj_layers=projector_layers(state),
+            )
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError:
         if head == "backbone":
             check_backbone(state, section.arch, section.small_stem, where)  # raises with the first mismatches
-        raise WeightsError(f"{where} does not fit a {section.arch} SimSiam model (dim {section.dim}, pred_dim {section.pred_dim})") from None
+        raise WeightsError(
+            f"{where} does not fit a {section.arch} SimSiam model (dim {section.dim}, pred_dim {section.pred_dim})"
+        ) from None
     return model.eval()
 
 
@@ -105,9 +122,15 @@ def from_pretrained(
     else:
         weights_file = BACKBONE_FILE if head == "backbone" else SIMSIAM_FILE
         folder = resolve_model_dir(
-            repo_id_or_path, revision, files=(weights_file,), cache_dir=cache_dir, token=token,
-            local_files_only=local_files_only, force_download=force_download, progress=progress,
-        )  # fmt: skip
+            repo_id_or_path,
+            revision,
+            files=(weights_file,),
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            force_download=force_download,
+            progress=progress,
+        )
         section, pretrained_cfg = read_config(folder)
         where = f"{repo_id_or_path}/{weights_file}"
         if head == "backbone":
@@ -168,7 +191,10 @@ def load_variant(ref: str | None = None, revision: str | None = None, head: str 
             raise  # nothing to fall back on (offline, the download cache may still serve it)
         log.warning(
             "%s; converting the official release %s instead (licence %s) into %s",
-            err, variant.source_url, variant.license, folder,
-        )  # fmt: skip
+            err,
+            variant.source_url,
+            variant.license,
+            folder,
+        )
         import_official(variant.name, folder, progress=hub_options.get("progress", True))
         return from_pretrained(folder, head=head)

@@ -156,13 +156,17 @@ def download(url: str, *, sha256: str | None = None, progress: bool = True) -> P
     if dest.is_file():
         return _verified(dest, sha256, url)
     if constants.HF_HUB_OFFLINE:
-        raise DownloadError(f"HF_HUB_OFFLINE=1: {url} is not in the cache ({dest.parent}) and nothing is downloaded offline")
+        raise DownloadError(
+            f"HF_HUB_OFFLINE=1: {url} is not in the cache ({dest.parent}) and nothing is downloaded offline"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         # Writes to a temporary file beside `dest` and renames it when complete.
         download_url_to_file(url, str(dest), progress=progress)
     except urllib.error.HTTPError as err:
-        raise DownloadError(f"could not download {url}: expected HTTP 200, found HTTP {err.code} {err.reason}") from None
+        raise DownloadError(
+            f"could not download {url}: expected HTTP 200, found HTTP {err.code} {err.reason}"
+        ) from None
     except (urllib.error.URLError, OSError) as err:
         raise DownloadError(f"could not download {url}: {getattr(err, 'reason', err)}") from None
     try:

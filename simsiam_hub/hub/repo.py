@@ -52,9 +52,13 @@ def _hub_errors(repo_id: str, revision: str | None):
     try:
         yield
     except hf.HFValidationError as err:
-        raise UsageError(f"{repo_id!r} is neither an existing local folder nor a valid Hub repo id (expected ORG/NAME): {err}") from None
+        raise UsageError(
+            f"{repo_id!r} is neither an existing local folder nor a valid Hub repo id (expected ORG/NAME): {err}"
+        ) from None
     except hf.RevisionNotFoundError:
-        raise HubError(f"{at}: no such revision on {constants.ENDPOINT}: expected a branch, tag or commit id of {repo_id}") from None
+        raise HubError(
+            f"{at}: no such revision on {constants.ENDPOINT}: expected a branch, tag or commit id of {repo_id}"
+        ) from None
     except hf.RepositoryNotFoundError:
         raise RepoNotFoundError(
             f"repo {repo_id} not found on {constants.ENDPOINT} (expected an existing model repo; if it is private, {LOGIN_HINT})"
@@ -115,15 +119,22 @@ def resolve_model_dir(
         with _hub_errors(str(ref), revision), progress_bars(progress):
             folder = Path(
                 snapshot_download(
-                    str(ref), revision=revision, allow_patterns=list(wanted), cache_dir=cache_dir, token=token,
-                    local_files_only=local_files_only, force_download=force_download,
-                )  # fmt: skip
+                    str(ref),
+                    revision=revision,
+                    allow_patterns=list(wanted),
+                    cache_dir=cache_dir,
+                    token=token,
+                    local_files_only=local_files_only,
+                    force_download=force_download,
+                )
             )
     missing = [f for f in wanted if not (folder / f).is_file()]
     if missing:
         found = sorted(p.name for p in folder.iterdir())[:10]
         where = f"{ref}" + (f" at revision {revision!r}" if revision else "")
-        raise HubError(f"{where} is not a complete model repo: expected {', '.join(wanted)}; missing {missing}, found {found}")
+        raise HubError(
+            f"{where} is not a complete model repo: expected {', '.join(wanted)}; missing {missing}, found {found}"
+        )
     return folder
 
 
@@ -151,7 +162,9 @@ def push_to_hub(
     source = Path(source).expanduser()
     local = is_local(repo_id)
     if not local and constants.HF_HUB_OFFLINE:
-        raise HubError(f"HF_HUB_OFFLINE=1: pushing to {repo_id} on {constants.ENDPOINT} needs the network; unset HF_HUB_OFFLINE (a local folder as the target works offline)")
+        raise HubError(
+            f"HF_HUB_OFFLINE=1: pushing to {repo_id} on {constants.ENDPOINT} needs the network; unset HF_HUB_OFFLINE (a local folder as the target works offline)"
+        )
     with tempfile.TemporaryDirectory(prefix="simsiam-hub-push-") as tmp:
         if source.is_dir():
             validate_folder(source)
@@ -172,9 +185,12 @@ def push_to_hub(
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
             info = api.upload_folder(
-                repo_id=repo_id, folder_path=staged, revision=revision, delete_patterns=list(MODEL_FILES),
+                repo_id=repo_id,
+                folder_path=staged,
+                revision=revision,
+                delete_patterns=list(MODEL_FILES),
                 commit_message=commit_message or "Upload SimSiam model with simsiam-hub",
-            )  # fmt: skip
+            )
         return info.oid
 
 
@@ -182,7 +198,9 @@ def _push_local(staged: Path, target: Path, revision: str | None, *, force: bool
     if revision:
         raise HubError(f"{target} is a local folder: it has no revisions (revision={revision!r} given)")
     if target.resolve() == Path.cwd().resolve():
-        raise FolderError(f"--repo-id {target} is the current folder: give the model folder's own path (e.g. ./hub/NAME)")
+        raise FolderError(
+            f"--repo-id {target} is the current folder: give the model folder's own path (e.g. ./hub/NAME)"
+        )
     check_destination(target, force=force, what="--repo-id")
     with atomic_folder(target) as tmp:
         for child in staged.iterdir():
@@ -191,7 +209,13 @@ def _push_local(staged: Path, target: Path, revision: str | None, *, force: bool
 
 
 def pull(
-    repo_id: str, revision: str | None = None, out: str | Path | None = None, *, token=None, force: bool = False, progress: bool = True
+    repo_id: str,
+    revision: str | None = None,
+    out: str | Path | None = None,
+    *,
+    token=None,
+    force: bool = False,
+    progress: bool = True,
 ) -> Path:
     """Download a model repo (all its files) into the Hub cache and return that folder, or copy
     it into ``out`` (written whole). A local folder is returned as is, or copied to ``out``.

@@ -48,7 +48,11 @@ class EvalResult:
 
 def write_results(results: list[EvalResult], path: str | Path) -> Path:
     """Write ``results`` atomically as a results file."""
-    payload = {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, "results": [dataclasses.asdict(r) for r in results]}
+    payload = {
+        "format": RESULTS_FORMAT,
+        "version": RESULTS_VERSION,
+        "results": [dataclasses.asdict(r) for r in results],
+    }
     return atomic_write_text(json.dumps(payload, indent=2) + "\n", path)
 
 

@@ -94,7 +94,9 @@ def read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as err:
         size = path.stat().st_size
-        raise WeightsError(f"{path} is not a readable safetensors file ({size} bytes; truncated or corrupt?): {err}") from None
+        raise WeightsError(
+            f"{path} is not a readable safetensors file ({size} bytes; truncated or corrupt?): {err}"
+        ) from None
 
 
 def _prefixes(keys, depth: int = 1, limit: int = 8) -> list[str]:
@@ -213,7 +215,9 @@ def read_weights(path: str | Path) -> LoadedWeights:
                 state = obj["state_dict"]
                 info = {k: obj[k] for k in ("epoch", "arch") if k in obj and isinstance(obj[k], (int, float, str))}
             if not isinstance(state, dict):
-                raise WeightsError(f"{path}: expected a state dict (or a checkpoint with 'state_dict'), found {type(state).__name__}")
+                raise WeightsError(
+                    f"{path}: expected a state dict (or a checkpoint with 'state_dict'), found {type(state).__name__}"
+                )
             kind, backbone, whole = split_state_dict(state, str(path))
             if kind == "simsiam":
                 kind = "simsiam-official"

@@ -29,11 +29,21 @@ if which == "lars_weight_only":
             {"params": [fc.weight], "always_adapt": True, "weight_decay": cfg.weight_decay},
             {"params": [fc.bias], "always_adapt": False, "weight_decay": 0.0},  # the bias: plain SGD
         ]
-        return Lars(groups, lr=cfg.base_lr * cfg.batch_size / 256, momentum=cfg.momentum, trust_coeff=cfg.trust_coefficient)
+        return Lars(
+            groups, lr=cfg.base_lr * cfg.batch_size / 256, momentum=cfg.momentum, trust_coeff=cfg.trust_coefficient
+        )
 
     lincls.build_optimizer = weight_only_lars
-overrides = ["protocol=reference", "data.image_size=28", f"run.output_dir=runs/larc_vs_lars_{which}", "run.progress=false"]
+overrides = [
+    "protocol=reference",
+    "data.image_size=28",
+    f"run.output_dir=runs/larc_vs_lars_{which}",
+    "run.progress=false",
+]
 cfg = load_config(LinclsConfig, "configs/lincls/fashion_mnist_cpu.yaml", overrides)
 start = time.time()
 r = lincls.linear_eval(cfg, LoadedSource(torch.nn.Flatten().eval(), "raw pixels"), resume=None)
-print(f"RESULT {which}: top1 last {r.top1:.2f} best {r.best_top1:.2f} (epoch {r.best_epoch}) top5 {r.top5:.2f} in {time.time() - start:.0f} s", flush=True)
+print(
+    f"RESULT {which}: top1 last {r.top1:.2f} best {r.best_top1:.2f} (epoch {r.best_epoch}) top5 {r.top5:.2f} in {time.time() - start:.0f} s",
+    flush=True,
+)

@@ -13,8 +13,8 @@ import torch
 
 from simsiam_hub.config import DataConfig
 from simsiam_hub.eval.knn import eval_loader, extract_features, knn_accuracy, knn_datasets, pixel_features
-from simsiam_hub.models import initial_backbone
 from simsiam_hub.eval.probe import linear_probe
+from simsiam_hub.models import initial_backbone
 
 BANK, QUERIES = 10_000, 2_000
 
@@ -32,7 +32,9 @@ data = DataConfig(dataset="fashion_mnist", image_size=32, train_subset=BANK, num
 
 
 def report(name, train_x, train_y, test_x, test_y):
-    knn = knn_accuracy(torch.nn.functional.normalize(train_x, dim=1), train_y, torch.nn.functional.normalize(test_x, dim=1), test_y)
+    knn = knn_accuracy(
+        torch.nn.functional.normalize(train_x, dim=1), train_y, torch.nn.functional.normalize(test_x, dim=1), test_y
+    )
     result = linear_probe(train_x, train_y, test_x, test_y, seed=0)
     print(
         f"{name}: {tuple(train_x.shape)} / {tuple(test_x.shape)}; k-NN top-1 {knn['top1']:.2f}%; probe top-1 {result.top1:.2f}% "
@@ -47,6 +49,9 @@ report("raw pixels", *pixel_features(data, "train", BANK), *pixel_features(data,
 backbone = initial_backbone("resnet50", small_stem=False, dim=2048, pred_dim=512, seed=0)
 bank, queries = knn_datasets(data, BANK, QUERIES)
 start = time.perf_counter()
-feats = [extract_features(backbone, eval_loader(d, batch_size=256, num_workers=0, device="cpu"), normalize=False) for d in (bank, queries)]
+feats = [
+    extract_features(backbone, eval_loader(d, batch_size=256, num_workers=0, device="cpu"), normalize=False)
+    for d in (bank, queries)
+]
 print(f"random-init ResNet-50 features extracted in {time.perf_counter() - start:.0f} s", flush=True)
 report("random-init ResNet-50", *feats[0], *feats[1])

@@ -33,11 +33,16 @@ print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} 
 data = DataConfig(dataset="fashion_mnist", num_workers=0)
 train_x, train_y = pixel_features(data, "train", None)
 test_x, test_y = pixel_features(data, "val", None)
-print(f"train {tuple(train_x.shape)}, test {tuple(test_x.shape)}, values in [{train_x.min():.0f}, {train_x.max():.0f}]", flush=True)
+print(
+    f"train {tuple(train_x.shape)}, test {tuple(test_x.shape)}, values in [{train_x.min():.0f}, {train_x.max():.0f}]",
+    flush=True,
+)
 
 result = linear_probe(train_x, train_y, test_x, test_y, seed=0)
 print("\nweight decay sweep (fit on 54,000 training images, held-out 6,000 training images):")
-for weight_decay, top1, loss, ok in zip(result.sweep.weight_decays, result.sweep.val_top1, result.sweep.val_loss, result.sweep.converged):
+for weight_decay, top1, loss, ok in zip(
+    result.sweep.weight_decays, result.sweep.val_top1, result.sweep.val_loss, result.sweep.converged
+):
     print(f"  {weight_decay:8.0e}  held-out top-1 {top1:6.2f}%  held-out loss {loss:.4f}  converged {ok}")
 print(
     f"\nchosen weight decay {result.weight_decay:g}; refit on all {result.train_size} training images: "

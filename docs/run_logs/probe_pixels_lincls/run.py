@@ -15,15 +15,19 @@ from pathlib import Path
 import torch
 
 from simsiam_hub.config import LinclsConfig, load_config
-from simsiam_hub.eval.sources import LoadedSource
 from simsiam_hub.eval.lincls import linear_eval
+from simsiam_hub.eval.sources import LoadedSource
 
 here = Path(__file__).resolve().parent
 with open("/proc/cpuinfo") as f:
     cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 print(f"CPU: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
-cfg = load_config(LinclsConfig, "configs/lincls/fashion_mnist_cpu.yaml", ["data.image_size=28", "run.output_dir=runs/lincls_pixels_logreg", "run.progress=false"])
+cfg = load_config(
+    LinclsConfig,
+    "configs/lincls/fashion_mnist_cpu.yaml",
+    ["data.image_size=28", "run.output_dir=runs/lincls_pixels_logreg", "run.progress=false"],
+)
 result = linear_eval(cfg, LoadedSource(torch.nn.Flatten().eval(), "raw pixels"))
 probe = result.probe
 print(

@@ -18,18 +18,25 @@ from pathlib import Path
 import torch
 
 from simsiam_hub.config import LinclsConfig, load_config
-from simsiam_hub.eval.sources import LoadedSource
 from simsiam_hub.eval.lincls import linear_eval
+from simsiam_hub.eval.sources import LoadedSource
 
 here = Path(__file__).resolve().parent
 with open("/proc/cpuinfo") as f:
     cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), platform.processor())
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 print(f"CPU: {cpu}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
-overrides = ["protocol=reference", "data.image_size=28", "run.output_dir=runs/lincls_pixels_reference", "run.progress=false"]
+overrides = [
+    "protocol=reference",
+    "data.image_size=28",
+    "run.output_dir=runs/lincls_pixels_reference",
+    "run.progress=false",
+]
 cfg = load_config(LinclsConfig, "configs/lincls/fashion_mnist_cpu.yaml", overrides)
 result = linear_eval(cfg, LoadedSource(torch.nn.Flatten().eval(), "raw pixels"), resume=None)
-recipe = next(r for r in __import__("json").load(open(result.results_file))["results"] if r["metric"] == "top1")["recipe"]
+recipe = next(r for r in __import__("json").load(open(result.results_file))["results"] if r["metric"] == "top1")[
+    "recipe"
+]
 print(
     f"protocol {result.protocol}: TEST top-1 {result.top1:.2f}% (best {result.best_top1:.2f}% at epoch {result.best_epoch}) "
     f"top-5 {result.top5:.2f}%; final training loss {result.train_loss:.4f}; loss fall per unit of lr: first epochs "

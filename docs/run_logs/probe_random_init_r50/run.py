@@ -34,8 +34,12 @@ torch.save({k: v for k, v in model.encoder.state_dict().items() if not k.startsw
 
 for protocol in ("logreg", "reference"):
     overrides = [f"protocol={protocol}", f"run.output_dir=runs/random_init_r50_{protocol}", "run.progress=false"]
-    result = linear_eval(load_config(LinclsConfig, "configs/lincls/fashion_mnist_cpu.yaml", overrides), str(checkpoint), resume=None)
-    recipe = next(r for r in json.loads(Path(result.results_file).read_text())["results"] if r["metric"] == "top1")["recipe"]
+    result = linear_eval(
+        load_config(LinclsConfig, "configs/lincls/fashion_mnist_cpu.yaml", overrides), str(checkpoint), resume=None
+    )
+    recipe = next(r for r in json.loads(Path(result.results_file).read_text())["results"] if r["metric"] == "top1")[
+        "recipe"
+    ]
     shutil.copy(result.results_file, here / f"results_{protocol}.json")
     if protocol == "logreg":
         probe = result.probe
