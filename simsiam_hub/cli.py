@@ -13,7 +13,9 @@ import os
 import sys
 
 from . import __version__
+from .data import DEFAULT_IMAGE_SIZE
 from .errors import SimsiamHubError, UsageError
+from .eval import KNN_K, KNN_TEMPERATURE
 
 DEFAULT_DEMO_CONFIG = "fashion_mnist_resnet50_cpu"
 DEFAULT_ABLATION_CONFIG = "fashion_mnist_resnet18_cpu"
@@ -419,7 +421,7 @@ def _add_knn(sub) -> None:
         "knn",
         "k-NN top-1/top-5 of a backbone's frozen features",
         "Weighted k-NN classification of a frozen backbone's global-pooled, l2-normalised features (the SimSiam "
-        "paper's monitor: k=200, temperature 0.1): the train split is the bank, the val split (Fashion-MNIST: the "
+        f"paper's monitor: k={KNN_K}, temperature {KNN_TEMPERATURE}): the train split is the bank, the val split (Fashion-MNIST: the "
         f"test set) the queries. SOURCE: {SOURCE_HELP}. The data options default to the pretraining data of a "
         "training checkpoint, else to an ImageFolder at --data. Writes a results file that `export --results` "
         "(or `export` of a checkpoint beside it) puts into the model card.",
@@ -435,14 +437,18 @@ def _add_knn(sub) -> None:
         "--dataset",
         help="imagefolder, fashion_mnist, cifar10, synthetic; when unset, the source's pretraining data, else imagefolder",
     )
-    p.add_argument("--image-size", type=int, help="eval crop size; when unset, the source's training size, else 224")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        help=f"eval crop size; when unset, the source's training size, else {DEFAULT_IMAGE_SIZE}",
+    )
     p.add_argument(
         "--train-subset", type=int, metavar="N", help="bank of N training images (a seeded draw); when unset, all"
     )
     p.add_argument("--val-subset", type=int, metavar="N", help="classify N val images (a seeded draw); when unset, all")
     p.add_argument("--synthetic-size", type=int, metavar="N", help="images in the synthetic train set")
-    p.add_argument("--k", type=int, default=200, help="neighbours that vote (at most the bank's size)")
-    p.add_argument("--temperature", type=float, default=0.1, help="vote weight exp(cos / T)")
+    p.add_argument("--k", type=int, default=KNN_K, help="neighbours that vote (at most the bank's size)")
+    p.add_argument("--temperature", type=float, default=KNN_TEMPERATURE, help="vote weight exp(cos / T)")
     p.add_argument("--batch-size", type=int, default=256, help="feature extraction batch")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loader processes")
     p.add_argument(

@@ -16,8 +16,10 @@ from typing import Any, ClassVar, Optional, TypeVar
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .data import DEFAULT_IMAGE_SIZE
 from .data.datasets import DATASETS
 from .errors import UsageError
+from .eval import KNN_K, KNN_TEMPERATURE
 from .models import ARCHS, PROJ_LAYERS
 from .resources import shipped_configs
 
@@ -59,7 +61,7 @@ class DataConfig:
 
     dataset: str = "imagefolder"  # imagefolder | fashion_mnist | cifar10 | synthetic
     root: Optional[str] = None  # dataset folder; None: the dataset's default location
-    image_size: int = 224  # crop size (pretraining: of both views)
+    image_size: int = DEFAULT_IMAGE_SIZE  # crop size (pretraining: of both views)
     train_subset: Optional[int] = None  # use this many training images (a seeded draw)
     num_workers: int = 8  # data-loader processes per rank (0: load in the main process)
     synthetic_size: int = 512  # images in the synthetic set (tests)
@@ -71,11 +73,6 @@ class DataConfig:
         _positive_or_null("data.train_subset", self.train_subset)
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "an integer >= 0")
         _check(self.synthetic_size > 0, "data.synthetic_size", self.synthetic_size, "a positive integer")
-
-
-def scaled_lr(base_lr: float, batch_size: int) -> float:
-    """The linear scaling rule both recipes use: lr = base_lr * batch_size / 256."""
-    return base_lr * batch_size / 256
 
 
 # --- pretraining -------------------------------------------------------------------------------
@@ -151,8 +148,8 @@ class OptimConfig:
 class MonitorConfig:
     knn_every_epochs: int = 1  # 0: never
     knn_every_steps: int = 0  # 0: only at epoch ends
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = KNN_K
+    knn_temperature: float = KNN_TEMPERATURE
     knn_bank_size: Optional[int] = None  # training images in the kNN memory bank (None: all)
     knn_query_size: Optional[int] = None  # held-out images classified (None: all)
     amp: str = "off"  # the k-NN features' precision: off (fp32, the default) | auto | bf16 | fp16

@@ -50,12 +50,13 @@ def simsiam_resnet50(
     """
     if head not in _HEADS:
         raise ValueError(f"head={head!r}: expected one of {', '.join(_HEADS)}")
+    from simsiam_hub.data import DEFAULT_IMAGE_SIZE
     from simsiam_hub.data.augment import eval_transform
     from simsiam_hub.models import SimSiam, build_backbone
 
     if not pretrained:
         model = build_backbone("resnet50", **kwargs) if head == "backbone" else SimSiam("resnet50", **kwargs)
-        model.transform = eval_transform(224)
+        model.transform = eval_transform(DEFAULT_IMAGE_SIZE)
         return model.eval()
     if kwargs:
         raise TypeError(f"simsiam_resnet50(pretrained=True) takes no further arguments, got {sorted(kwargs)}")

@@ -4,7 +4,7 @@
 - :class:`LARC`: the linear evaluation's LARS, as the reference runs it (NVIDIA apex's ``LARC``
   around momentum SGD, facebookresearch/simsiam ``main_lincls.py --lars``).
 - :func:`learning_rate` / :func:`set_learning_rate`: both recipes scale the lr linearly with the
-  batch (``config.scaled_lr``) and decay it with a half cosine, as the reference's
+  batch (``scaled_lr``) and decay it with a half cosine, as the reference's
   ``adjust_learning_rate``; set once per epoch (the reference, and linear evaluation always) or at
   every step (``optim.lr_schedule``). Linear evaluation shares these functions.
 """
@@ -15,7 +15,10 @@ import math
 
 import torch
 
-from .config import scaled_lr
+
+def scaled_lr(base_lr: float, batch_size: int) -> float:
+    """The linear scaling rule both recipes use: lr = base_lr * batch_size / 256."""
+    return base_lr * batch_size / 256
 
 
 class LARC(torch.optim.SGD):

@@ -5,6 +5,8 @@ views; ``augment``: the reference's MoCo v2 augmentation and the eval view; ``fa
 the same draws computed faster; ``device_augment``: the loader crops, the device finishes.
 """
 
+DEFAULT_IMAGE_SIZE = 224  # the reference's crop size, and every command's default
+
 
 def __getattr__(name: str):
     # `simsiam_hub.data` was the module `datasets` is now: its names keep working for one release.

@@ -10,6 +10,7 @@ import random
 from PIL import ImageFilter
 from torchvision import transforms as T
 
+from . import DEFAULT_IMAGE_SIZE
 from .datasets import dataset_info
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,7 +51,7 @@ class TwoCropsTransform:
 
 
 def moco_v2_augmentation(
-    size: int = 224,
+    size: int = DEFAULT_IMAGE_SIZE,
     *,
     min_scale: float = 0.2,
     blur_prob: float = 0.5,
@@ -72,7 +73,7 @@ def moco_v2_augmentation(
     )
 
 
-def two_crop_augmentation(size: int = 224, **kwargs):
+def two_crop_augmentation(size: int = DEFAULT_IMAGE_SIZE, **kwargs):
     """The pretraining transform: two independent MoCo v2 views of each image (``kwargs`` as for
     :func:`moco_v2_augmentation`). ``simsiam_hub.data.fast_augment`` computes the same draws faster."""
     return TwoCropsTransform(moco_v2_augmentation(size, **kwargs))
@@ -85,7 +86,7 @@ def eval_crop_pct(dataset: str | None) -> float:
 
 
 def eval_transform(
-    size: int = 224,
+    size: int = DEFAULT_IMAGE_SIZE,
     *,
     dataset: str | None = None,
     crop_pct: float | None = None,
@@ -112,7 +113,7 @@ def eval_transform(
 def transform_from_pretrained_cfg(pretrained_cfg: dict):
     """The eval transform a timm ``pretrained_cfg`` describes (input_size, crop_pct,
     interpolation, mean, std): what a model folder's ``config.json`` says about its inputs."""
-    size = pretrained_cfg.get("input_size", [3, 224, 224])[-1]
+    size = pretrained_cfg.get("input_size", [3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE])[-1]
     return eval_transform(
         size,
         crop_pct=pretrained_cfg.get("crop_pct", CROP_PCT),
@@ -122,7 +123,9 @@ def transform_from_pretrained_cfg(pretrained_cfg: dict):
     )
 
 
-def linear_train_transform(size: int = 224, *, min_scale: float = 0.08, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def linear_train_transform(
+    size: int = DEFAULT_IMAGE_SIZE, *, min_scale: float = 0.08, mean=IMAGENET_MEAN, std=IMAGENET_STD
+):
     """The linear-evaluation training transform (reference ``main_lincls.py``):
     RandomResizedCrop(size) at torchvision's default scale (0.08, 1), horizontal flip, normalise."""
     return T.Compose(

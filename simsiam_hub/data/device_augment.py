@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import DEFAULT_IMAGE_SIZE
 from .fast_augment import (
     FastMocoV2View,
     ViewParams,
@@ -89,7 +90,7 @@ class DeviceTwoCropsTransform:
     :meth:`finish` turns a collated batch into the views that transform would have made.
     """
 
-    def __init__(self, size: int = 224, **kwargs):
+    def __init__(self, size: int = DEFAULT_IMAGE_SIZE, **kwargs):
         """``kwargs`` as for ``augment.moco_v2_augmentation`` (min_scale, blur_prob, mean, std)."""
         self.view = FastMocoV2View(size, **kwargs)
         # The normalisation's per-channel constants as numbers: the transform travels to the

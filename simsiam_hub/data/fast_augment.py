@@ -43,6 +43,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
+from . import DEFAULT_IMAGE_SIZE
 from .augment import moco_v2_augmentation
 
 # ITU-R 601-2 luma, the weights of PIL's convert("L") and torchvision's rgb_to_grayscale.
@@ -75,7 +76,7 @@ class FastMocoV2View:
     (``augment.moco_v2_augmentation(size, **kwargs)``), so the two cannot drift apart.
     """
 
-    def __init__(self, size: int = 224, **kwargs):
+    def __init__(self, size: int = DEFAULT_IMAGE_SIZE, **kwargs):
         recipe = moco_v2_augmentation(size, **kwargs).transforms
         kinds = (
             T.RandomResizedCrop,
@@ -165,7 +166,7 @@ class FastMocoV2View:
 class FastTwoCropsTransform:
     """Two independent MoCo v2 views of a PIL image, drawn as the reference draws them."""
 
-    def __init__(self, size: int = 224, **kwargs):
+    def __init__(self, size: int = DEFAULT_IMAGE_SIZE, **kwargs):
         """``kwargs`` as for ``augment.moco_v2_augmentation`` (min_scale, blur_prob, mean, std)."""
         self.view = FastMocoV2View(size, **kwargs)
 

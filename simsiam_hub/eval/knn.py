@@ -23,6 +23,7 @@ from ..data.augment import eval_transform
 from ..data.datasets import FashionMNIST, build_dataset, seeded_subset
 from ..errors import UsageError
 from ..precision import autocast_context
+from . import KNN_K, KNN_TEMPERATURE
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,8 @@ def knn_scores(
     query_features: torch.Tensor,
     *,
     num_classes: int,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     chunk_size: int = 1024,
 ) -> torch.Tensor:
     """Class scores (Nq, C): sum over the k nearest bank items of exp(sim / T), per class.
@@ -110,7 +111,9 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> dict
     return result
 
 
-def knn_accuracy(bank_features, bank_labels, query_features, query_labels, *, num_classes=None, k=200, temperature=0.1):
+def knn_accuracy(
+    bank_features, bank_labels, query_features, query_labels, *, num_classes=None, k=KNN_K, temperature=KNN_TEMPERATURE
+):
     """k-NN top-1 and top-5 accuracy (percent) of the query set against the bank."""
     if num_classes is None:
         num_classes = int(max(bank_labels.max(), query_labels.max())) + 1
@@ -179,7 +182,7 @@ def network_features(
 
 
 def knn_on_features(
-    bank_xy, query_xy, *, k: int = 200, temperature: float = 0.1, device: torch.device | str = "cpu"
+    bank_xy, query_xy, *, k: int = KNN_K, temperature: float = KNN_TEMPERATURE, device: torch.device | str = "cpu"
 ) -> dict:
     """Weighted k-NN top-1/top-5 (percent) of raw features (l2-normalised here), with the sizes
     and the number of classes."""
@@ -203,8 +206,8 @@ def knn_evaluate(
     backbone: nn.Module,
     data_cfg,
     *,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     val_subset: int | None = None,
     **extract_options,
 ) -> dict:
@@ -255,7 +258,7 @@ def baseline_features(
     return features
 
 
-def knn_of_baselines(features: dict, *, k: int = 200, temperature: float = 0.1) -> dict[str, dict]:
+def knn_of_baselines(features: dict, *, k: int = KNN_K, temperature: float = KNN_TEMPERATURE) -> dict[str, dict]:
     """k-NN of each of :func:`baseline_features`, and of the pixels standardised per pixel with
     the bank's mean and std. Keys: simsiam, random_init, raw_pixels, raw_pixels_standardised."""
     results = {name: knn_on_features(*xy, k=k, temperature=temperature) for name, xy in features.items()}
@@ -273,8 +276,8 @@ def knn_with_baselines(
     data_cfg,
     *,
     val_subset: int | None = None,
-    k: int = 200,
-    temperature: float = 0.1,
+    k: int = KNN_K,
+    temperature: float = KNN_TEMPERATURE,
     **extract_options,
 ) -> dict[str, dict]:
     """k-NN of ``backbone`` beside the baselines it must beat, on the same images: ``random_init``

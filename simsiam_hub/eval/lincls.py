@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..checkpoint import load_tagged
-from ..config import ConfigError, LinclsConfig, LinclsOptimConfig, scaled_lr, to_dict
+from ..config import ConfigError, LinclsConfig, LinclsOptimConfig, to_dict
 from ..data.augment import eval_transform, linear_train_transform
 from ..data.datasets import SeededViews, build_dataset, seeded_subset, targets_of
 from ..distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
@@ -55,7 +55,7 @@ from ..errors import SimsiamHubError
 from ..fileio import atomic_torch_save
 from ..hub.results import EvalResult, write_results
 from ..monitor import CSVLog
-from ..optim import LARC, set_learning_rate
+from ..optim import LARC, scaled_lr, set_learning_rate
 from ..precision import autocast_context, precision_name, resolve_amp
 from .knn import EVAL_DRAW_SEEDS, eval_loader, extract_features, topk_accuracy
 from .probe import ProbeResult, linear_probe, still_falling

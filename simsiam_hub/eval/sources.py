@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config import DataConfig
+from ..data import DEFAULT_IMAGE_SIZE
 from ..data.datasets import DATASETS, dataset_info
 from ..fileio import atomic_write_text
 from ..hub.folder import SimsiamSection
@@ -23,6 +24,7 @@ from ..hub.repo import is_local, resolve_model_dir
 from ..hub.results import EvalResult, write_results
 from ..models import initial_backbone
 from ..precision import precision_name
+from . import KNN_K, KNN_TEMPERATURE
 from .knn import knn_evaluate, knn_with_baselines
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ def data_config_for(source: LoadedSource, **options) -> DataConfig:
     section = source.section
     recipe = section.recipe if section is not None else None
     recorded = recipe.get("data", {}) if isinstance(recipe, dict) else {}
-    values = {"dataset": "imagefolder", "image_size": section.image_size if section else 224}
+    values = {"dataset": "imagefolder", "image_size": section.image_size if section else DEFAULT_IMAGE_SIZE}
     if recorded.get("dataset") in DATASETS:
         values.update(
             {k: recorded[k] for k in ("dataset", "root", "image_size", "synthetic_size") if recorded.get(k) is not None}
@@ -189,7 +191,7 @@ def run_knn(
         metrics = dict(comparison["simsiam"], comparison=comparison)
     else:
         metrics = knn_evaluate(source.backbone, data_cfg, **options)
-    k, temperature = options.get("k", 200), options.get("temperature", 0.1)
+    k, temperature = options.get("k", KNN_K), options.get("temperature", KNN_TEMPERATURE)
     results = knn_results(
         metrics,
         data_cfg=data_cfg,

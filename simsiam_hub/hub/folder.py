@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from .. import __version__
+from ..data import DEFAULT_IMAGE_SIZE
 from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
 from ..errors import SimsiamHubError
 from ..models import ARCHS, feature_dim
@@ -48,7 +49,7 @@ class SimsiamSection:
 
     arch: str
     small_stem: bool = False
-    image_size: int = 224  # the training crop size; the eval transform's size
+    image_size: int = DEFAULT_IMAGE_SIZE  # the training crop size; the eval transform's size
     method: str = "simsiam"  # simsiam | moco | supervised
     epochs: Optional[float] = None
     batch_size: Optional[int] = None
@@ -86,7 +87,7 @@ class SimsiamSection:
     @classmethod
     def from_timm_config(cls, config: dict, where: str = "config.json") -> SimsiamSection:
         """A folder made by timm (no ``simsiam`` section): what its timm fields say."""
-        size = (config.get("pretrained_cfg") or {}).get("input_size", [3, 224, 224])[-1]
+        size = (config.get("pretrained_cfg") or {}).get("input_size", [3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE])[-1]
         arch = config.get("architecture")
         if arch not in ARCHS:
             raise FolderError(f"{where}: expected an architecture among {', '.join(ARCHS)}, found {arch!r}")
