@@ -2,9 +2,8 @@
 
 Reference: facebookresearch/simsiam ``main_lincls.py``. The backbone is frozen and kept in
 eval mode (BatchNorm uses its running statistics, which never change); a new ``fc`` is
-initialised normal(0, 0.01) with zero bias and trained with LARS (apex's ``LARC`` around
-momentum SGD, trust coefficient 0.001, no clipping: :class:`simsiam_hub.optim.LARC`; no weight
-decay, momentum 0.9), batch 4096, lr 0.1 * batch / 256, cosine decay per epoch, 90 epochs;
+initialised normal(0, 0.01) with zero bias and trained with LARS as the reference runs it
+(:class:`simsiam_hub.optim.LARC`; no weight decay, momentum 0.9), batch 4096, lr 0.1 * batch / 256, cosine decay per epoch, 90 epochs;
 train transform RandomResizedCrop + flip, val Resize + CenterCrop. After every
 epoch every backbone tensor is compared with its value at load: a change stops the run.
 
@@ -90,14 +89,8 @@ def new_classifier(num_features: int, num_classes: int) -> nn.Linear:
 
 
 def build_optimizer(fc: nn.Linear, cfg: LinclsOptimConfig) -> torch.optim.Optimizer:
-    """LARS as the reference runs it, or plain momentum SGD (``optim.optimizer``).
-
-    The reference (main_lincls.py ``--lars``) wraps ``SGD(params, lr, momentum, weight_decay)``
-    in apex's ``LARC(trust_coefficient=0.001, clip=False)``: every parameter whose norm and
-    gradient norm are non-zero, the bias included, has its gradient scaled by
-    trust * |p| / (|g| + wd * |p| + eps) before the momentum step (:class:`~simsiam_hub.optim.LARC`).
-    The bias starts at zero, so its first step is plain SGD and it is adapted from the second.
-    """
+    """LARS as the reference runs it (:class:`~simsiam_hub.optim.LARC`), or plain momentum SGD
+    (``optim.optimizer``)."""
     init_lr = scaled_lr(cfg.base_lr, cfg.batch_size)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(fc.parameters(), lr=init_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

@@ -24,12 +24,11 @@ from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
 from ..errors import SimsiamHubError
 from ..models import ARCHS, feature_dim
 from .results import ResultsError, read_results
-from .weights import WeightsError, check_backbone, infer_arch, read_safetensors, split_state_dict
+from .weights import SIMSIAM_FILE, WeightsError, check_backbone, infer_arch, read_safetensors, split_state_dict
 
 log = logging.getLogger(__name__)
 
 BACKBONE_FILE = "model.safetensors"
-SIMSIAM_FILE = "simsiam.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "README.md"
 RESULTS_FILE = "results.json"

@@ -36,15 +36,13 @@ from ..errors import SimsiamHubError
 from ..fileio import atomic_path
 from ..models import build_backbone
 
-BACKBONE_FILE = "model.safetensors"
-SIMSIAM_FILE = "simsiam.safetensors"
+SIMSIAM_FILE = "simsiam.safetensors"  # the whole model in a model folder (hub.folder names the other files)
 # (bottleneck blocks?, blocks per stage) -> torchvision arch; the ones models.ARCHS builds.
 _ARCH_BY_LAYOUT = {
     (False, (2, 2, 2, 2)): "resnet18",
     (False, (3, 4, 6, 3)): "resnet34",
     (True, (3, 4, 6, 3)): "resnet50",
 }
-_BACKBONE_PREFIXES = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 EXPECTED_LAYOUTS = (
     "simsiam-hub training checkpoint (format/config/model), "
     "'module.encoder.*'+'module.predictor.*' (official SimSiam), 'module.encoder_q.*' (MoCo), "
