@@ -34,7 +34,7 @@ def _overrides(p) -> None:
 
 def _quiet_http_logs() -> None:
     """One INFO line per HTTP request from the Hub client's HTTP library is noise here."""
-    for name in ("httpx", "httpcore"):
+    for name in ("httpx2", "httpx", "httpcore"):  # huggingface_hub >= 2 sends through httpx2
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -237,6 +237,12 @@ def _add_export(sub) -> None:
     )
     p.add_argument("--dataset", help="name of the pretraining data for the card; None: as the checkpoint says")
     p.add_argument("--no-simsiam", action="store_true", help="leave out simsiam.safetensors (the whole model)")
+    p.add_argument(
+        "--code-url",
+        metavar="URL",
+        help="where the card says the simsiam-hub code lives (its pip install and torch.hub lines); "
+        "default: simsiam_hub.hub.registry.CODE_URL",
+    )
     p.add_argument("--force", action="store_true", help="replace --out even if it holds other files (they are deleted)")
     p.set_defaults(func=_run_export)
 
@@ -252,6 +258,7 @@ def _run_export(args) -> int:
         dataset=args.dataset,
         with_simsiam=not args.no_simsiam,
         force=args.force,
+        code_url=args.code_url,
     )
     print(f"wrote model folder {out}: {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))}")
     return 0

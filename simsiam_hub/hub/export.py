@@ -16,7 +16,17 @@ from ..data.datasets import dataset_info
 from ..fileio import atomic_folder
 from ..hub import registry
 from .card import folder_results, merge_results, write_card
-from .folder import BACKBONE_FILE, SIMSIAM_FILE, FolderError, SimsiamSection, check_destination, write_config
+from .folder import (
+    BACKBONE_FILE,
+    SIMSIAM_FILE,
+    FolderError,
+    SimsiamSection,
+    check_destination,
+    fingerprint,
+    public_recipe,
+    public_source,
+    write_config,
+)
 from .results import EvalResult, read_results
 from .weights import LoadedWeights, backbone_metadata, read_weights, save_safetensors
 
@@ -61,7 +71,9 @@ def describe(
         section.dataset = cfg["data"]["dataset"]
         section.recipe = dict(cfg, trained_steps=info.get("step"))
         if not source:
-            section.source = f"{path.name} (simsiam-hub training checkpoint, step {info.get('step')})"
+            section.source = (
+                f"{path.name} (simsiam-hub training checkpoint, step {info.get('step')}, sha256 {fingerprint(path)})"
+            )
     elif loaded.kind == "safetensors":
         meta = info.get("metadata", {})
         section.epochs = _number(meta.get("epochs"))
@@ -90,6 +102,8 @@ def describe(
         or dataset_info(section.dataset).license
         or "other"
     )
+    # What is published never names the exporting machine's paths.
+    section.source, section.recipe = public_source(section.source), public_recipe(section.recipe)
     return section
 
 
@@ -150,6 +164,7 @@ def export(
     with_simsiam: bool = True,
     find_results: bool = True,
     force: bool = False,
+    code_url: str | None = None,
 ) -> Path:
     """Write a model folder from a checkpoint; returns ``out_dir``.
 
@@ -158,7 +173,8 @@ def export(
     :class:`EvalResult` lists) for the card; for a training checkpoint, ``results*.json``
     files beside it are picked up too (``find_results``). ``variant``: a registry name whose
     recipe and published accuracy describe the weights. ``with_simsiam``: also write
-    ``simsiam.safetensors`` when the source holds the whole model. ``out_dir`` must be new,
+    ``simsiam.safetensors`` when the source holds the whole model. ``code_url``: where the card
+    says the simsiam-hub code lives (default ``registry.CODE_URL``). ``out_dir`` must be new,
     empty or a model folder (it is then replaced whole); ``force`` replaces any folder.
     """
     path = Path(source).expanduser()
@@ -168,6 +184,7 @@ def export(
     variant = _variant(variant)
     loaded = read_weights(path)
     section = describe(loaded, path, variant=variant, license=license, dataset=dataset, source=source_name)
+    section.code_url = code_url
     found = []
     if find_results and loaded.kind == "simsiam-hub":
         found = sorted(path.parent.glob("results*.json"))

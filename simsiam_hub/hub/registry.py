@@ -20,7 +20,11 @@ from typing import Optional
 from ..errors import SimsiamHubError
 
 HUB_ORG = "simsiam-hub"  # the Hub organisation our model repos live under
-GITHUB_REPO = "simsiam-hub/simsiam-hub"  # this code's GitHub repo, for torch.hub.load
+# This code's GitHub repository (OWNER/NAME): torch.hub.load's first argument and the model
+# card's install line (`pip install "simsiam-hub @ git+CODE_URL"`). The one place to change it;
+# `simsiam-hub export --code-url` overrides it per model folder.
+GITHUB_REPO = "simsiam-hub/simsiam-hub"
+CODE_URL = f"https://github.com/{GITHUB_REPO}"
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/simsiam/models"
 OFFICIAL_CODE_URL = "https://github.com/facebookresearch/simsiam"
 PAPER_URL = "https://arxiv.org/abs/2011.10566"
@@ -88,6 +92,15 @@ VARIANTS = (
     ),
 )
 DEFAULT_VARIANT = "simsiam-resnet50-100ep-bs512"  # the paper's recipe; torch.hub's default
+
+
+def torch_hub_repo(code_url: str) -> str | None:
+    """torch.hub's ``OWNER/NAME`` for a GitHub URL (torch.hub loads from GitHub only), else None."""
+    prefix = "https://github.com/"
+    if not code_url.startswith(prefix):
+        return None
+    parts = code_url[len(prefix) :].strip("/").removesuffix(".git").split("/")
+    return "/".join(parts) if len(parts) == 2 and all(parts) else None
 
 
 def get_variant(name_or_repo_id: str) -> Variant | None:
