@@ -341,15 +341,18 @@ def _add_list(sub) -> None:
         "list",
         "list the named model variants and what is cached",
         "List the registry of named variants (the official SimSiam releases and ours): Hub repo, recipe, "
-        "published linear top-1, licence, and what is already in the caches.",
+        "published linear top-1, licence, how an official checkpoint's download is checked, and what is already "
+        "in the caches. The releases publish no SHA-256: the first download's is recorded and checked at every "
+        "later use (trusted on first use); SIMSIAM_HUB_SHA256_<NAME> (the name upper-cased, - as _) pins a digest "
+        "you trust, and a download that does not match it is refused.",
     )
     p.set_defaults(func=_run_list)
 
 
 def _run_list(args) -> int:
-    from .hub.registry import DEFAULT_VARIANT, VARIANTS, cache_dir, variant_status
+    from .hub.registry import DEFAULT_VARIANT, VARIANTS, cache_dir, trust_status, variant_status
 
-    rows = [("name", "repo id", "arch", "epochs", "batch", "top-1", "licence", "cached")]
+    rows = [("name", "repo id", "arch", "epochs", "batch", "top-1", "licence", "download check", "cached")]
     for v in VARIANTS:
         default = " (default)" if v.name == DEFAULT_VARIANT else ""
         top1 = f"{v.top1:.1f}" if v.top1 is not None else "-"
@@ -362,6 +365,7 @@ def _run_list(args) -> int:
                 str(v.batch_size or "-"),
                 top1,
                 v.license,
+                trust_status(v),
                 variant_status(v),
             )
         )

@@ -252,3 +252,69 @@ def test_push_and_pull_log_no_requests(published, fake_hub, tmp_path):
     for p in (proc, proc2):
         assert "HTTP Request" not in p.stderr + p.stdout and "httpx" not in p.stderr
     assert (tmp_path / "pulled" / "model.safetensors").is_file()
+
+
+# --- official downloads: licence, digest, pinning -------------------------------------------
+
+
+def test_official_download_says_its_licence_and_digest_and_honours_a_pin(
+    official_checkpoint, tmp_path, monkeypatch, caplog, capsys
+):
+    import dataclasses
+    import hashlib
+    import http.server
+    import logging
+
+    from simsiam_hub.hub import registry
+    from simsiam_hub.hub.export import import_official
+
+    data = official_checkpoint.path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+
+    class Serve(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    name = "simsiam-resnet50-100ep-bs256"
+    local = dataclasses.replace(
+        registry.get_variant(name), source_url=f"http://127.0.0.1:{server.server_address[1]}/ckpt.pth.tar"
+    )
+    monkeypatch.setattr(registry, "VARIANTS", tuple(local if v.name == name else v for v in registry.VARIANTS))
+    monkeypatch.setenv("SIMSIAM_HUB_CACHE", str(tmp_path / "cache"))
+    pin = registry.pin_variable(local)
+    assert pin == "SIMSIAM_HUB_SHA256_SIMSIAM_RESNET50_100EP_BS256"
+    monkeypatch.delenv(pin, raising=False)
+    try:
+        # A wrong pin refuses the first download (and keeps nothing).
+        monkeypatch.setenv(pin, "0" * 64)
+        with pytest.raises(registry.DownloadError, match=f"the digest pinned by {pin}"):
+            import_official(name, tmp_path / "refused", progress=False)
+        assert not registry.download_path(local.source_url).exists()
+        # Unpinned: trusted on first use, with the licence and the digest said once.
+        monkeypatch.delenv(pin)
+        with caplog.at_level(logging.WARNING, logger="simsiam_hub"):
+            import_official(name, tmp_path / "tofu", progress=False)
+        said = [r.getMessage() for r in caplog.records if "licence" in r.getMessage()]
+        assert len(said) == 1 and "cc-by-nc-4.0" in said[0] and digest in said[0] and "trusted on first use" in said[0]
+        assert main(["list"]) == 0
+        row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(name))
+        assert f"trusted on first use: {digest[:16]}" in row
+        # A pin that does not match the cached file is refused; the right pin is accepted and listed.
+        monkeypatch.setenv(pin, "f" * 64)
+        with pytest.raises(registry.DownloadError, match="refusing it"):
+            import_official(name, tmp_path / "tofu", progress=False, force=True)
+        monkeypatch.setenv(pin, digest.upper())
+        import_official(name, tmp_path / "pinned", progress=False)
+        assert main(["list"]) == 0
+        assert f"pinned ({pin})" in next(r for r in capsys.readouterr().out.splitlines() if r.startswith(name))
+    finally:
+        server.shutdown()
+        server.server_close()

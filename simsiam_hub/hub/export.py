@@ -9,6 +9,7 @@ killed export leaves the old folder as it was.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -236,7 +237,13 @@ def import_official(
                 f"{ref} has no original checkpoint to import: it lives on the Hub only ({named.repo_id}); use pull"
             )
         path, source_name = (
-            registry.download(named.source_url, sha256=named.sha256, progress=progress),
+            registry.download(
+                named.source_url,
+                sha256=registry.pinned_sha256(named),
+                progress=progress,
+                license=named.license,
+                pinned_by=registry.pin_variable(named) if os.environ.get(registry.pin_variable(named)) else None,
+            ),
             named.source_url,
         )
     elif ref.startswith(("http://", "https://")):
