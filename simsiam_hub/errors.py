@@ -15,3 +15,20 @@ class UsageError(SimsiamHubError, ValueError):
     """The command was asked for something it does not take (exit code 2)."""
 
     exit_code = 2
+
+
+class MissingExtraError(SimsiamHubError, ImportError):
+    """A feature whose packages are in an install extra that is not installed."""
+
+
+def import_extra(module: str, extra: str, what: str):
+    """``import module``, or a one-line error naming the extra that installs it: the core
+    install (loading weights) carries no training, logging or plotting packages."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{what} needs {module.split('.')[0]}, which is not installed: pip install 'simsiam-hub[{extra}]'"
+        ) from None

@@ -4,6 +4,7 @@ model-index the Hub accepts), the torch.hub entry points, and one-line Hub failu
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import struct
@@ -318,3 +319,40 @@ def test_official_download_says_its_licence_and_digest_and_honours_a_pin(
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- the core install -----------------------------------------------------------------------
+
+# What a core install (no extras) lacks: training, logging, plotting and detection packages.
+NOT_IN_CORE = ("tensorboard", "torch.utils.tensorboard", "matplotlib", "timm", "detectron2", "fvcore", "pycocotools")
+CORE_ONLY = f"""
+import sys
+for name in {NOT_IN_CORE!r}:
+    sys.modules[name] = None  # import raises ImportError, as in an environment without them
+"""
+
+
+@pytest.mark.slow
+def test_the_core_path_needs_no_extra(published, tmp_path):
+    script = (
+        CORE_ONLY
+        + f"""
+import torch
+import simsiam_hub
+from simsiam_hub.cli import main
+
+model = simsiam_hub.from_pretrained({str(published)!r})
+hub = torch.hub.load({str(ROOT)!r}, "simsiam_resnet50", source="local", weights={str(published)!r})
+x = torch.rand(1, 3, 32, 32)
+with torch.no_grad():
+    torch.testing.assert_close(model(x), hub(x))
+assert main(["convert-detectron2", {str(published)!r}, "--out", {str(tmp_path / "r50.pkl")!r}]) == 0
+loaded = [name for name in {NOT_IN_CORE!r} if sys.modules.get(name) is not None]
+print("core ok", loaded)
+"""
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "core ok []" in proc.stdout and (tmp_path / "r50.pkl").stat().st_size > 1_000_000
