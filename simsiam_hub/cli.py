@@ -331,7 +331,7 @@ def _run_pull(args) -> int:
     from .hub.repo import pull
 
     _quiet_http_logs()
-    print(pull(args.repo_id, args.revision, args.out, force=args.force))
+    print(pull(args.repo_id, args.revision, args.out, force=args.force, progress=not args.no_progress))
     return 0
 
 
@@ -396,7 +396,10 @@ def _add_import_official(sub) -> None:
 def _run_import_official(args) -> int:
     from .hub.export import import_official
 
-    print(f"wrote model folder {import_official(args.checkpoint, args.out, variant=args.variant, force=args.force)}")
+    out = import_official(
+        args.checkpoint, args.out, variant=args.variant, force=args.force, progress=not args.no_progress
+    )
+    print(f"wrote model folder {out}")
     return 0
 
 
@@ -639,7 +642,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
+    for name in PROGRESS_COMMANDS:  # every long command takes --no-progress
+        if "--no-progress" not in sub.choices[name]._option_string_actions:
+            sub.choices[name].add_argument(
+                "--no-progress", action="store_true", help="no progress bars (also off when stderr is not a terminal)"
+            )
     return parser
+
+
+# Commands that show progress bars; off with --no-progress, or when stderr is not a terminal.
+PROGRESS_COMMANDS = ("pretrain", "lincls", "knn", "push", "pull", "import-official")
+
+
+def _progress_off(args) -> bool:
+    """--no-progress, or stderr not a terminal (tqdm users expect no bars in logs); the
+    commands whose config has run.progress get it as an override."""
+    if args.command not in PROGRESS_COMMANDS:
+        return False
+    off = args.no_progress or not sys.stderr.isatty()
+    args.no_progress = off
+    if off and args.command in ("pretrain", "lincls"):
+        args.overrides.append("run.progress=false")
+    return off
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -656,6 +680,11 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error("unrecognized arguments: " + " ".join(extra))
     try:
+        if _progress_off(args):
+            from .hub.repo import progress_bars
+
+            with progress_bars(False):
+                return args.func(args)
         return args.func(args)
     except SimsiamHubError as err:
         print(f"simsiam-hub {args.command}: error: {err}", file=sys.stderr)

@@ -356,3 +356,65 @@ print("core ok", loaded)
     )
     assert proc.returncode == 0, proc.stderr
     assert "core ok []" in proc.stdout and (tmp_path / "r50.pkl").stat().st_size > 1_000_000
+
+
+# --- smaller surfaces -----------------------------------------------------------------------
+
+
+def test_detection_entry_point_without_detectron2_is_one_line():
+    script = (
+        "import sys\nsys.modules['detectron2'] = None\n"
+        "from simsiam_hub.detection.install import detection_cli\nsys.exit(detection_cli(['--help']))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True
+    )
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "detectron2 is not installed" in lines[0] and "make detectron2" in lines[0] and "pip install" in lines[0]
+
+
+def test_detectron2_description_says_whether_C_loads():
+    pytest.importorskip("detectron2")
+    from simsiam_hub.detection.install import detectron2_description
+
+    text = detectron2_description()
+    assert text.startswith("detectron2 ") and "compiled _C extension" in text
+    try:
+        import detectron2._C  # noqa: F401
+
+        assert "_C extension loaded" in text
+    except ImportError:
+        assert "does not load" in text and "deformable convolutions" in text
+
+
+def test_a_missing_data_root_is_a_usage_error(tmp_path, capsys):
+    missing = tmp_path / "nonexistent"
+    args = ["pretrain", "data.dataset=synthetic", f"data.root={missing}", "model.arch=resnet18"]
+    assert main([*args, f"run.output_dir={tmp_path / 'run'}"]) == 2
+    assert f"data.root does not exist: {missing}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pretrain"],
+        ["lincls", "SRC"],
+        ["knn", "SRC"],
+        ["push", "SRC", "--repo-id", "o/n"],
+        ["pull", "o/n"],
+        ["import-official", "NAME"],
+    ],
+)
+def test_every_long_command_takes_no_progress(argv, monkeypatch):
+    from simsiam_hub.cli import _progress_off, build_parser
+
+    args = build_parser().parse_args([*argv, "--no-progress"])
+    assert args.no_progress is True and _progress_off(args)
+    # Without the flag, bars are off when stderr is not a terminal (as under pytest), on when it is one.
+    args = build_parser().parse_args(argv)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert _progress_off(args) and ("run.progress=false" in args.overrides if hasattr(args, "overrides") else True)
+    args = build_parser().parse_args(argv)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert not _progress_off(args)
