@@ -492,7 +492,7 @@ class Trainer:
             from .errors import import_extra
 
             SummaryWriter = import_extra(
-                "torch.utils.tensorboard", "train", "run.tensorboard=true (set it false to go without)"
+                "torch.utils.tensorboard", "train", "run.tensorboard=true (set it false to go without)", "tensorboard"
             ).SummaryWriter
             self.tb = SummaryWriter(self.out / "tb", purge_step=resume_step)
         self.bar = tqdm(

@@ -418,3 +418,14 @@ def test_every_long_command_takes_no_progress(argv, monkeypatch):
     args = build_parser().parse_args(argv)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert not _progress_off(args)
+
+
+def test_a_missing_extra_is_named_in_one_line(monkeypatch, tmp_path):
+    from simsiam_hub.errors import MissingExtraError
+    from simsiam_hub.report import plot_runs
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(
+        MissingExtraError, match=r"needs matplotlib, which is not installed: pip install 'simsiam-hub\[train\]'"
+    ):
+        plot_runs({}, tmp_path / "curves.png", dim=2048)
