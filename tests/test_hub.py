@@ -229,7 +229,7 @@ def test_push_pull_round_trip_is_bit_exact(exported, pushed, trained, client, of
     pulled = Path(out.strip())
     for name in ("model.safetensors", "simsiam.safetensors", "config.json", "results.json"):
         assert (pulled / name).read_bytes() == (exported / name).read_bytes(), name
-    assert f'repo_id="{REPO}"' in (pulled / "README.md").read_text()  # the card names its repo
+    assert f'from_pretrained("{REPO}")' in (pulled / "README.md").read_text()  # the card names its repo
     x = images()
     with torch.no_grad():
         assert torch.equal(from_pretrained(pulled)(x), trained[0](x))
