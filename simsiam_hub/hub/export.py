@@ -53,9 +53,13 @@ def describe(
     license: str | None = None,
     dataset: str | None = None,
     source: str | None = None,
+    publish: bool = False,
 ) -> SimsiamSection:
     """The ``simsiam`` section for weights read from ``path``: what the file says about itself,
-    then what the registry ``variant`` says, then the explicit ``license``/``dataset``/``source``."""
+    then what the registry ``variant`` says, then the explicit ``license``/``dataset``/``source``.
+    ``publish``: for a model folder, whose files never name this machine's paths (local sources
+    by file name and SHA-256 fingerprint, no run-local recipe keys); else the recipe as recorded
+    (the evaluation commands read its data.root)."""
     info = loaded.info
     section = SimsiamSection(
         arch=loaded.arch, small_stem=loaded.small_stem, method=loaded.method, source=source or path.name
@@ -72,9 +76,8 @@ def describe(
         section.dataset = cfg["data"]["dataset"]
         section.recipe = dict(cfg, trained_steps=info.get("step"))
         if not source:
-            section.source = (
-                f"{path.name} (simsiam-hub training checkpoint, step {info.get('step')}, sha256 {fingerprint(path)})"
-            )
+            digest = f", sha256 {fingerprint(path)}" if publish else ""
+            section.source = f"{path.name} (simsiam-hub training checkpoint, step {info.get('step')}{digest})"
     elif loaded.kind == "safetensors":
         meta = info.get("metadata", {})
         section.epochs = _number(meta.get("epochs"))
@@ -103,8 +106,8 @@ def describe(
         or dataset_info(section.dataset).license
         or "other"
     )
-    # What is published never names the exporting machine's paths.
-    section.source, section.recipe = public_source(section.source), public_recipe(section.recipe)
+    if publish:
+        section.source, section.recipe = public_source(section.source), public_recipe(section.recipe)
     return section
 
 
@@ -184,7 +187,9 @@ def export(
         raise FolderError(f"--out {out} is the folder the checkpoint {path.name} is in: choose another folder")
     variant = _variant(variant)
     loaded = read_weights(path)
-    section = describe(loaded, path, variant=variant, license=license, dataset=dataset, source=source_name)
+    section = describe(
+        loaded, path, variant=variant, license=license, dataset=dataset, source=source_name, publish=True
+    )
     section.code_url = code_url
     found = []
     if find_results and loaded.kind == "simsiam-hub":
