@@ -36,7 +36,7 @@ def _overrides(p) -> None:
 
 def _quiet_http_logs() -> None:
     """One INFO line per HTTP request from the Hub client's HTTP library is noise here."""
-    for name in ("httpx", "httpcore"):
+    for name in ("httpx2", "httpx", "httpcore"):  # huggingface_hub >= 2 sends through httpx2
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -239,6 +239,12 @@ def _add_export(sub) -> None:
     )
     p.add_argument("--dataset", help="name of the pretraining data for the card; None: as the checkpoint says")
     p.add_argument("--no-simsiam", action="store_true", help="leave out simsiam.safetensors (the whole model)")
+    p.add_argument(
+        "--code-url",
+        metavar="URL",
+        help="where the card says the simsiam-hub code lives (its pip install and torch.hub lines); "
+        "default: simsiam_hub.hub.registry.CODE_URL",
+    )
     p.add_argument("--force", action="store_true", help="replace --out even if it holds other files (they are deleted)")
     p.set_defaults(func=_run_export)
 
@@ -254,6 +260,7 @@ def _run_export(args) -> int:
         dataset=args.dataset,
         with_simsiam=not args.no_simsiam,
         force=args.force,
+        code_url=args.code_url,
     )
     print(f"wrote model folder {out}: {', '.join(sorted(p.name for p in out.iterdir() if not p.name.startswith('.')))}")
     return 0
@@ -326,7 +333,7 @@ def _run_pull(args) -> int:
     from .hub.repo import pull
 
     _quiet_http_logs()
-    print(pull(args.repo_id, args.revision, args.out, force=args.force))
+    print(pull(args.repo_id, args.revision, args.out, force=args.force, progress=not args.no_progress))
     return 0
 
 
@@ -336,15 +343,18 @@ def _add_list(sub) -> None:
         "list",
         "list the named model variants and what is cached",
         "List the registry of named variants (the official SimSiam releases and ours): Hub repo, recipe, "
-        "published linear top-1, licence, and what is already in the caches.",
+        "published linear top-1, licence, how an official checkpoint's download is checked, and what is already "
+        "in the caches. The releases publish no SHA-256: the first download's is recorded and checked at every "
+        "later use (trusted on first use); SIMSIAM_HUB_SHA256_<NAME> (the name upper-cased, - as _) pins a digest "
+        "you trust, and a download that does not match it is refused.",
     )
     p.set_defaults(func=_run_list)
 
 
 def _run_list(args) -> int:
-    from .hub.registry import DEFAULT_VARIANT, VARIANTS, cache_dir, variant_status
+    from .hub.registry import DEFAULT_VARIANT, VARIANTS, cache_dir, trust_status, variant_status
 
-    rows = [("name", "repo id", "arch", "epochs", "batch", "top-1", "licence", "cached")]
+    rows = [("name", "repo id", "arch", "epochs", "batch", "top-1", "licence", "download check", "cached")]
     for v in VARIANTS:
         default = " (default)" if v.name == DEFAULT_VARIANT else ""
         top1 = f"{v.top1:.1f}" if v.top1 is not None else "-"
@@ -357,6 +367,7 @@ def _run_list(args) -> int:
                 str(v.batch_size or "-"),
                 top1,
                 v.license,
+                trust_status(v),
                 variant_status(v),
             )
         )
@@ -387,7 +398,10 @@ def _add_import_official(sub) -> None:
 def _run_import_official(args) -> int:
     from .hub.export import import_official
 
-    print(f"wrote model folder {import_official(args.checkpoint, args.out, variant=args.variant, force=args.force)}")
+    out = import_official(
+        args.checkpoint, args.out, variant=args.variant, force=args.force, progress=not args.no_progress
+    )
+    print(f"wrote model folder {out}")
     return 0
 
 
@@ -634,7 +648,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in COMMANDS:
         add(sub)
+    for name in PROGRESS_COMMANDS:  # every long command takes --no-progress
+        if "--no-progress" not in sub.choices[name]._option_string_actions:
+            sub.choices[name].add_argument(
+                "--no-progress", action="store_true", help="no progress bars (also off when stderr is not a terminal)"
+            )
     return parser
+
+
+# Commands that show progress bars; off with --no-progress, or when stderr is not a terminal.
+PROGRESS_COMMANDS = ("pretrain", "lincls", "knn", "push", "pull", "import-official")
+
+
+def _progress_off(args) -> bool:
+    """--no-progress, or stderr not a terminal (tqdm users expect no bars in logs); the
+    commands whose config has run.progress get it as an override."""
+    if args.command not in PROGRESS_COMMANDS:
+        return False
+    off = args.no_progress or not sys.stderr.isatty()
+    args.no_progress = off
+    if off and args.command in ("pretrain", "lincls"):
+        args.overrides.append("run.progress=false")
+    return off
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -651,6 +686,11 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error("unrecognized arguments: " + " ".join(extra))
     try:
+        if _progress_off(args):
+            from .hub.repo import progress_bars
+
+            with progress_bars(False):
+                return args.func(args)
         return args.func(args)
     except SimsiamHubError as err:
         print(f"simsiam-hub {args.command}: error: {err}", file=sys.stderr)

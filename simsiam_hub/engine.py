@@ -489,8 +489,11 @@ class Trainer:
         self.epoch_log = CSVLog(self.out / "epoch_log.csv", EPOCH_FIELDS, resume_step)
         self.tb = None
         if cfg.run.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from .errors import import_extra
 
+            SummaryWriter = import_extra(
+                "torch.utils.tensorboard", "train", "run.tensorboard=true (set it false to go without)", "tensorboard"
+            ).SummaryWriter
             self.tb = SummaryWriter(self.out / "tb", purge_step=resume_step)
         self.bar = tqdm(
             total=self.total_steps,

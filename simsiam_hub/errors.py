@@ -4,6 +4,8 @@ Exit codes follow the shell's convention: 2 for usage errors (a bad option, conf
 value: :class:`UsageError`), 1 for everything that went wrong while running.
 """
 
+from __future__ import annotations
+
 
 class SimsiamHubError(Exception):
     """Bad input or a failed operation, said clearly: what was expected and what was found."""
@@ -15,3 +17,20 @@ class UsageError(SimsiamHubError, ValueError):
     """The command was asked for something it does not take (exit code 2)."""
 
     exit_code = 2
+
+
+class MissingExtraError(SimsiamHubError, ImportError):
+    """A feature whose packages are in an install extra that is not installed."""
+
+
+def import_extra(module: str, extra: str, what: str, package: str | None = None):
+    """``import module``, or a one-line error naming the extra that installs it: the core
+    install (loading weights) carries no training, logging or plotting packages."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(
+            f"{what} needs {package or module.split('.')[0]}, which is not installed: pip install 'simsiam-hub[{extra}]'"
+        ) from None

@@ -45,8 +45,9 @@ def plot_runs(
     normalises over, the level of a collapsed output (:func:`monitor.two_point_ratio`); the k-NN
     panel marks ``chance``.
     """
-    import matplotlib
+    from .errors import import_extra
 
+    matplotlib = import_extra("matplotlib", "train", "plotting the training curves")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -561,7 +561,7 @@ def test_the_paper_named_configs_are_the_references_recipe():
 
 def test_cli_reports_errors_in_one_line(tmp_path):
     code, log = run_cli("pretrain", "data.dataset=imagefolder", f"data.root={tmp_path / 'missing'}")
-    assert code == 1  # a runtime error; a bad key or value is a usage error
+    assert code == 2  # a data.root that does not exist is a usage error, as a bad key or value
     code_usage, log_usage = run_cli("pretrain", "optim.epochs=0")
     assert (
         code_usage == 2
@@ -569,6 +569,7 @@ def test_cli_reports_errors_in_one_line(tmp_path):
         == "simsiam-hub pretrain: error: config value optim.epochs=0 is invalid: expected a positive integer"
     )
     assert (
-        log.strip().splitlines()[-1] == f"simsiam-hub pretrain: error: data.root does not exist: {tmp_path / 'missing'}"
+        log.strip().splitlines()[-1]
+        == f"simsiam-hub pretrain: error: data.root does not exist: {tmp_path / 'missing'} (expected the dataset's folder)"
     )
     assert "Traceback" not in log

@@ -189,7 +189,7 @@ def test_export_writes_a_timm_compatible_folder_and_model_card(exported, trained
     found = {(r.task_type, r.dataset_name, r.metric_type, r.metric_value) for r in card.data.eval_results}
     assert found == {
         ("image-feature-extraction", "synthetic", "accuracy", 31.25),
-        ("object-detection", "voc07", "map_50", 41.5),
+        ("object-detection", "PASCAL VOC 2007 test, fine-tuned on VOC2007 trainval", "map_50", 41.5),
     }
     for text in (
         "torch.hub.load(",
@@ -229,7 +229,7 @@ def test_push_pull_round_trip_is_bit_exact(exported, pushed, trained, client, of
     pulled = Path(out.strip())
     for name in ("model.safetensors", "simsiam.safetensors", "config.json", "results.json"):
         assert (pulled / name).read_bytes() == (exported / name).read_bytes(), name
-    assert f'repo_id="{REPO}"' in (pulled / "README.md").read_text()  # the card names its repo
+    assert f'from_pretrained("{REPO}")' in (pulled / "README.md").read_text()  # the card names its repo
     x = images()
     with torch.no_grad():
         assert torch.equal(from_pretrained(pulled)(x), trained[0](x))

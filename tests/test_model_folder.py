@@ -234,7 +234,7 @@ def test_hubconf_lists_its_entry_point_alone_and_checks_head():
     import hubconf
 
     public = sorted(name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_"))
-    assert public == ["simsiam_resnet50"]  # what torch.hub.list shows
+    assert public == ["simsiam_resnet18", "simsiam_resnet34", "simsiam_resnet50"]  # what torch.hub.list shows
     with pytest.raises(ValueError, match="head='projector': expected one of backbone, simsiam"):
         hubconf.simsiam_resnet50(pretrained=False, head="projector")
 

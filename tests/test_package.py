@@ -96,7 +96,7 @@ def test_the_wheel_ships_configs_transfer_and_hubconf(tmp_path):
     text = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry_points).decode()
     assert (
         "simsiam-hub = simsiam_hub.cli:main" in text
-        and "simsiam-hub-detection = simsiam_hub.transfer.train_net:cli" in text
+        and "simsiam-hub-detection = simsiam_hub.detection.install:detection_cli" in text
     )
 
 

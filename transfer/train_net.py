@@ -46,6 +46,7 @@ from detectron2.utils.logger import setup_logger
 
 from simsiam_hub.checkpoint import CheckpointError, safe_torch_load
 from simsiam_hub.detection.convert import convert_source
+from simsiam_hub.detection.install import detectron2_description
 from simsiam_hub.errors import SimsiamHubError, UsageError
 from simsiam_hub.fileio import atomic_write_text
 from simsiam_hub.hub.results import EvalResult, write_results
@@ -422,6 +423,7 @@ def main(args) -> dict:
     cfg = setup(args)
     default_setup(cfg, args)  # logger, environment, config.yaml in OUTPUT_DIR
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="simsiam_hub")
+    log.info("%s", detectron2_description())
     log.info("device %s; %d classes (from the datasets)", cfg.MODEL.DEVICE, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     source = cfg.MODEL.WEIGHTS or "scratch (random init)"
     weights = resolve_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)

@@ -5,6 +5,7 @@ Reference: facebookresearch/simsiam `main_simsiam.py` and `simsiam/loader.py`.
 
 from __future__ import annotations
 
+import math
 import random
 
 from PIL import ImageFilter
@@ -85,6 +86,12 @@ def eval_crop_pct(dataset: str | None) -> float:
     return 1.0 if dataset_info(dataset).whole_image_eval else CROP_PCT
 
 
+def eval_resize(size: int, crop_pct: float) -> int:
+    """The shorter side the eval view resizes to before its centre crop: floor(size / crop_pct),
+    as timm's ``create_transform`` computes it (so timm users and ``model.transform`` agree)."""
+    return math.floor(size / crop_pct)
+
+
 def eval_transform(
     size: int = DEFAULT_IMAGE_SIZE,
     *,
@@ -102,7 +109,7 @@ def eval_transform(
     crop_pct = eval_crop_pct(dataset) if crop_pct is None else crop_pct
     return T.Compose(
         [
-            T.Resize(round(size / crop_pct), interpolation=INTERPOLATIONS[interpolation]),
+            T.Resize(eval_resize(size, crop_pct), interpolation=INTERPOLATIONS[interpolation]),
             T.CenterCrop(size),
             T.ToTensor(),
             T.Normalize(mean, std),

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch.utils.data import Dataset, Subset
 
-from ..errors import SimsiamHubError
+from ..errors import SimsiamHubError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,10 @@ def dataset_info(name: str | None) -> DatasetInfo:
 
 class DatasetError(SimsiamHubError, ValueError):
     """A dataset path that is missing, empty or not in the expected layout."""
+
+
+class DataRootError(DatasetError, UsageError):
+    """A ``data.root`` that does not exist: a usage error (exit code 2)."""
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -226,7 +230,7 @@ def build_dataset(data_cfg, split: str, transform=None) -> Dataset:
     name = data_cfg.dataset
     root = Path(data_cfg.root).expanduser() if data_cfg.root else None
     if root is not None and not root.exists():
-        raise DatasetError(f"data.root does not exist: {root}")
+        raise DataRootError(f"data.root does not exist: {root} (expected the dataset's folder)")
     if name == "imagefolder":
         if root is None:
             raise DatasetError("data.root is required for imagefolder (a folder with train/ and val/)")

@@ -10,17 +10,29 @@ type of its own: k-NN of frozen features is ``image-feature-extraction``, a line
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import yaml
 from huggingface_hub import EvalResult as HfEvalResult
 from huggingface_hub import ModelCard, ModelCardData, constants
 
+from ..data.augment import eval_resize
 from ..data.datasets import dataset_info
 from ..fileio import atomic_write_text
 from ..models import feature_dim
-from .folder import BACKBONE_FILE, CARD_FILE, CONFIG_FILE, RESULTS_FILE, SIMSIAM_FILE, SimsiamSection, read_config
-from .registry import GITHUB_REPO, OFFICIAL_CODE_URL, PAPER_URL
+from .folder import (
+    BACKBONE_FILE,
+    CARD_FILE,
+    CONFIG_FILE,
+    RESULTS_FILE,
+    SIMSIAM_FILE,
+    SimsiamSection,
+    public_recipe,
+    public_source,
+    read_config,
+)
+from .registry import CODE_URL, OFFICIAL_CODE_URL, PAPER_URL, torch_hub_repo
 from .results import EvalResult, read_results, write_results
 
 # Benchmarks named in results beyond the datasets we build (data.DATASETS), for the card's `datasets`.
@@ -30,6 +42,18 @@ HUB_DATASETS = {
     "voc0712": "HuggingFaceM4/pascal_voc",
     "coco2017": "detection-datasets/coco",
 }
+# Our benchmark name -> (model-index dataset config, dataset name). Both VOC protocols test on
+# VOC2007 test; the config tells the detector's training data apart (VOC07 vs VOC07+12 trainval).
+DATASET_CONFIGS = {
+    "voc07": ("voc2007_main", "PASCAL VOC 2007 test, fine-tuned on VOC2007 trainval"),
+    "voc0712": ("voc2007_main+voc2012_main", "PASCAL VOC 2007 test, fine-tuned on VOC2007+2012 trainval"),
+    "coco2017": ("2017", "COCO 2017"),
+    "imagenet-1k": (None, "ImageNet-1k"),
+}
+# Licence ids the Hub knows (its licence list); any other licence is `other` with a name and link.
+HUB_LICENSES = frozenset(
+    {"apache-2.0", "mit", "bsd-3-clause", "bsd-2-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc-by-nc-4.0", "cc0-1.0"}
+)
 # Our task -> (model-index task type, task name).
 TASK_TYPES = {
     "knn": ("image-feature-extraction", "k-NN classification of frozen features"),
@@ -40,9 +64,9 @@ TASK_TYPES = {
 # Our metric -> (standard metric type, descriptive name).
 METRICS = {
     "top1": ("accuracy", "top-1 accuracy"),
-    "top5": ("top_5_accuracy", "top-5 accuracy"),
+    "top5": ("accuracy", "top-5 accuracy"),
     "top1_best": ("accuracy", "top-1 accuracy, best epoch"),
-    "top5_best": ("top_5_accuracy", "top-5 accuracy, best epoch"),
+    "top5_best": ("accuracy", "top-5 accuracy, best epoch"),
     "AP": ("map", "AP"),
     "AP50": ("map_50", "AP50"),
     "AP75": ("map_75", "AP75"),
@@ -104,9 +128,12 @@ def model_index_results(results: list[EvalResult]) -> list[HfEvalResult]:
                 task_type=task_type,
                 task_name=task_name,
                 dataset_type=hub_dataset_id(r.dataset) or r.dataset,
-                dataset_name=r.dataset,
+                dataset_name=DATASET_CONFIGS.get(r.dataset, (None, r.dataset))[1],
+                dataset_config=DATASET_CONFIGS.get(r.dataset, (None, None))[0],
                 dataset_split=r.split,
-                metric_type=METRICS.get(r.metric, (r.metric.lower(), None))[0],
+                metric_type=METRICS.get(
+                    r.metric, ("accuracy" if "top" in r.metric.lower() else r.metric.lower(), None)
+                )[0],
                 metric_name=_metric_name(r),
                 metric_value=round(r.value, 4),
                 source_name=r.source if url else None,  # model-index wants both or neither
@@ -142,8 +169,25 @@ def _input_text(section: SimsiamSection, pretrained_cfg: dict) -> str:
     if crop_pct >= 1:
         view = f"eval: resize to {size} ({interpolation}, the whole image)"
     else:
-        view = f"eval: resize to {round(size / crop_pct)} ({interpolation}) then centre-crop {size}"
+        view = (
+            f"eval: resize the shorter side to {eval_resize(size, crop_pct)} ({interpolation}) then centre-crop {size}"
+        )
     return f"{size} px RGB; {view}; mean {pretrained_cfg.get('mean')}, std {pretrained_cfg.get('std')}"
+
+
+def card_license(section: SimsiamSection, code_url: str) -> dict:
+    """The card's licence fields: a Hub licence id, or ``other`` with the ``license_name`` and
+    ``license_link`` the Hub requires for it."""
+    if section.license in HUB_LICENSES:
+        return {"license": section.license}
+    dataset_id = hub_dataset_id(section.dataset)
+    name = section.license if section.license not in (None, "", "other") else "unspecified"
+    link = f"{constants.ENDPOINT}/datasets/{dataset_id}" if dataset_id else code_url
+    return {"license": "other", "license_name": name, "license_link": link}
+
+
+def code_url_of(section: SimsiamSection) -> str:
+    return section.code_url or CODE_URL
 
 
 def card_metadata(section: SimsiamSection, results: list[EvalResult], name: str) -> ModelCardData:
@@ -152,7 +196,7 @@ def card_metadata(section: SimsiamSection, results: list[EvalResult], name: str)
     dataset_id = hub_dataset_id(section.dataset)
     eval_results = model_index_results(results)
     return ModelCardData(
-        license=section.license,
+        **card_license(section, code_url_of(section)),
         library_name="timm" if timm_ok else "pytorch",
         pipeline_tag="image-feature-extraction",
         tags=["simsiam", "self-supervised-learning", "image-feature-extraction", "resnet", section.arch, "safetensors"]
@@ -191,31 +235,59 @@ Learning*, CVPR 2021]({PAPER_URL}) ([official code]({OFFICIAL_CODE_URL})). Made 
 
 
 def _how_to_load(section: SimsiamSection, ref: str) -> str:
+    """The card's loading snippets, each runnable as written by someone who has only this repo:
+    timm (no other package), then simsiam-hub installed from its repository, then torch.hub."""
+    code_url = code_url_of(section)
+    entry = f"simsiam_{section.arch}"
+    dim = feature_dim(section.arch)
     timm_text = (
-        f'```python\nimport timm\nmodel = timm.create_model("hf-hub:{ref}", pretrained=True)  # num_classes=0: pooled features\n```'
+        "With timm (nothing else to install):\n\n"
+        f'```python\nimport timm\n\nmodel = timm.create_model("hf-hub:{ref}", pretrained=True).eval()  # pooled {dim}-d features\n'
+        "config = timm.data.resolve_data_config({}, model=model)\n"
+        "transform = timm.data.create_transform(**config)\n```"
         if not section.small_stem
-        else "timm builds the standard stem only: load this small-stem model with `from_pretrained`."
+        else "timm builds the standard stem only: load this small-stem model with simsiam-hub (below)."
     )
-    return f"""## How to load
-
-With torch.hub (downloads this repo through the simsiam-hub code):
+    hub_repo = torch_hub_repo(code_url)
+    if hub_repo:
+        hub_text = f"""With torch.hub (it fetches the simsiam-hub code from GitHub, `{hub_repo}`):
 
 ```python
 import torch
-model = torch.hub.load("{GITHUB_REPO}", "simsiam_resnet50", pretrained=True, repo_id="{ref}")
-```
 
-With simsiam-hub (`pip install simsiam-hub`); a local folder works as well as a repo id:
+model = torch.hub.load("{hub_repo}", "{entry}", weights="{ref}")
+```"""
+    else:
+        hub_text = f"""With torch.hub, from a clone of the code (`git clone {code_url} simsiam-hub`):
 
 ```python
-import simsiam_hub
-model = simsiam_hub.from_pretrained("{ref}")  # eval mode, fc = Identity
-features = model(model.transform(image).unsqueeze(0))  # (1, {feature_dim(section.arch)})
-```
+import torch
 
-With timm:
+model = torch.hub.load("simsiam-hub", "{entry}", source="local", weights="{ref}")
+```"""
+    return f"""## How to load
 
 {timm_text}
+
+With simsiam-hub, whose code lives at {code_url} (it is not on PyPI):
+
+```bash
+pip install "simsiam-hub @ git+{code_url}"
+```
+
+```python
+import torch
+from PIL import Image
+
+import simsiam_hub
+
+model = simsiam_hub.from_pretrained("{ref}")  # eval mode, fc = Identity; a local folder works too
+image = Image.new("RGB", (320, 240))  # your image: Image.open("photo.jpg").convert("RGB")
+with torch.no_grad():
+    features = model(model.transform(image).unsqueeze(0))  # (1, {dim})
+```
+
+{hub_text}
 
 For detection transfer: `simsiam-hub convert-detectron2 {ref} --out backbone.pkl`."""
 
@@ -276,6 +348,11 @@ def merge_results(*groups) -> list[EvalResult]:
     return list(merged.values())
 
 
+def public_result(r: EvalResult) -> EvalResult:
+    """``r`` as published: its source and recipe without the evaluating machine's paths."""
+    return dataclasses.replace(r, source=public_source(r.source), recipe=public_recipe(r.recipe))
+
+
 def folder_results(folder: str | Path) -> list[EvalResult]:
     path = Path(folder) / RESULTS_FILE
     return read_results(path) if path.is_file() else []
@@ -287,6 +364,7 @@ def write_card(
     """(Re)write a model folder's README.md and results.json from its config.json and ``results``."""
     folder = Path(folder)
     section, pretrained_cfg = read_config(folder)
+    results = [public_result(r) for r in results]
     if results:
         write_results(results, folder / RESULTS_FILE)
     else:

@@ -9,6 +9,7 @@ killed export leaves the old folder as it was.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -16,7 +17,17 @@ from ..data.datasets import dataset_info
 from ..fileio import atomic_folder
 from ..hub import registry
 from .card import folder_results, merge_results, write_card
-from .folder import BACKBONE_FILE, SIMSIAM_FILE, FolderError, SimsiamSection, check_destination, write_config
+from .folder import (
+    BACKBONE_FILE,
+    SIMSIAM_FILE,
+    FolderError,
+    SimsiamSection,
+    check_destination,
+    fingerprint,
+    public_recipe,
+    public_source,
+    write_config,
+)
 from .results import EvalResult, read_results
 from .weights import LoadedWeights, backbone_metadata, read_weights, save_safetensors
 
@@ -42,9 +53,13 @@ def describe(
     license: str | None = None,
     dataset: str | None = None,
     source: str | None = None,
+    publish: bool = False,
 ) -> SimsiamSection:
     """The ``simsiam`` section for weights read from ``path``: what the file says about itself,
-    then what the registry ``variant`` says, then the explicit ``license``/``dataset``/``source``."""
+    then what the registry ``variant`` says, then the explicit ``license``/``dataset``/``source``.
+    ``publish``: for a model folder, whose files never name this machine's paths (local sources
+    by file name and SHA-256 fingerprint, no run-local recipe keys); else the recipe as recorded
+    (the evaluation commands read its data.root)."""
     info = loaded.info
     section = SimsiamSection(
         arch=loaded.arch, small_stem=loaded.small_stem, method=loaded.method, source=source or path.name
@@ -61,7 +76,8 @@ def describe(
         section.dataset = cfg["data"]["dataset"]
         section.recipe = dict(cfg, trained_steps=info.get("step"))
         if not source:
-            section.source = f"{path.name} (simsiam-hub training checkpoint, step {info.get('step')})"
+            digest = f", sha256 {fingerprint(path)}" if publish else ""
+            section.source = f"{path.name} (simsiam-hub training checkpoint, step {info.get('step')}{digest})"
     elif loaded.kind == "safetensors":
         meta = info.get("metadata", {})
         section.epochs = _number(meta.get("epochs"))
@@ -90,6 +106,8 @@ def describe(
         or dataset_info(section.dataset).license
         or "other"
     )
+    if publish:
+        section.source, section.recipe = public_source(section.source), public_recipe(section.recipe)
     return section
 
 
@@ -150,6 +168,7 @@ def export(
     with_simsiam: bool = True,
     find_results: bool = True,
     force: bool = False,
+    code_url: str | None = None,
 ) -> Path:
     """Write a model folder from a checkpoint; returns ``out_dir``.
 
@@ -158,7 +177,8 @@ def export(
     :class:`EvalResult` lists) for the card; for a training checkpoint, ``results*.json``
     files beside it are picked up too (``find_results``). ``variant``: a registry name whose
     recipe and published accuracy describe the weights. ``with_simsiam``: also write
-    ``simsiam.safetensors`` when the source holds the whole model. ``out_dir`` must be new,
+    ``simsiam.safetensors`` when the source holds the whole model. ``code_url``: where the card
+    says the simsiam-hub code lives (default ``registry.CODE_URL``). ``out_dir`` must be new,
     empty or a model folder (it is then replaced whole); ``force`` replaces any folder.
     """
     path = Path(source).expanduser()
@@ -167,7 +187,10 @@ def export(
         raise FolderError(f"--out {out} is the folder the checkpoint {path.name} is in: choose another folder")
     variant = _variant(variant)
     loaded = read_weights(path)
-    section = describe(loaded, path, variant=variant, license=license, dataset=dataset, source=source_name)
+    section = describe(
+        loaded, path, variant=variant, license=license, dataset=dataset, source=source_name, publish=True
+    )
+    section.code_url = code_url
     found = []
     if find_results and loaded.kind == "simsiam-hub":
         found = sorted(path.parent.glob("results*.json"))
@@ -219,7 +242,13 @@ def import_official(
                 f"{ref} has no original checkpoint to import: it lives on the Hub only ({named.repo_id}); use pull"
             )
         path, source_name = (
-            registry.download(named.source_url, sha256=named.sha256, progress=progress),
+            registry.download(
+                named.source_url,
+                sha256=registry.pinned_sha256(named),
+                progress=progress,
+                license=named.license,
+                pinned_by=registry.pin_variable(named) if os.environ.get(registry.pin_variable(named)) else None,
+            ),
             named.source_url,
         )
     elif ref.startswith(("http://", "https://")):

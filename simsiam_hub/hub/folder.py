@@ -12,6 +12,7 @@ with the typed ``simsiam`` section, and the checks a folder must pass before it 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -41,6 +42,55 @@ class FolderError(SimsiamHubError, ValueError):
     """A model folder that is incomplete, inconsistent or not a model folder at all."""
 
 
+# Config keys that describe the exporting machine's run, not the recipe: never published.
+RUN_LOCAL_KEYS = ("run.output_dir", "run.init_from", "run.resume", "data.root")
+FINGERPRINT_CHARS = 12  # of a SHA-256: enough to tell files apart in a card
+
+
+def _looks_local(text: str) -> bool:
+    """A local path rather than a name, a repo id or a URL: absolute, or under ~ or ./."""
+    return not text.startswith(("http://", "https://")) and (
+        text.startswith(("/", "~", "./", "../")) or (len(text) > 2 and text[1] == ":" and text[2] in "\\/")
+    )
+
+
+def fingerprint(path: Path) -> str | None:
+    """The first hex digits of a file's SHA-256 (a model folder: of its model.safetensors), or None."""
+    path = path / BACKBONE_FILE if path.is_dir() else path
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:FINGERPRINT_CHARS]
+
+
+def public_source(text: str) -> str:
+    """``text`` as a published card may show it: a local path becomes its file name and a short
+    SHA-256 fingerprint (user names and mount points stay on the machine); URLs, repo ids and
+    names are kept."""
+    if not isinstance(text, str) or not _looks_local(text.strip()):
+        return text
+    path = Path(text.strip()).expanduser()
+    digest = fingerprint(path)
+    return f"{path.name} (sha256 {digest})" if digest else path.name
+
+
+def public_recipe(recipe, prefix: str = ""):
+    """A recipe (a training config as nested dicts, or a sentence) without the run-local keys
+    (:data:`RUN_LOCAL_KEYS`), local paths anywhere in it shown by :func:`public_source`."""
+    if isinstance(recipe, dict):
+        return {
+            key: public_recipe(value, f"{prefix}{key}.")
+            for key, value in recipe.items()
+            if f"{prefix}{key}" not in RUN_LOCAL_KEYS
+        }
+    if isinstance(recipe, list):
+        return [public_recipe(value, prefix) for value in recipe]
+    return public_source(recipe) if isinstance(recipe, str) else recipe
+
+
 @dataclass
 class SimsiamSection:
     """The ``simsiam`` section of ``config.json``: what the card, the loaders and the evaluation
@@ -60,6 +110,7 @@ class SimsiamSection:
     has_simsiam: bool = False  # simsiam.safetensors is in the folder
     variant: Optional[str] = None  # registry name, for the official releases
     recipe: Union[dict, str, None] = None  # the training config (our runs) or a sentence
+    code_url: Optional[str] = None  # where the simsiam-hub code lives, for the card's install line
     library_version: str = f"simsiam-hub {__version__}"
 
     def __post_init__(self):

@@ -12,15 +12,23 @@ huggingface_hub's own cache.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from ..errors import SimsiamHubError
 
+log = logging.getLogger(__name__)
+
 HUB_ORG = "simsiam-hub"  # the Hub organisation our model repos live under
-GITHUB_REPO = "simsiam-hub/simsiam-hub"  # this code's GitHub repo, for torch.hub.load
+# This code's GitHub repository (OWNER/NAME): torch.hub.load's first argument and the model
+# card's install line (`pip install "simsiam-hub @ git+CODE_URL"`). The one place to change it;
+# `simsiam-hub export --code-url` overrides it per model folder.
+GITHUB_REPO = "simsiam-hub/simsiam-hub"
+CODE_URL = f"https://github.com/{GITHUB_REPO}"
 OFFICIAL_BASE_URL = "https://dl.fbaipublicfiles.com/simsiam/models"
 OFFICIAL_CODE_URL = "https://github.com/facebookresearch/simsiam"
 PAPER_URL = "https://arxiv.org/abs/2011.10566"
@@ -90,12 +98,52 @@ VARIANTS = (
 DEFAULT_VARIANT = "simsiam-resnet50-100ep-bs512"  # the paper's recipe; torch.hub's default
 
 
+def torch_hub_repo(code_url: str) -> str | None:
+    """torch.hub's ``OWNER/NAME`` for a GitHub URL (torch.hub loads from GitHub only), else None."""
+    prefix = "https://github.com/"
+    if not code_url.startswith(prefix):
+        return None
+    parts = code_url[len(prefix) :].strip("/").removesuffix(".git").split("/")
+    return "/".join(parts) if len(parts) == 2 and all(parts) else None
+
+
 def get_variant(name_or_repo_id: str) -> Variant | None:
     """The variant with this name or Hub repo id, or None."""
     for variant in VARIANTS:
         if name_or_repo_id in (variant.name, variant.repo_id):
             return variant
     return None
+
+
+def pin_variable(variant: Variant) -> str:
+    """The environment variable that pins a variant's download digest:
+    ``SIMSIAM_HUB_SHA256_<NAME>``, its name upper-cased with ``-`` and ``.`` as ``_``
+    (``SIMSIAM_HUB_SHA256_SIMSIAM_RESNET50_100EP_BS512``)."""
+    return "SIMSIAM_HUB_SHA256_" + re.sub(r"[^A-Z0-9]", "_", variant.name.upper())
+
+
+def pinned_sha256(variant: Variant) -> str | None:
+    """The SHA-256 a variant's download must have: the user's pin (:func:`pin_variable`), else
+    the publisher's (``variant.sha256``), else None (trusted on first use)."""
+    pinned = os.environ.get(pin_variable(variant), "").strip().lower()
+    if pinned and not re.fullmatch(r"[0-9a-f]{64}", pinned):
+        raise DownloadError(f"{pin_variable(variant)}={pinned!r}: expected a SHA-256 digest (64 hex digits)")
+    return pinned or variant.sha256
+
+
+def trust_status(variant: Variant) -> str:
+    """How a variant's original checkpoint is checked: pinned, trusted on first use (and the
+    digest recorded then), or not applicable (a Hub-only variant)."""
+    if variant.source_url is None:
+        return "hub only"
+    if os.environ.get(pin_variable(variant)):
+        return f"pinned ({pin_variable(variant)})"
+    if variant.sha256:
+        return "pinned (publisher)"
+    recorded = download_path(variant.source_url).with_name(download_path(variant.source_url).name + ".sha256")
+    if recorded.is_file():
+        return f"trusted on first use: {recorded.read_text().split()[0][:16]}..."
+    return "trusted on first use"
 
 
 def cache_dir() -> Path:
@@ -128,25 +176,36 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _verified(path: Path, expected: str | None, url: str) -> Path:
+def _verified(path: Path, expected: str | None, url: str, pinned_by: str | None = None) -> Path:
     """``path``, its SHA-256 checked against ``expected`` or the digest recorded at download."""
     recorded = path.with_name(path.name + ".sha256")
+    if not expected:
+        pinned_by = None
     expected = expected or (recorded.read_text().split()[0] if recorded.is_file() else None)
     actual = file_sha256(path)
     if expected and actual != expected:
+        what = f"the digest pinned by {pinned_by}" if pinned_by else "expected"
         raise DownloadError(
-            f"{path} (from {url}) has SHA-256 {actual}, expected {expected}: the file is corrupt or was replaced; "
-            "delete it to download it again"
+            f"{path} (from {url}) has SHA-256 {actual}, {what} {expected}: the file is corrupt or was replaced"
+            + ("; refusing it" if pinned_by else "; delete it to download it again")
         )
     if not recorded.is_file():
         recorded.write_text(f"{actual}  {path.name}\n")
     return path
 
 
-def download(url: str, *, sha256: str | None = None, progress: bool = True) -> Path:
+def download(
+    url: str,
+    *,
+    sha256: str | None = None,
+    progress: bool = True,
+    license: str | None = None,
+    pinned_by: str | None = None,
+) -> Path:
     """Download ``url`` into the cache with a progress bar, once: a cached file is reused after
     its SHA-256 is checked (against ``sha256``, else the digest recorded when it was downloaded).
-    With ``HF_HUB_OFFLINE=1`` nothing is downloaded."""
+    A first download says its ``license`` and the digest it recorded. ``pinned_by``: where
+    ``sha256`` came from, for the error. With ``HF_HUB_OFFLINE=1`` nothing is downloaded."""
     import urllib.error
 
     from huggingface_hub import constants
@@ -154,7 +213,7 @@ def download(url: str, *, sha256: str | None = None, progress: bool = True) -> P
 
     dest = download_path(url)
     if dest.is_file():
-        return _verified(dest, sha256, url)
+        return _verified(dest, sha256, url, pinned_by)
     if constants.HF_HUB_OFFLINE:
         raise DownloadError(
             f"HF_HUB_OFFLINE=1: {url} is not in the cache ({dest.parent}) and nothing is downloaded offline"
@@ -170,10 +229,20 @@ def download(url: str, *, sha256: str | None = None, progress: bool = True) -> P
     except (urllib.error.URLError, OSError) as err:
         raise DownloadError(f"could not download {url}: {getattr(err, 'reason', err)}") from None
     try:
-        return _verified(dest, sha256, url)
+        _verified(dest, sha256, url, pinned_by)
     except DownloadError:
         dest.unlink(missing_ok=True)
         raise
+    digest = file_sha256(dest)
+    log.warning(
+        "downloaded %s: licence %s; SHA-256 %s (%s), recorded in %s and checked at every later use",
+        url,
+        license or "not stated by the source",
+        digest,
+        "matches the pinned digest" if sha256 else "trusted on first use: the publisher gives no digest",
+        dest.with_name(dest.name + ".sha256"),
+    )
+    return dest
 
 
 def variant_status(variant: Variant) -> str:

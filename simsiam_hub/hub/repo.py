@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -75,11 +76,74 @@ def _hub_errors(repo_id: str, revision: str | None):
         hint = f" ({LOGIN_HINT} with a token that may write there)" if status in (401, 403) else ""
         raise HubError(f"{at}: {constants.ENDPOINT} answered HTTP {status}: {detail}{hint}") from None
     except Exception as err:
-        # Transport errors (connection refused, timeouts) are the HTTP library's own classes.
-        if type(err).__module__.split(".")[0] not in ("httpx", "httpcore", "requests", "urllib3"):
+        if not isinstance(err, transport_errors()):
             raise
-        reason = str(err).splitlines()[0][:300] if str(err) else ""
-        raise HubError(f"{at}: cannot reach {constants.ENDPOINT}: {type(err).__name__}: {reason}") from None
+        timed_out = isinstance(err, timeout_errors())
+        what = "timed out" if timed_out else "failed"
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise HubError(
+            f"{at}: the connection to {constants.ENDPOINT} {what} ({reason}): check the network, "
+            "HF_ENDPOINT (the Hub's address), or set HF_HUB_OFFLINE=1 to use the Hub cache only"
+        ) from None
+
+
+# The HTTP libraries huggingface_hub has sent requests through (httpx2 since 2.x, httpx and
+# requests before): their transport errors (refused, reset, DNS, timeouts) by class.
+_TRANSPORT_CLASSES = {
+    "httpx2": ("TransportError", "TimeoutException"),
+    "httpx": ("TransportError", "TimeoutException"),
+    "requests.exceptions": ("ConnectionError", "Timeout"),
+    "urllib3.exceptions": ("ProtocolError", "NewConnectionError", "TimeoutError"),
+}
+_TIMEOUT_CLASSES = {
+    "httpx2": ("TimeoutException",),
+    "httpx": ("TimeoutException",),
+    "requests.exceptions": ("Timeout",),
+    "urllib3.exceptions": ("TimeoutError",),
+}
+
+
+def _classes(table: dict) -> tuple[type, ...]:
+    # Only a module already imported can have raised: nothing is imported for the check.
+    found = []
+    for module, names in table.items():
+        mod = sys.modules.get(module)
+        found += [
+            getattr(mod, name) for name in names if mod is not None and isinstance(getattr(mod, name, None), type)
+        ]
+    return tuple(found)
+
+
+def transport_errors() -> tuple[type, ...]:
+    """The exception classes of a failed connection or a timeout, whatever library raised them."""
+    return _classes(_TRANSPORT_CLASSES) + (ConnectionError, TimeoutError)
+
+
+def timeout_errors() -> tuple[type, ...]:
+    return _classes(_TIMEOUT_CLASSES) + (TimeoutError,)
+
+
+@contextlib.contextmanager
+def request_timeouts():
+    """Timeouts on huggingface_hub's shared HTTP client for the block (it has none by default,
+    so a server that accepts and never answers would hang a push): connect within
+    ``HF_HUB_ETAG_TIMEOUT`` seconds, and no read or write may wait more than
+    6 x ``HF_HUB_DOWNLOAD_TIMEOUT`` (60 s by default: the Hub may take a while to commit)."""
+    from huggingface_hub.utils import get_session
+
+    session = get_session()
+    saved = getattr(session, "timeout", None)
+    try:
+        import httpx2
+
+        session.timeout = httpx2.Timeout(6 * constants.HF_HUB_DOWNLOAD_TIMEOUT, connect=constants.HF_HUB_ETAG_TIMEOUT)
+    except (ImportError, AttributeError):  # another client: leave it as configured
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            session.timeout = saved
 
 
 @contextlib.contextmanager
@@ -180,7 +244,7 @@ def push_to_hub(
         if local:
             return _push_local(staged, Path(repo_id).expanduser(), revision, force=force)
         api = HfApi(token=token)
-        with _hub_errors(repo_id, revision):
+        with _hub_errors(repo_id, revision), request_timeouts():
             api.create_repo(repo_id, private=private, exist_ok=True)
             if revision:
                 api.create_branch(repo_id, branch=revision, exist_ok=True)
