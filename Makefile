@@ -28,7 +28,7 @@ $(PY):
 # Re-installs only when pyproject.toml changes.
 $(INSTALLED): pyproject.toml | $(PY)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[dev,detection]'
+	$(PY) -m pip install -e '.[dev,detection,data]'
 	touch $@
 
 install: $(INSTALLED)
