@@ -237,3 +237,58 @@ def test_bad_input_is_one_line_before_any_step(images, tmp_path, capsys, case):
     assert not list_checkpoints(tmp_path / "run") if (tmp_path / "run").exists() else True
     if case == "list-missing":
         assert err[0].count("missing") == 6  # "are missing" and the first five named, not the 6th and 7th
+
+
+def test_export_names_the_data_without_its_path(four_ways, tmp_path):
+    from simsiam_hub.hub.card import hub_dataset_id
+    from simsiam_hub.hub.export import source_text
+
+    assert cli.main(["pretrain", *tiny(tmp_path / "run", *four_ways["folder"], "run.max_steps=1")]) == 0
+    out = tmp_path / "model"
+    assert cli.main(["export", str(list_checkpoints(tmp_path / "run")[0]), "--out", str(out)]) == 0
+    card = (out / "README.md").read_text()
+    root = four_ways["folder"][1].split("=", 1)[1]
+    assert root not in card and root not in (out / "config.json").read_text()
+    assert "| pretraining data | folder: 12 images, fingerprint " in card
+    assert "license: unknown" in card
+    hub = {"kind": "hf", "images": 5, "hub_id": "ILSVRC/imagenet-1k", "revision": "abc", "split": "train"}
+    assert source_text(hub) == "ILSVRC/imagenet-1k@abc" and hub_dataset_id(source_text(hub)) == "ILSVRC/imagenet-1k"
+
+
+@pytest.fixture(scope="module")
+def labelled_hf(images, tmp_path_factory):
+    """A saved DatasetDict (train, validation) with a ClassLabel column, as ImageNet-1k on the Hub."""
+    datasets = pytest.importorskip("datasets")
+    root, names = images
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])})
+    split = lambda part: datasets.Dataset.from_dict(  # noqa: E731
+        {"image": [str(root / n) for n in part], "label": [i % 3 for i in range(len(part))]}, features=features
+    )
+    where = tmp_path_factory.mktemp("hf_labelled") / "ds"
+    datasets.DatasetDict(train=split(names[:8]), validation=split(names[8:])).save_to_disk(str(where))
+    return where
+
+
+def test_knn_monitor_runs_on_knn_data_for_unlabelled_training_data(four_ways, labelled_hf, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    knn = ["monitor.knn_every_epochs=1", "monitor.knn_k=3", "monitor.knn_data.dataset=hf"]
+    args = tiny(tmp_path, *four_ways["folder"], *knn, f"monitor.knn_data.root={labelled_hf}", "run.max_steps=3")
+    assert cli.main(["pretrain", *args]) == 0
+    assert "k-NN monitor off" not in caplog.text
+    rows = (tmp_path / "epoch_log.csv").read_text().splitlines()
+    header, row = rows[0].split(","), rows[1].split(",")
+    assert 0 <= float(row[header.index("knn_top1")]) <= 100
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.split=test", "has no split 'test': its splits are train, validation"),
+        ("data.image_column=photo", "has no column 'photo': its columns are image, label"),
+    ],
+)
+def test_hf_errors_name_what_exists(labelled_hf, tmp_path, capsys, override, expected):
+    args = tiny(tmp_path / "run", "data.dataset=hf", f"data.root={labelled_hf}", override)
+    assert cli.main(["pretrain", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
