@@ -517,6 +517,7 @@ def test_the_paper_named_configs_are_the_references_recipe():
     for name, (epochs, batch) in {
         "imagenet_resnet50_100ep.yaml": (100, 256),
         "imagenet_resnet50_100ep_bs512.yaml": (100, 512),
+        "imagenet_resnet50_100ep_hf.yaml": (100, 256),  # the same recipe on the Hub's ILSVRC/imagenet-1k
         "imagenet_resnet50_200ep.yaml": (200, 256),
     }.items():
         cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / name)
