@@ -405,6 +405,14 @@ class Trainer:
         else:
             path, ckpt = Path(resume), load_checkpoint(resume)
         refused, allowed = resume_differences(stored_config(ckpt), to_dict(self.cfg))
+        # A folder, list or shards that changed since the checkpoint renumber the images: the same
+        # index would be another image, so the resumed run would not be the interrupted one.
+        old, new = ckpt.get("data_source"), self.data_source
+        if old and new and (old.get("images"), old.get("fingerprint")) != (new.get("images"), new.get("fingerprint")):
+            refused["data (images, fingerprint)"] = (
+                (old.get("images"), old.get("fingerprint")),
+                (new.get("images"), new.get("fingerprint")),
+            )
         identity = {k: v for k, v in refused.items() if k in MODEL_IDENTITY}
         if identity:
             raise CheckpointError(

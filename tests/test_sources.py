@@ -292,3 +292,24 @@ def test_hf_errors_name_what_exists(labelled_hf, tmp_path, capsys, override, exp
     assert cli.main(["pretrain", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
+
+
+@pytest.mark.slow  # 8 steps and 4 model builds: 74 s on 2 busy cores
+def test_folder_run_resumes_to_the_same_weights_and_refuses_a_changed_folder(tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    make_images(folder)
+    args = ("data.dataset=folder", f"data.root={folder}", "optim.epochs=2", "run.checkpoint_every_steps=2")
+    # 3 steps an epoch: 4 steps cross an epoch end (the sampler's reshuffle, the views' new seeds)
+    assert cli.main(["pretrain", *tiny(tmp_path / "straight", *args, "run.max_steps=4")]) == 0
+    assert cli.main(["pretrain", *tiny(tmp_path / "cut", *args, "run.max_steps=2")]) == 0
+    assert cli.main(["pretrain", *tiny(tmp_path / "cut", *args, "run.max_steps=4"), "--resume", "auto"]) == 0
+    straight, resumed = (load_checkpoint(list_checkpoints(tmp_path / d)[0]) for d in ("straight", "cut"))
+    assert resumed["step"] == straight["step"] == 4
+    for key, value in straight["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+    # one more image renumbers the rest: resuming would train on other images under the same indices
+    Image.new("RGB", (8, 8)).save(folder / "a_new_one.png")
+    capsys.readouterr()
+    assert cli.main(["pretrain", *tiny(tmp_path / "cut", *args, "run.max_steps=5")]) == 1
+    err = capsys.readouterr().err
+    assert "data (images, fingerprint) (12, " in err and "-> (13, " in err, err
