@@ -313,3 +313,14 @@ def test_folder_run_resumes_to_the_same_weights_and_refuses_a_changed_folder(tmp
     assert cli.main(["pretrain", *tiny(tmp_path / "cut", *args, "run.max_steps=5")]) == 1
     err = capsys.readouterr().err
     assert "data (images, fingerprint) (12, " in err and "-> (13, " in err, err
+
+
+def test_without_the_datasets_package_only_hf_asks_for_it(images, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` now raises ImportError
+    root, _ = images
+    views = views_of(tmp_path, ["data.dataset=folder", f"data.root={root}"])
+    assert len(views) == 12
+    assert cli.main(["pretrain", *tiny(tmp_path / "run", "data.dataset=hf", f"data.root={root}")]) == 2
+    assert "pip install 'simsiam-hub[data]'" in capsys.readouterr().err

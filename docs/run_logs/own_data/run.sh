@@ -24,8 +24,8 @@ for i, mode in enumerate(["L", "RGBA", "P", "CMYK", "RGB", "RGB"] * 2):
 PY
 set -x
 $CLI pretrain --config imagenet_resnet50_100ep data.dataset=folder data.root=photos run.output_dir=runs/photos $TINY
-find photos -name '*.jpg' | sort > photos/subset.txt
-$CLI pretrain --config imagenet_resnet50_100ep data.dataset=filelist data.root=photos/subset.txt run.output_dir=runs/subset $TINY
+find photos -name '*.jpg' | sort > subset.txt
+$CLI pretrain --config imagenet_resnet50_100ep data.dataset=filelist data.root=subset.txt run.output_dir=runs/subset $TINY
 $CLI make-shards photos shards --max-count 5
 $CLI pretrain --config imagenet_resnet50_100ep data.dataset=webdataset 'data.root=shards/shard-{000000..000002}.tar' run.output_dir=runs/shards $TINY
 $PY -c "import datasets, glob; datasets.Dataset.from_dict({'image': sorted(glob.glob('photos/**/*.*g', recursive=True))}, features=datasets.Features({'image': datasets.Image()})).save_to_disk('photos_hf')"
