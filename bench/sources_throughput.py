@@ -76,7 +76,10 @@ def main() -> None:
             "imagefolder (baseline)": ["data.dataset=imagefolder", f"data.root={tmp / 'imagefolder'}"],
             "folder": ["data.dataset=folder", f"data.root={tmp / 'imagefolder' / 'train'}"],
             "filelist": ["data.dataset=filelist", f"data.root={listing}"],
-            "webdataset": ["data.dataset=webdataset", f"data.root={tmp}/shards/shard-{{000000..{len(shards) - 1:06d}}}.tar"],
+            "webdataset": [
+                "data.dataset=webdataset",
+                f"data.root={tmp}/shards/shard-{{000000..{len(shards) - 1:06d}}}.tar",
+            ],
         }
         try:
             import datasets
