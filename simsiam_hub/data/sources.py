@@ -30,7 +30,6 @@ from torch.utils.data import Dataset
 
 from ..errors import UsageError
 from ..fileio import atomic_write_text
-from .datasets import DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,9 @@ UNLABELLED = -1
 INDEX_VERSION = 1
 
 
-class SourceError(UsageError, DatasetError):
-    """Data that cannot be pretrained on as given (exit 2, before any training step)."""
+class SourceError(UsageError):
+    """Data that cannot be pretrained on as given (exit 2, before any training step). Not a
+    :class:`~.datasets.DatasetError`: datasets.py imports this module, not the other way round."""
 
 
 def decode_rgb(source) -> Image.Image:
