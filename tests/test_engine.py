@@ -467,7 +467,12 @@ def test_every_shipped_pretrain_config_is_what_the_readme_says():
     rows = readme_pretrain_configs()
     assert sorted(rows) == sorted(p.name for p in (ROOT / "configs" / "pretrain").glob("*.yaml"))
     archs = {"ResNet-18": "resnet18", "ResNet-50": "resnet50"}
-    datasets = {"ImageNet": "imagefolder", "CIFAR-10": "cifar10", "Fashion-MNIST": "fashion_mnist"}
+    datasets = {
+        "ImageNet": "imagefolder",
+        "ImageNet-1k-Hub": "hf",  # ILSVRC/imagenet-1k through `datasets`
+        "CIFAR-10": "cifar10",
+        "Fashion-MNIST": "fashion_mnist",
+    }
     precision = {"fp32": "off", "auto": "auto", "bf16": "bf16"}
     for name, row in rows.items():
         cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / name)
