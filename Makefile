@@ -17,7 +17,7 @@ help:
 	@echo "make test        set up everything, then lint and run the test suite"
 	@echo "make test-fast   the suite without the slow end-to-end tests (the edit-test loop)"
 	@echo "make lint        ruff's linter and formatter check; make format applies the formatter"
-	@echo "make install     the virtual environment with simsiam-hub and all its extras (train, detection, dev)"
+	@echo "make install     the virtual environment with simsiam-hub and all its extras (train, detection, data, dev)"
 	@echo "make detectron2  detectron2 for the transfer scripts (skipped if it imports)"
 	@echo "make data        Fashion-MNIST from the Debian package (where apt exists)"
 	@echo "make bench       the benchmarks under bench/"
@@ -28,7 +28,7 @@ $(PY):
 # Re-installs only when pyproject.toml changes.
 $(INSTALLED): pyproject.toml | $(PY)
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
-	$(PY) -m pip install -e '.[train,detection,dev]'
+	$(PY) -m pip install -e '.[train,detection,data,dev]'
 	touch $@
 
 install: $(INSTALLED)

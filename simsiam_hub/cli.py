@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from . import __version__
 from .data import DEFAULT_IMAGE_SIZE
@@ -619,6 +620,38 @@ def _run_lincls(args) -> int:
     return 0
 
 
+# --- make-shards --------------------------------------------------------------------------------
+
+
+def _add_make_shards(sub) -> None:
+    p = _parser(
+        sub,
+        "make-shards",
+        "write WebDataset tar shards from a folder of images or a file list",
+        "Write the images of SRC (a folder, read at any depth in sorted order, or a file list: one path a "
+        "line) into OUT/PREFIX-000000.tar, ... as WebDataset samples (NNNNNNNNN.jpg beside NNNNNNNNN.txt, its "
+        "relative path), for data.dataset=webdataset. Image bytes are copied, not re-encoded.",
+    )
+    p.add_argument("src", metavar="SRC", help="a folder of images or a file list")
+    p.add_argument("out", metavar="OUT", help="the folder the shards are written to")
+    p.add_argument("--max-count", type=int, default=10_000, help="images per shard at most")
+    p.add_argument("--max-size", default="1G", help="bytes per shard at most (K, M, G suffixes)")
+    p.add_argument("--prefix", default="shard", help="shard file names: PREFIX-000000.tar")
+    p.set_defaults(func=_run_make_shards)
+
+
+def _run_make_shards(args) -> int:
+    from .data.sources import make_shards
+
+    shards = make_shards(args.src, args.out, max_count=args.max_count, max_size=args.max_size, prefix=args.prefix)
+    last = len(shards) - 1
+    print(
+        f"wrote {len(shards)} shards to {args.out}: train with data.dataset=webdataset "
+        f"data.root='{Path(args.out) / args.prefix}-{{000000..{last:06d}}}.tar'"
+    )
+    return 0
+
+
 # --- the parser ---------------------------------------------------------------------------------
 
 # One entry per command; each registers its parser and sets `func`.
@@ -635,6 +668,7 @@ COMMANDS = [
     _add_convert_detectron2,
     _add_knn,
     _add_lincls,
+    _add_make_shards,
 ]
 
 

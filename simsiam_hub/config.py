@@ -59,13 +59,24 @@ def _amp(key: str, value: str) -> str:
 class DataConfig:
     """The data every command reads: which set, where, at what size."""
 
-    dataset: str = "imagefolder"  # imagefolder | fashion_mnist | cifar10 | synthetic
-    root: Optional[str] = None  # dataset folder; None: the dataset's default location
+    # imagefolder | fashion_mnist | cifar10 | synthetic, or an unlabelled/any source (data/sources.py):
+    # folder (images at any depth) | filelist (a text file of paths) | webdataset (tar shards) | hf (Hugging Face)
+    dataset: str = "imagefolder"
+    # dataset folder; None: the dataset's default location. folder: DIR; filelist: LIST;
+    # webdataset: a shard pattern 'shards/train-{000000..000127}.tar'; hf: ORG/NAME, a save_to_disk or parquet folder
+    root: Optional[str] = None
     image_size: int = DEFAULT_IMAGE_SIZE  # crop size (pretraining: of both views)
     train_subset: Optional[int] = None  # use this many training images (a seeded draw)
     num_workers: int = 8  # data-loader processes per rank (0: load in the main process)
     synthetic_size: int = 512  # images in the synthetic set (tests)
     download: bool = False  # fashion_mnist, cifar10: let torchvision download missing files
+    rescan: bool = False  # folder, webdataset: list the folder / index the shards again (else the cached index)
+    split: str = "train"  # hf: the split trained on (the k-NN bank)
+    val_split: str = "validation"  # hf: the held-out split (k-NN queries, lincls val)
+    image_column: Optional[str] = None  # hf: None: the first Image feature
+    label_column: Optional[str] = None  # hf: None: the first ClassLabel feature (none: unlabelled)
+    revision: Optional[str] = None  # hf: a Hub dataset's branch, tag or commit
+    license: Optional[str] = None  # the data's licence, for model cards (None: the dataset's known one, else unknown)
 
     def __post_init__(self):
         _one_of("data.dataset", self.dataset, tuple(DATASETS))
@@ -145,6 +156,24 @@ class OptimConfig:
 
 
 @dataclass
+class KnnDataConfig:
+    """A labelled set for the k-NN monitor when the training data has no labels (or another one
+    is wanted): what is set here replaces the same ``data.`` key (None: keep data's)."""
+
+    dataset: Optional[str] = None  # None: the training data itself (when it is labelled)
+    root: Optional[str] = None
+    split: Optional[str] = None  # hf: the bank's split
+    val_split: Optional[str] = None  # hf: the queries' split
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
+    revision: Optional[str] = None
+
+    def __post_init__(self):
+        if self.dataset is not None:
+            _one_of("monitor.knn_data.dataset", self.dataset, tuple(DATASETS))
+
+
+@dataclass
 class MonitorConfig:
     knn_every_epochs: int = 1  # 0: never
     knn_every_steps: int = 0  # 0: only at epoch ends
@@ -158,6 +187,7 @@ class MonitorConfig:
     # projector's output BatchNorm allows keeps the std ratio at 2 sqrt(p(1-p)), 0.25 at batch 64
     # (monitor.two_point_ratio); healthy runs measured 0.47-0.80, collapsed ones 0.98-1 (docs/run_logs/stopgrad_gpu_5ep).
     collapse_warn_share: float = 0.95
+    knn_data: KnnDataConfig = field(default_factory=KnnDataConfig)  # the k-NN monitor's labelled set
 
     def __post_init__(self):
         self.amp = _amp("monitor.amp", self.amp)

@@ -15,6 +15,7 @@ check) and :meth:`~Trainer.save_checkpoint` writes and prunes checkpoints.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -43,7 +44,16 @@ from .checkpoint import (
 )
 from .config import ConfigError, PretrainConfig, config_differences, from_dict, to_dict
 from .data.augment import two_crop_augmentation
-from .data.datasets import DatasetError, SeededViews, build_dataset, item_name, seeded_subset, targets_of
+from .data.datasets import (
+    DatasetError,
+    SeededViews,
+    base_dataset,
+    build_dataset,
+    is_labelled,
+    item_name,
+    seeded_subset,
+    targets_of,
+)
 from .data.device_augment import DeviceTwoCropsTransform
 from .data.fast_augment import FastTwoCropsTransform
 from .distributed import (
@@ -97,6 +107,8 @@ RESUMABLE_CHANGES = (
     "data.root",
     "data.download",
     "data.max_bad_images",
+    "data.rescan",
+    "data.license",
     "monitor.",
     "run.output_dir",
     "run.progress",
@@ -205,7 +217,7 @@ class KNNMonitor:
     """k-NN top-1 of the encoder's pooled features: train-split bank, held-out queries."""
 
     def __init__(self, cfg: PretrainConfig, device: torch.device):
-        bank, query = knn_datasets(cfg.data, cfg.monitor.knn_bank_size, cfg.monitor.knn_query_size)
+        bank, query = knn_datasets(knn_data_config(cfg), cfg.monitor.knn_bank_size, cfg.monitor.knn_query_size)
         if cfg.monitor.knn_k > len(bank):
             raise ConfigError(
                 f"monitor.knn_k={cfg.monitor.knn_k} is larger than the k-NN bank ({len(bank)} images): lower it or enlarge monitor.knn_bank_size"
@@ -234,13 +246,20 @@ class KNNMonitor:
         )
 
 
+def knn_data_config(cfg: PretrainConfig):
+    """The k-NN monitor's data: ``data`` with what ``monitor.knn_data`` sets in its place."""
+    knn = {k: v for k, v in dataclasses.asdict(cfg.monitor.knn_data).items() if v is not None}
+    return dataclasses.replace(cfg.data, **knn) if knn else cfg.data
+
+
 def pretrain_views(cfg: PretrainConfig) -> SeededViews:
     """The pretraining data: the train split (``data.train_subset``: a seeded draw), each image's
     two views seeded by (seed, epoch, index). ``data.fast_augment`` computes the same draws'
     pixels faster; ``data.augment_on=device`` has the loader crop only, and
     :func:`views_to_device` finish the batch on the training device."""
     d = cfg.data
-    dataset = seeded_subset(build_dataset(d, "train"), d.train_subset, seed=cfg.run.seed, what="data.train_subset")
+    source = build_dataset(d, "train", cache_dir=cfg.run.output_dir)  # folder listings cached in the run folder
+    dataset = seeded_subset(source, d.train_subset, seed=cfg.run.seed, what="data.train_subset")
     if d.augment_on == "device":
         make = DeviceTwoCropsTransform
     else:
@@ -326,6 +345,9 @@ class Trainer:
     def _build_data(self) -> None:
         cfg = self.cfg
         self.dataset = pretrain_views(cfg)
+        source = base_dataset(self.dataset)
+        # what export's model card says of the data: image count and fingerprint, never a local path
+        self.data_source = source.describe() if hasattr(source, "describe") else None
         self.steps_per_epoch = len(self.dataset) // cfg.optim.batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(
@@ -361,7 +383,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
     def _knn_enabled(self) -> bool:
-        return self.cfg.monitor.knn_every_epochs > 0 or self.cfg.monitor.knn_every_steps > 0
+        monitor = self.cfg.monitor
+        if monitor.knn_every_epochs == 0 and monitor.knn_every_steps == 0:
+            return False
+        if monitor.knn_data.dataset is None and not is_labelled(self.dataset):
+            log.info(
+                "k-NN monitor off: data.dataset=%s has no labels (monitor.knn_data.dataset/root name a labelled set "
+                "for it); the collapse monitor (z_std_ratio, z_top_share) stays on",
+                self.cfg.data.dataset,
+            )
+            return False
+        return True
 
     # --- checkpoints -------------------------------------------------------------------
     def _resume(self, resume: str, allow_config_change: bool) -> None:
@@ -373,6 +405,14 @@ class Trainer:
         else:
             path, ckpt = Path(resume), load_checkpoint(resume)
         refused, allowed = resume_differences(stored_config(ckpt), to_dict(self.cfg))
+        # A folder, list or shards that changed since the checkpoint renumber the images: the same
+        # index would be another image, so the resumed run would not be the interrupted one.
+        old, new = ckpt.get("data_source"), self.data_source
+        if old and new and (old.get("images"), old.get("fingerprint")) != (new.get("images"), new.get("fingerprint")):
+            refused["data (images, fingerprint)"] = (
+                (old.get("images"), old.get("fingerprint")),
+                (new.get("images"), new.get("fingerprint")),
+            )
         identity = {k: v for k, v in refused.items() if k in MODEL_IDENTITY}
         if identity:
             raise CheckpointError(
@@ -420,6 +460,7 @@ class Trainer:
                     "scaler": self.scaler.state_dict(),
                     "rng": {"torch": torch.get_rng_state()},
                     "bad_images": sorted(self.bad_images),
+                    "data_source": self.data_source,
                     "metrics": self.last_metrics,
                 },
                 path,

@@ -454,8 +454,8 @@ def test_bad_config_is_refused_by_name(override, message):
 
 
 def readme_pretrain_configs() -> dict[str, dict[str, str]]:
-    """The config table of README.md's "Pretraining" section: config file -> {column: cell}."""
-    section = (ROOT / "README.md").read_text().split("\n## Pretraining\n", 1)[1].split("\n## ", 1)[0]
+    """The config table of docs/pretraining.md's "Configs and runs": config file -> {column: cell}."""
+    section = (ROOT / "docs" / "pretraining.md").read_text().split("\n## Configs and runs\n", 1)[1].split("\n## ", 1)[0]
     lines = [line for line in section.splitlines() if line.startswith("| ")]
     header = [cell.strip() for cell in lines[0].strip().strip("|").split("|")]
     assert header[:3] == ["config", "model", "data"], header
@@ -463,11 +463,16 @@ def readme_pretrain_configs() -> dict[str, dict[str, str]]:
     return {row["config"].strip("`"): row for row in rows}
 
 
-def test_every_shipped_pretrain_config_is_what_the_readme_says():
+def test_every_shipped_pretrain_config_is_what_the_docs_say():
     rows = readme_pretrain_configs()
     assert sorted(rows) == sorted(p.name for p in (ROOT / "configs" / "pretrain").glob("*.yaml"))
     archs = {"ResNet-18": "resnet18", "ResNet-50": "resnet50"}
-    datasets = {"ImageNet": "imagefolder", "CIFAR-10": "cifar10", "Fashion-MNIST": "fashion_mnist"}
+    datasets = {
+        "ImageNet": "imagefolder",
+        "ImageNet-1k-Hub": "hf",  # ILSVRC/imagenet-1k through `datasets`
+        "CIFAR-10": "cifar10",
+        "Fashion-MNIST": "fashion_mnist",
+    }
     precision = {"fp32": "off", "auto": "auto", "bf16": "bf16"}
     for name, row in rows.items():
         cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / name)
@@ -517,6 +522,7 @@ def test_the_paper_named_configs_are_the_references_recipe():
     for name, (epochs, batch) in {
         "imagenet_resnet50_100ep.yaml": (100, 256),
         "imagenet_resnet50_100ep_bs512.yaml": (100, 512),
+        "imagenet_resnet50_100ep_hf.yaml": (100, 256),  # the same recipe on the Hub's ILSVRC/imagenet-1k
         "imagenet_resnet50_200ep.yaml": (200, 256),
     }.items():
         cfg = load_config(PretrainConfig, ROOT / "configs" / "pretrain" / name)

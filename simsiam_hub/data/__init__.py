@@ -2,7 +2,8 @@
 
 ``datasets``: the sources (ImageFolder, Fashion-MNIST, CIFAR-10, synthetic) and the seeded
 views; ``augment``: the reference's MoCo v2 augmentation and the eval view; ``fast_augment``:
-the same draws computed faster; ``device_augment``: the loader crops, the device finishes.
+the same draws computed faster; ``device_augment``: the loader crops, the device finishes;
+``sources``: unlabelled folders, file lists, tar shards and Hugging Face datasets for pretraining.
 """
 
 DEFAULT_IMAGE_SIZE = 224  # the reference's crop size, and every command's default

@@ -56,6 +56,7 @@ class DatasetInfo:
     license: str | None = None
     hub_id: str | None = None
     num_classes: int | None = None
+    labelled: bool | None = True  # None: the data decides (a Hugging Face dataset's label column)
 
 
 DATASETS = {
@@ -63,7 +64,13 @@ DATASETS = {
     "fashion_mnist": DatasetInfo("test", True, "mit", "zalando-datasets/fashion_mnist", 10),
     "cifar10": DatasetInfo("test", True, None, "uoft-cs/cifar10", 10),
     "synthetic": DatasetInfo("val", False, "apache-2.0", None, 4),
+    # Pretraining sources (sources.py): unlabelled folders, file lists and tar shards; Hugging Face datasets.
+    "folder": DatasetInfo(labelled=False),
+    "filelist": DatasetInfo(labelled=False),
+    "webdataset": DatasetInfo(labelled=False),
+    "hf": DatasetInfo(labelled=None),
 }
+SOURCES = ("folder", "filelist", "webdataset", "hf")
 
 
 def dataset_info(name: str | None) -> DatasetInfo:
@@ -218,16 +225,21 @@ def _image_folder(root: Path, split: str, transform):
         raise DatasetError(f"ImageFolder {folder} holds no images: {err}") from None
 
 
-def build_dataset(data_cfg, split: str, transform=None) -> Dataset:
+def build_dataset(data_cfg, split: str, transform=None, cache_dir=None) -> Dataset:
     """The ``train`` or ``val`` split of the dataset that ``data_cfg`` names.
 
     Layouts: imagefolder ``ROOT/{train,val}/CLASS/*.jpg``; fashion_mnist the idx files
     (val = the 10,000 test images); cifar10 torchvision's files (val = test); synthetic a
-    generated set (val = other seeds).
+    generated set (val = other seeds); folder, filelist, webdataset and hf: :mod:`.sources`
+    (``cache_dir``: where folder listings and shard indexes are cached, the run folder).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', not {split!r}")
     name = data_cfg.dataset
+    if name in SOURCES:
+        from .sources import build_source  # sources imports this module
+
+        return build_source(data_cfg, split, transform, cache_dir)
     root = Path(data_cfg.root).expanduser() if data_cfg.root else None
     if root is not None and not root.exists():
         raise DataRootError(f"data.root does not exist: {root} (expected the dataset's folder)")
@@ -285,8 +297,22 @@ def item_name(dataset: Dataset, index: int) -> str:
         if isinstance(dataset, Subset):
             index = dataset.indices[index]
         dataset = dataset.dataset
+    if hasattr(dataset, "name_of"):
+        return dataset.name_of(index)
     samples = getattr(dataset, "samples", None)
     return str(samples[index][0]) if samples is not None else f"item {index} of {type(dataset).__name__}"
+
+
+def base_dataset(dataset: Dataset) -> Dataset:
+    """The source under any :class:`Subset` and :class:`SeededViews` wrappers."""
+    while isinstance(dataset, (Subset, SeededViews)):
+        dataset = dataset.dataset
+    return dataset
+
+
+def is_labelled(dataset: Dataset) -> bool:
+    """Whether a dataset's items carry labels (the new sources may not: label -1)."""
+    return bool(getattr(base_dataset(dataset), "labelled", True))
 
 
 # PIL's ways of saying a file is not a readable image (DecompressionBombError is not an OSError;

@@ -86,6 +86,8 @@ CITATION = """@inproceedings{chen2021exploring,
 
 
 def hub_dataset_id(name: str) -> str | None:
+    if "/" in name and " " not in name:  # a Hub dataset id we trained on (data.dataset=hf): ORG/NAME[@revision]
+        return name.split("@")[0]
     return dataset_info(name).hub_id or HUB_DATASETS.get(name)
 
 

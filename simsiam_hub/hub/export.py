@@ -75,6 +75,11 @@ def describe(
         section.batch_size = cfg["optim"]["batch_size"]
         section.dataset = cfg["data"]["dataset"]
         section.recipe = dict(cfg, trained_steps=info.get("step"))
+        if info.get("data_source"):  # the new sources (data/sources.py): say what, never where
+            section.dataset = source_text(info["data_source"])
+            section.recipe["data"] = dict(
+                cfg["data"], root=None if "hub_id" not in info["data_source"] else cfg["data"]["root"]
+            )
         if not source:
             digest = f", sha256 {fingerprint(path)}" if publish else ""
             section.source = f"{path.name} (simsiam-hub training checkpoint, step {info.get('step')}{digest})"
@@ -99,16 +104,26 @@ def describe(
         )
         section.source = source or variant.source_url or variant.repo_id
     section.dataset = dataset or section.dataset
+    data_cfg = info.get("config", {}).get("data", {}) if loaded.kind == "simsiam-hub" else {}
     section.license = (
         license
         or (variant.license if variant else None)
         or LICENSE_BY_KIND.get(loaded.kind)
+        or data_cfg.get("license")
         or dataset_info(section.dataset).license
-        or "other"
+        or ("unknown" if info.get("data_source") else "other")
     )
     if publish:
         section.source, section.recipe = public_source(section.source), public_recipe(section.recipe)
     return section
+
+
+def source_text(source: dict) -> str:
+    """A pretraining source as the card names it: a Hub dataset's id (``@revision``), else the kind,
+    image count and a fingerprint of the ordered names, never a local path."""
+    if source.get("hub_id"):
+        return source["hub_id"] + (f"@{source['revision']}" if source.get("revision") else "")
+    return f"{source['kind']}: {source['images']} images, fingerprint {source['fingerprint']}"
 
 
 def weights_metadata(section: SimsiamSection) -> dict[str, str]:

@@ -204,7 +204,10 @@ def read_weights(path: str | Path) -> LoadedWeights:
         obj = safe_torch_load(path, error=WeightsError, mmap=True)
         if isinstance(obj, dict) and obj.get("format") == PRETRAIN_FORMAT:
             ckpt = load_checkpoint(path)  # validates the version
-            info = {k: ckpt.get(k) for k in ("config", "epoch", "step", "global_batch", "library_version", "metrics")}
+            info = {
+                k: ckpt.get(k)
+                for k in ("config", "epoch", "step", "global_batch", "library_version", "metrics", "data_source")
+            }
             kind, backbone, whole = split_state_dict(ckpt["model"], str(path))
             kind = "simsiam-hub"
         else:
