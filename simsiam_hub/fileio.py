@@ -219,3 +219,11 @@ def folder_lock(folder: str | os.PathLike, purpose: str = "run.output_dir"):
         yield
     finally:
         lock.release()
+
+
+def main_process_folder_lock(folder: str | os.PathLike, purpose: str = "run.output_dir"):
+    """:func:`folder_lock` in the main process of a distributed run (``RANK`` 0 or unset); the
+    other ranks write through it and hold nothing."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return folder_lock(folder, purpose)

@@ -771,3 +771,21 @@ def test_train_net_refuses_a_bad_box_and_a_missing_coco_image_before_building(tr
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert err.startswith("train_net.py: error: ") and expected in err, err
+
+
+@needs_detectron2
+def test_train_net_refuses_an_output_dir_in_use(train_net, tmp_path, capsys):
+    from simsiam_hub.fileio import folder_lock
+
+    data = make_voc(tmp_path / "voc", {"train": 1}, seed=4)
+    run = tmp_path / "out"
+    argv = ["--register-voc", "inuse", str(data), "train", "--classes", "bird,cat,dog"]
+    argv += ["--config-file", str(CONFIGS / "voc07_R_50_C4.yaml"), "OUTPUT_DIR", str(run)]
+    argv += ["DATASETS.TRAIN", "('inuse',)", "DATASETS.TEST", "('inuse',)"]
+    with folder_lock(run):  # flock: a second open is another holder, even in this process
+        assert train_net.cli(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train_net.py: error: ") and len(err.splitlines()) == 1, err
+    assert f"is in use by another process (pid {os.getpid()} on " in err and "set another OUTPUT_DIR" in err, err
+    assert train_net.cli(argv) == 2  # free again: on to the next check (MODEL.WEIGHTS is not set)
+    assert "MODEL.WEIGHTS is not set" in capsys.readouterr().err

@@ -4,9 +4,12 @@ in it may change), resume, the CLI, and results that reach a model card huggingf
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -642,3 +645,48 @@ def test_cli_logreg_protocol_results_and_card(tiny_checkpoint, color_folder, tmp
     assert entries["top-1 accuracy (reference recipe, LARS schedule)"] == pytest.approx(
         reference["top1"].value, abs=1e-3
     )
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(folder: Path):
+    """Another process holding ``folder``'s run lock (as a running pretraining or lincls does); yields its pid."""
+    code = "import sys, time; from simsiam_hub.fileio import folder_lock\nwith folder_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(120)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_lincls_knn_and_demo_refuse_a_run_folder_in_use(tiny_checkpoint, color_folder, tmp_path, capsys):
+    """Two lincls runs in one run.output_dir both 'succeeded' with one run's files: a second
+    one (and knn writing into a run folder, and the demo) is refused naming the holder."""
+    from simsiam_hub.cli import main
+
+    run = tmp_path / "run"
+    lincls = [
+        "lincls",
+        str(tiny_checkpoint),
+        "--data",
+        str(color_folder),
+        "data.dataset=imagefolder",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "optim.batch_size=16",
+        "optim.epochs=1",
+        f"run.output_dir={run}",
+        "run.progress=false",
+    ]
+    with lock_held_by_another_process(run) as pid:
+        for argv, option in [
+            (lincls, "run.output_dir"),
+            (["knn", str(tiny_checkpoint), "--output", str(run / "results_knn.json"), "--no-progress"], "--output"),
+            (["demo", "--out", str(run), "--minutes", "1"], "--out"),
+        ]:
+            assert main(argv) == 1, argv
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1, err
+            assert f"is in use by another process (pid {pid} on " in err and f"set another {option}" in err, err
+        assert sorted(p.name for p in run.iterdir()) == [".lock", ".lock.owner"]  # nothing written

@@ -23,6 +23,7 @@ Builtin datasets (``voc_2007_trainval``, ``voc_2012_trainval``, ``voc_2007_test`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -47,7 +48,7 @@ from simsiam_hub.checkpoint import CheckpointError, safe_torch_load
 from simsiam_hub.detection.convert import convert_source
 from simsiam_hub.detection.datasets import TransferError, coco_classes, voc_records
 from simsiam_hub.errors import SimsiamHubError
-from simsiam_hub.fileio import atomic_write_text
+from simsiam_hub.fileio import atomic_write_text, folder_lock
 from simsiam_hub.hub.results import EvalResult, write_results
 from simsiam_hub.resources import shipped_configs
 
@@ -327,9 +328,15 @@ def _seeds(cfg, trials: int) -> list[int]:
 
 
 def main(args) -> dict:
-    """Train (or evaluate) every trial; returns ``{output_dir: results}``."""
+    """Train (or evaluate) every trial, holding OUTPUT_DIR's lock (one run per folder, as
+    pretraining); returns ``{output_dir: results}``."""
     register_datasets(args)
     cfg = setup(args)
+    with folder_lock(cfg.OUTPUT_DIR, "OUTPUT_DIR") if comm.is_main_process() else contextlib.nullcontext():
+        return _run(args, cfg)
+
+
+def _run(args, cfg) -> dict:
     default_setup(cfg, args)  # logger, environment, config.yaml in OUTPUT_DIR
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="simsiam_hub")
     log.info("device %s; %d classes (from the datasets)", cfg.MODEL.DEVICE, cfg.MODEL.ROI_HEADS.NUM_CLASSES)

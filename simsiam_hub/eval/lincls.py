@@ -52,7 +52,7 @@ from ..data.augment import eval_transform, linear_train_transform
 from ..data.datasets import SeededViews, build_dataset, seeded_subset, targets_of
 from ..distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
 from ..errors import SimsiamHubError
-from ..fileio import atomic_torch_save
+from ..fileio import atomic_torch_save, main_process_folder_lock
 from ..hub.results import EvalResult, write_results
 from ..monitor import CSVLog
 from ..optim import LARC, set_learning_rate
@@ -576,10 +576,12 @@ def linear_eval(
     :class:`LoadedSource`) as ``cfg`` says (``cfg.protocol``: the reference recipe, or the
     logreg probe); ``resume='auto'`` continues a reference run from ``run.output_dir``."""
     try:
-        if not isinstance(source, LoadedSource):
-            source = load_source(source, revision)
-        if cfg.protocol == "logreg":
-            return LinearEvaluation(cfg, source, resume=None).run_logreg()
-        return LinearEvaluation(cfg, source, resume=resume).run()
+        # One run per folder, as pretraining: two would interleave logs and overwrite checkpoints.
+        with main_process_folder_lock(cfg.run.output_dir):
+            if not isinstance(source, LoadedSource):
+                source = load_source(source, revision)
+            if cfg.protocol == "logreg":
+                return LinearEvaluation(cfg, source, resume=None).run_logreg()
+            return LinearEvaluation(cfg, source, resume=resume).run()
     finally:
         cleanup_distributed()
