@@ -248,3 +248,45 @@ def test_truncated_or_foreign_weights_are_not_unpickled(tmp_path, capsys):
         and f"was refused and not loaded: it holds a pickled Python object ({os.system.__module__}.system)" in err
     )
     assert "weights_only=False" not in err and not (tmp_path / "out").exists()
+
+
+def test_config_json_values_are_checked_on_read(weights, tmp_path, capsys):
+    """image_size 100000 ran into a MemoryError, "big" into a TypeError in knn and card.py: every
+    field is checked where config.json is read, in one line naming the field."""
+    good = export(weights[0], tmp_path / "good")
+    section, _ = read_config(good)
+    assert section.image_size == 224 and section.arch == "resnet18"
+    config = json.loads((good / "config.json").read_text())
+    cases = [
+        (("simsiam", "image_size"), 100000, "simsiam.image_size: expected an integer from 8 to 4096, found 100000"),
+        (("simsiam", "image_size"), "big", "simsiam.image_size: expected an integer from 8 to 4096, found 'big'"),
+        (("simsiam", "image_size"), True, "simsiam.image_size: expected an integer from 8 to 4096, found True"),
+        (("simsiam", "small_stem"), "no", "simsiam.small_stem: expected true or false, found 'no'"),
+        (("simsiam", "epochs"), -1, "simsiam.epochs: expected an integer or a number from 0 to 1e+06 or null"),
+        (("simsiam", "batch_size"), 0, "simsiam.batch_size: expected an integer from 1 to 1e+09 or null, found 0"),
+        (("simsiam", "dataset"), 7, "simsiam.dataset: expected a string, found 7"),
+        (("simsiam", "recipe"), [1], "simsiam.recipe: expected an object or a string or null, found [1]"),
+        (("pretrained_cfg", "crop_pct"), "x", "pretrained_cfg.crop_pct: expected a number in (0, 2], found 'x'"),
+        (("pretrained_cfg", "std"), [0, 1, 1], "pretrained_cfg.std: expected 3 positive numbers, found [0, 1, 1]"),
+        (("pretrained_cfg", "input_size"), [3, 9999, 9999], "pretrained_cfg.input_size: expected [3, height, width]"),
+    ]
+    for (section_name, key), value, expected in cases:
+        bad = tmp_path / f"bad_{key}_{len(list(tmp_path.iterdir()))}"
+        bad.mkdir()
+        for name, data in files(good).items():
+            (bad / name).write_bytes(data)
+        broken = json.loads(json.dumps(config))
+        broken[section_name][key] = value
+        (bad / "config.json").write_text(json.dumps(broken))
+        code, err = cli(capsys, "push", bad, "--repo-id", tmp_path / "hub" / "x")
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert f"{bad / 'config.json'}: {expected}" in err, err
+    # a timm folder's input size is checked too
+    timm_only = tmp_path / "timm"
+    timm_only.mkdir()
+    (timm_only / "config.json").write_text(
+        json.dumps({"architecture": "resnet18", "pretrained_cfg": {"input_size": [3, 224, "big"]}})
+    )
+    with pytest.raises(Exception, match=r"pretrained_cfg.input_size: expected \[3, height, width\]"):
+        read_config(timm_only)
+    assert not (tmp_path / "hub").exists()
