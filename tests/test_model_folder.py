@@ -290,3 +290,34 @@ def test_config_json_values_are_checked_on_read(weights, tmp_path, capsys):
     with pytest.raises(Exception, match=r"pretrained_cfg.input_size: expected \[3, height, width\]"):
         read_config(timm_only)
     assert not (tmp_path / "hub").exists()
+
+
+def test_a_detectron2_pickle_or_any_pickle_is_named_and_not_unpickled(tmp_path, capsys, recwarn):
+    """convert-detectron2's own output given back to it (or to knn) said "not a readable
+    checkpoint" after a torch warning asking to file an issue: now each says what the file is."""
+    import pickle
+
+    from simsiam_hub.detection.convert import convert_to_detectron2, write_detectron2
+
+    backbone = {k: v for k, v in torchvision.models.resnet50().state_dict().items() if not k.startswith("fc.")}
+    d2 = write_detectron2(convert_to_detectron2(backbone), tmp_path / "d2.pkl")
+    ran = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(ran),))
+
+    evil.write_bytes(pickle.dumps({"state_dict": Payload()}, protocol=4))
+    plain = tmp_path / "plain.pth"
+    plain.write_bytes(pickle.dumps({"conv1.weight": [0.0]}, protocol=2))
+    for command in (["convert-detectron2", "--out", tmp_path / "x.pkl"], ["knn", "--no-progress"]):
+        code, err = cli(capsys, command[0], d2, *command[1:])
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert f"{d2} is a Detectron2 pickle: it needs no conversion" in err, err
+        for other in (evil, plain):
+            code, err = cli(capsys, command[0], other, *command[1:])
+            assert code == 1 and len(err.strip().splitlines()) == 1, err
+            assert f"{other} is a Python pickle, refused for safety" in err, err
+    assert not ran.exists() and not (tmp_path / "x.pkl").exists()
+    assert not [w for w in recwarn if "file an issue" in str(w.message)]
