@@ -13,7 +13,7 @@ import os
 import sys
 
 from . import __version__
-from .errors import SimsiamHubError, UsageError
+from .errors import UsageError, run_command
 
 DEFAULT_DEMO_CONFIG = "fashion_mnist_resnet50_cpu"
 DEFAULT_ABLATION_CONFIG = "fashion_mnist_resnet18_cpu"
@@ -644,11 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.extend(extra)
     elif extra:
         parser.error("unrecognized arguments: " + " ".join(extra))
-    try:
-        return args.func(args)
-    except SimsiamHubError as err:
-        print(f"simsiam-hub {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code  # 2 usage, 1 runtime, 128 + N for a run stopped by signal N
+    return run_command(f"simsiam-hub {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from detectron2.utils.logger import setup_logger
 from simsiam_hub.checkpoint import CheckpointError, safe_torch_load
 from simsiam_hub.detection.convert import convert_source
 from simsiam_hub.detection.datasets import TransferError, coco_classes, voc_records
-from simsiam_hub.errors import SimsiamHubError
+from simsiam_hub.errors import run_command
 from simsiam_hub.fileio import atomic_write_text, folder_lock
 from simsiam_hub.hub.results import EvalResult, write_results
 from simsiam_hub.resources import shipped_configs
@@ -435,19 +435,19 @@ def cli(argv=None) -> int:
         parser.error(f"--trials must be at least 1, got {args.trials}")
     if args.eval_only and args.trials != 1:
         parser.error("--eval-only evaluates one model: --trials does not apply")
-    try:
-        args.config_file = resolve_config_file(args.config_file)  # a shipped config's name works too
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except SimsiamHubError as err:
-        print(f"train_net.py: error: {err}", file=sys.stderr)
-        return err.exit_code
+    return run_command("train_net.py", _launch, args)
+
+
+def _launch(args) -> int:
+    args.config_file = resolve_config_file(args.config_file)  # a shipped config's name works too
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
     return 0
 
 
