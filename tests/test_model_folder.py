@@ -321,3 +321,35 @@ def test_a_detectron2_pickle_or_any_pickle_is_named_and_not_unpickled(tmp_path, 
             assert f"{other} is a Python pickle, refused for safety" in err, err
     assert not ran.exists() and not (tmp_path / "x.pkl").exists()
     assert not [w for w in recwarn if "file an issue" in str(w.message)]
+
+
+def test_unwritable_destinations_are_one_line_and_leave_no_empty_folders(weights, tmp_path, capsys, monkeypatch):
+    """push --repo-id DIR/sub with DIR a file was a FileExistsError traceback; a 300-character
+    name an OSError traceback, and export left the empty parent folder it had made."""
+    monkeypatch.chdir(tmp_path)
+    good = export(weights[0], tmp_path / "good")
+    (tmp_path / "afile").write_text("not a folder")
+    long = "x" * 300
+    for argv, expected in [
+        (["push", good, "--repo-id", "./afile/sub"], "afile/sub: afile is a file, not a folder to write into"),
+        (["export", weights[0], "--out", "afile/m"], "afile/m: afile is a file, not a folder to write into"),
+        (["push", good, "--repo-id", f"./hub/{long}"], f"the name {long[:24]}... in hub is 300 bytes long"),
+        (["export", weights[0], "--out", f"new/deeper/{long}"], f"the name {long[:24]}... in new/deeper is 300"),
+        (["push", good, "--repo-id", long], "is neither an existing local folder nor a valid Hub repo id"),
+    ]:
+        code, err = cli(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert expected in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "good"]  # no empty hub/ or new/deeper/
+
+    # a write that fails inside a new folder tree takes the folders it made with it
+    from simsiam_hub.fileio import atomic_folder, atomic_write_text
+
+    with pytest.raises(RuntimeError):
+        with atomic_folder(tmp_path / "a" / "b" / "model") as tmp:
+            (tmp / "x").write_text("half")
+            raise RuntimeError("killed")
+    monkeypatch.setattr("simsiam_hub.fileio.os.replace", lambda *a: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(OSError):
+        atomic_write_text("text", tmp_path / "c" / "d" / "file.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "good"]

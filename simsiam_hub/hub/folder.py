@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 from .. import __version__
 from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, eval_crop_pct
 from ..errors import SimsiamHubError
+from ..fileio import check_path_writable
 from ..models import ARCHS, feature_dim
 from .results import ResultsError, read_results
 from .weights import WeightsError, check_backbone, infer_arch, read_safetensors, split_state_dict
@@ -262,6 +263,7 @@ def check_destination(path: str | Path, *, force: bool = False, what: str = "--o
     """``path`` as a folder that may be (re)written with a model folder: new, empty, or a model
     folder of this project. Anything else is refused unless ``force`` (its files then go)."""
     path = Path(path).expanduser()
+    check_path_writable(path)
     if path.exists() and not path.is_dir():
         raise FolderError(f"{what} {path} is a file: expected a folder to write the model into")
     if not path.exists() or force or not any(path.iterdir()) or is_model_folder(path):
