@@ -4,6 +4,7 @@ under a final name, and every module run as a script takes --help and refuses un
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,3 +78,83 @@ def test_every_entry_point_shares_the_wrapper(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == (
         "train_net.py: interrupted (Ctrl-C); no partial file is left under a final name"
     )
+
+
+RUN_AS_SCRIPT = """
+import contextlib, io, json, runpy, sys, warnings
+warnings.simplefilter("ignore")
+out = {}
+for path, flag in json.loads(sys.argv[1]):
+    sys.argv = [path, flag]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+        try:
+            if path.startswith("module:"):  # a package module: its relative imports need `python -m`
+                runpy.run_module(path[len("module:"):], run_name="__main__", alter_sys=True)
+            else:
+                runpy.run_path(path, run_name="__main__")
+            code = 0
+        except SystemExit as stop:
+            code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+        except ImportError as err:  # detectron2 absent: nothing to check
+            code = "skip: " + str(err)
+    text = buf.getvalue()
+    out[path + " " + flag] = [code, text[:300] + text[-300:]]
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow  # about 30 s on 2 busy cores: every script's imports (torch, detectron2), twice
+def test_every_script_takes_help_and_refuses_unknown_options(tmp_path):
+    """`python -m simsiam_hub.synthetic_detection --help` wrote a dataset into a folder named
+    --help: every file with a ``__main__`` block (found by scanning the repository) parses its
+    arguments with argparse first."""
+    tracked = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True)
+    scripts = [
+        f"module:{f.removesuffix('.py').replace('/', '.')}" if f.startswith("simsiam_hub/") else str(ROOT / f)
+        for f in tracked.stdout.split()
+        if re.search(r'^if __name__ == "__main__":', (ROOT / f).read_text(), re.MULTILINE)
+    ]
+    assert "module:simsiam_hub.detection.synthetic" in scripts and len(scripts) >= 8, scripts
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    import json
+
+    # One process per flag, each running every script once (a script's module code may register
+    # names that a second run in the same process would register again).
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RUN_AS_SCRIPT, json.dumps([(s, flag) for s in scripts])],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ("--help", "--no-such-option")
+    ]
+    results = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        results.update(json.loads(out.strip().splitlines()[-1]))
+    assert len(results) == 2 * len(scripts)
+    for key, (code, text) in results.items():
+        if isinstance(code, str):
+            assert "detectron2" in code, (key, code)
+            continue
+        if key.endswith("--help"):
+            assert code == 0 and "usage:" in text[:300], (key, code, text)
+        else:
+            assert code == 2 and "error: " in text, (key, code, text)  # argparse: unrecognized, or a missing argument
+    assert list(tmp_path.iterdir()) == []  # nothing written (no folder named --help)
+
+
+def test_synthetic_detection_takes_help_under_its_old_path_too(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for module in ("simsiam_hub.detection.synthetic", "simsiam_hub.synthetic_detection"):
+        for flag, code in (("--help", 0), ("--bogus", 2)):
+            proc = subprocess.run(
+                [sys.executable, "-m", module, flag], cwd=tmp_path, env=env, capture_output=True, text=True
+            )
+            assert proc.returncode == code and "usage: " in proc.stdout + proc.stderr, (module, flag, proc.stderr)
+    assert list(tmp_path.iterdir()) == []
