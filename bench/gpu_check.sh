@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of data.augment_on=device and the GPU-marked tests, in one run: about 5 minutes
-# expected on an H100/H200 with 16 cores, each part under a time limit (585 s at most in all), so
+# The GPU figures of data.augment_on=device and the GPU-marked tests, in one run; its duration has
+# not been measured (no run of it is recorded). Each part runs under a time limit (585 s at most in all), so
 # a part that hangs costs only its own figures. Each part's output goes to OUTDIR/NAME.txt.
 #
 #   bash bench/gpu_check.sh OUTDIR

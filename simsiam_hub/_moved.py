@@ -51,6 +51,12 @@ class MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def exec_module(self, module):
         pass
 
+    def get_code(self, fullname):
+        """The new module's code, for ``python -m OLD_PATH`` (runpy runs it as ``__main__``)."""
+        new = f"{PACKAGE}.{MOVED[fullname.rpartition('.')[2]]}"
+        print(f"{fullname} moved to {new}; the old path goes in the next release", file=sys.stderr)
+        return importlib.util.find_spec(new).loader.get_code(new)
+
 
 def install() -> None:
     if not any(isinstance(finder, MovedModuleFinder) for finder in sys.meta_path):

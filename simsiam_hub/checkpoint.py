@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -27,15 +28,64 @@ class CheckpointError(SimsiamHubError, ValueError):
     """A file that is not a checkpoint of the kind expected, or of another model or run."""
 
 
+TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first pickle of a pre-zip torch.save file
+DETECTRON2_PREFIXES = ("stem.", "res2.", "res3.", "res4.", "res5.", "backbone.", "roi_heads.")
+
+
+def pickle_kind(path: Path) -> str | None:
+    """What a file that is a plain Python pickle holds, read opcode by opcode and never unpickled:
+    ``"detectron2"`` (a Detectron2 weights file: a ``model`` dict of ``stem.``/``res2.``/... names),
+    ``"pickle"`` (any other pickle), or None (not a pickle: a torch zip checkpoint, a pre-zip torch
+    file, or something else, for torch.load to judge)."""
+    import pickletools
+
+    with open(path, "rb") as f:
+        if f.read(2) == b"PK":
+            return None  # torch's zip format
+        f.seek(0)
+        strings, longs, ops = set(), [], 0
+        try:
+            for op, arg, _ in pickletools.genops(f):
+                ops += 1
+                if isinstance(arg, str):
+                    strings.add(arg)
+                elif op.name in ("LONG1", "LONG4") and isinstance(arg, int):
+                    longs.append(arg)
+                if op.name == "STOP" or len(strings) > 200:
+                    break
+        except Exception:  # not a pickle at all (pickletools raises ValueError and others)
+            return None
+    if longs == [TORCH_LEGACY_MAGIC] and ops <= 4:
+        return None  # torch.save's pre-zip format: torch.load reads it safely
+    if "model" in strings and any(s.startswith(DETECTRON2_PREFIXES) for s in strings):
+        return "detectron2"
+    return "pickle"
+
+
 def safe_torch_load(path: str | Path, *, error=CheckpointError, mmap: bool = False):
     """``torch.load(path, weights_only=True)``; a file that does not load is refused with
-    ``error``, saying what was found (a pickled object's global, a truncated file, ...)."""
+    ``error``, saying what was found (a Detectron2 or other plain pickle, a pickled object's
+    global, a truncated file, ...)."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path} not found" if not path.exists() else f"{path} is not a file")
+    kind = pickle_kind(path)
+    if kind == "detectron2":
+        raise error(
+            f"{path} is a Detectron2 pickle: it needs no conversion (give it to transfer/train_net.py as "
+            "MODEL.WEIGHTS); simsiam-hub reads backbones from checkpoints of tensors, .safetensors files or model "
+            "folders, and never unpickles files"
+        )
+    if kind == "pickle":
+        raise error(
+            f"{path} is a Python pickle, refused for safety: loading a pickle can run any code, and simsiam-hub never "
+            "unpickles files; expected a torch checkpoint of tensors, a .safetensors file or a model folder"
+        )
     try:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            with warnings.catch_warnings():  # torch asks to "file an issue" for any pickle protocol above 2
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
         except RuntimeError as err:
             if not mmap or "mmap" not in str(err):  # legacy (pre-zip) files cannot be mapped
                 raise

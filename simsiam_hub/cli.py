@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import DEFAULT_IMAGE_SIZE
-from .errors import SimsiamHubError, UsageError
+from .errors import UsageError, run_command
 from .eval import KNN_K, KNN_TEMPERATURE
 
 DEFAULT_DEMO_CONFIG = "fashion_mnist_resnet50_cpu"
@@ -719,16 +719,16 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.extend(extra)
     elif extra:
         parser.error("unrecognized arguments: " + " ".join(extra))
-    try:
-        if _progress_off(args):
-            from .hub.repo import progress_bars
+    return run_command(f"simsiam-hub {args.command}", _run, args)
 
-            with progress_bars(False):
-                return args.func(args)
-        return args.func(args)
-    except SimsiamHubError as err:
-        print(f"simsiam-hub {args.command}: error: {err}", file=sys.stderr)
-        return err.exit_code  # 2 usage, 1 runtime, 128 + N for a run stopped by signal N
+
+def _run(args) -> int:
+    if _progress_off(args):
+        from .hub.repo import progress_bars
+
+        with progress_bars(False):
+            return args.func(args)
+    return args.func(args)
 
 
 if __name__ == "__main__":

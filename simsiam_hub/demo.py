@@ -36,7 +36,7 @@ from .engine import pretrain, pretrain_views, views_to_device
 from .errors import SimsiamHubError
 from .eval.knn import baseline_features, knn_of_baselines
 from .eval.probe import PROTOCOL_DESCRIPTION, linear_probe
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, folder_lock
 from .hub.export import export
 from .hub.loading import from_pretrained, load_backbone_state_dict
 from .hub.repo import push_to_hub
@@ -345,7 +345,13 @@ def reload_check(cfg: PretrainConfig, backbone: torch.nn.Module, target: str) ->
 
 
 def run_demo(opts: DemoOptions) -> Path:
-    """Run every stage; returns the report's path (``OUT/report.md``)."""
+    """Run every stage, holding OUT's lock (one demo per folder); returns the report's path
+    (``OUT/report.md``)."""
+    with folder_lock(Path(opts.out).resolve(), "--out"):
+        return _run_demo(opts)
+
+
+def _run_demo(opts: DemoOptions) -> Path:
     start = time.perf_counter()
     out = Path(opts.out).resolve()  # absolute: the hub target must read as a path
     timings: dict[str, float] = {}

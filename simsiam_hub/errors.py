@@ -34,3 +34,23 @@ def import_extra(module: str, extra: str, what: str, package: str | None = None)
         raise MissingExtraError(
             f"{what} needs {package or module.split('.')[0]}, which is not installed: pip install 'simsiam-hub[{extra}]'"
         ) from None
+
+
+INTERRUPTED_EXIT = 130  # the shell's 128 + SIGINT
+
+
+def run_command(prog: str, func, *args) -> int:
+    """Run one command-line entry point (``simsiam-hub COMMAND``, the transfer scripts) the one way:
+    a :class:`SimsiamHubError` is printed as ``PROG: error: ...`` (no traceback) and gives its exit
+    code; Ctrl-C is one line and exit 130 (every write is atomic, so nothing partial is left under a
+    final name)."""
+    import sys
+
+    try:
+        return func(*args)
+    except SimsiamHubError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.exit_code  # 2 usage, 1 runtime, 128 + N for a run stopped by signal N
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (Ctrl-C); no partial file is left under a final name", file=sys.stderr)
+        return INTERRUPTED_EXIT

@@ -13,7 +13,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .errors import SimsiamHubError
+from .errors import SimsiamHubError, UsageError
 
 LOCK_NAME = ".lock"
 OWNER_NAME = ".lock.owner"
@@ -25,6 +25,57 @@ class FolderInUseError(SimsiamHubError, RuntimeError):
 
 class StorageError(SimsiamHubError, OSError):
     """A write that failed for lack of space (or another refusal of the file system)."""
+
+
+class DestinationError(UsageError):
+    """A path that cannot be written as asked: a name too long, or a file where a folder must be."""
+
+
+TEMP_SUFFIX_ROOM = 20  # what a temporary's name adds to the final name (".NAME.partial-XXXXXXXX")
+
+
+def _name_max(folder: Path) -> int:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def check_path_writable(path: Path) -> None:
+    """Every name in ``path`` fits the file system (with room for the temporary's), and no part
+    of it above the final name is a file."""
+    limit = _name_max(path.parent)
+    for i, part in enumerate(path.parts):
+        room = limit - (TEMP_SUFFIX_ROOM if i == len(path.parts) - 1 else 0)
+        if len(os.fsencode(part)) > room:
+            raise DestinationError(
+                f"the name {part[:24]}... in {Path(*path.parts[:i]) if i else Path('.')} is {len(os.fsencode(part))} "
+                f"bytes long; this file system takes at most {room} there: choose a shorter name"
+            )
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise DestinationError(f"{path}: {parent} is a file, not a folder to write into")
+
+
+def _make_parents(path: Path) -> list[Path]:
+    """Create ``path``'s missing parent folders; returns them, deepest first, to remove on failure."""
+    missing = []
+    for parent in path.parents:
+        if parent.exists():
+            break
+        missing.append(parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another writer), or gone: leave it
+            return
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -95,22 +146,29 @@ def atomic_path(path: str | os.PathLike):
     refused for lack of space raises :class:`StorageError`.
     """
     path = Path(path)
+    check_path_writable(path)
     if path.is_dir():
         raise SimsiamHubError(f"{path} is a folder: expected a file path to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    created = _make_parents(path)
+    done = False
     try:
-        with _storage_errors(path):
-            yield tmp
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, _new_file_mode())  # mkstemp makes it 0600; give what open() would
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try:
+            with _storage_errors(path):
+                yield tmp
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+                os.chmod(tmp, _new_file_mode())  # mkstemp makes it 0600; give what open() would
+                os.replace(tmp, path)
+                _fsync_dir(path.parent)
+                done = True
+        finally:
+            tmp.unlink(missing_ok=True)
     finally:
-        tmp.unlink(missing_ok=True)
+        if not done:
+            _remove_empty(created)  # a failed write leaves no empty folders behind
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
@@ -155,10 +213,16 @@ def atomic_folder(path: str | os.PathLike):
     was and a hidden ``.NAME.partial-*`` folder beside it.
     """
     path = Path(path)
+    check_path_writable(path)
     if path.exists() and not path.is_dir():
         raise SimsiamHubError(f"{path} is a file: expected a folder path to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    created = _make_parents(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    except BaseException:
+        _remove_empty(created)
+        raise
+    done = False
     try:
         with _storage_errors(path):
             yield tmp
@@ -176,8 +240,11 @@ def atomic_folder(path: str | os.PathLike):
                 os.rename(tmp, path)
                 shutil.rmtree(old)
             _fsync_dir(path.parent)
+            done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_empty(created)  # a failed export leaves no empty parent folders behind
 
 
 def _fsync_file(path: Path) -> None:
@@ -219,3 +286,11 @@ def folder_lock(folder: str | os.PathLike, purpose: str = "run.output_dir"):
         yield
     finally:
         lock.release()
+
+
+def main_process_folder_lock(folder: str | os.PathLike, purpose: str = "run.output_dir"):
+    """:func:`folder_lock` in the main process of a distributed run (``RANK`` 0 or unset); the
+    other ranks write through it and hold nothing."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return folder_lock(folder, purpose)

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 
 from simsiam_hub.cli import main as cli_main
 from simsiam_hub.detection.convert import convert_to_detectron2, detectron2_name
+from simsiam_hub.detection.datasets import TransferError, coco_classes, voc_records
 from simsiam_hub.detection.synthetic import make_coco, make_voc
 from simsiam_hub.hub.results import read_results
 from simsiam_hub.hub.weights import WeightsError
@@ -696,3 +697,95 @@ def test_train_net_refuses_clearly(train_net, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("train_net.py: error: "), err
         assert expected in err, err
+
+
+def _set_box(xml: Path, obj: int, box: tuple) -> None:
+    """Rewrite the ``obj``-th (0-based) <bndbox> of a VOC annotation."""
+    parts = xml.read_text().split("<bndbox>")
+    head, tail = parts[obj + 1].split("</bndbox>", 1)
+    parts[obj + 1] = (
+        "".join(f"<{k}>{v}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), box)) + "</bndbox>" + tail
+    )
+    xml.write_text("<bndbox>".join(parts))
+
+
+def test_voc_check_refuses_impossible_boxes_and_keeps_border_ones(tmp_path):
+    """Detectron2's VOC loader takes any box: one off the image changes AP, an inverted one is
+    swapped later. The check (no Detectron2 needed) refuses them in one line naming the file and
+    object, and keeps boxes on the border and VOC's one pixel of 1-based rounding."""
+    data = make_voc(tmp_path / "voc", {"test": 1}, size=(64, 48), objects=2, seed=4)
+    xml = data / "Annotations" / "test_0000.xml"
+    original = xml.read_text()
+    classes = ["bird", "cat", "dog"]
+    for fine in [(1, 1, 64, 48), (0, 0, 65, 49), (10, 10, 10, 10)]:  # border, rounding, a one-pixel box
+        xml.write_text(original)
+        _set_box(xml, 1, fine)
+        (record,) = voc_records("mine", data, "test", classes)
+        assert record["annotations"][1]["bbox"] == [fine[0] - 1, fine[1] - 1, fine[2], fine[3]]
+        assert (record["width"], record["height"]) == (64, 48)
+    label = re.findall(r"<name>(\w+)</name>", original)[1]
+    for bad, why in [
+        ((500, 10, 600, 20), "a box outside the 64x48 image"),
+        ((10, 10, 66, 20), "a box outside the 64x48 image"),
+        ((-1, 10, 20, 20), "a box outside the 64x48 image"),
+        ((10, 10, 20, 50), "a box outside the 64x48 image"),
+        ((30, 10, 20, 20), "an inverted or empty box (xmax < xmin or ymax < ymin)"),
+        ((10, 30, 20, 29), "an inverted or empty box (xmax < xmin or ymax < ymin)"),
+        ((10, 10, "nan", 20), "a coordinate that is not a finite number"),
+    ]:
+        xml.write_text(original)
+        _set_box(xml, 1, bad)
+        with pytest.raises(TransferError) as err:
+            voc_records("mine", data, "test", classes)
+        coords = " ".join(f"{k} {float(v):g}" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), bad))
+        assert str(err.value) == f"--register-voc mine: {xml}, object 2 ({label!r}, {coords}): {why}", bad
+
+
+def test_coco_check_refuses_a_json_naming_a_missing_image(tmp_path):
+    data = make_coco(tmp_path / "coco", {"val": 3}, seed=6)
+    assert coco_classes("mine", data / "val.json", data / "images") == ["bird", "cat", "dog"]
+    (data / "images" / "val_0001.jpg").unlink()
+    with pytest.raises(TransferError) as err:
+        coco_classes("mine", data / "val.json", data / "images")
+    assert str(err.value) == (
+        f"--register-coco mine: {data / 'val.json'} names the image 'val_0001.jpg', not found in {data / 'images'}"
+    )
+
+
+@needs_detectron2
+def test_train_net_refuses_a_bad_box_and_a_missing_coco_image_before_building(train_net, tmp_path, capsys):
+    voc = make_voc(tmp_path / "voc", {"train": 1}, size=(64, 48), seed=4)
+    xml = voc / "Annotations" / "train_0000.xml"
+    _set_box(xml, 0, (500, 10, 600, 20))
+    coco = make_coco(tmp_path / "coco", {"val": 2}, seed=6)
+    (coco / "images" / "val_0000.jpg").unlink()
+    base = ["--config-file", str(CONFIGS / "voc07_R_50_C4.yaml"), "OUTPUT_DIR", str(tmp_path / "out")]
+    for argv, expected in [
+        (["--register-voc", "badbox", str(voc), "train", "--classes", "bird,cat,dog", *base], f"{xml}, object 1 "),
+        (
+            ["--register-coco", "nofile", str(coco / "val.json"), str(coco / "images"), *base],
+            "names the image 'val_0000.jpg', not found in",
+        ),
+    ]:
+        assert train_net.cli(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("train_net.py: error: ") and expected in err, err
+
+
+@needs_detectron2
+def test_train_net_refuses_an_output_dir_in_use(train_net, tmp_path, capsys):
+    from simsiam_hub.fileio import folder_lock
+
+    data = make_voc(tmp_path / "voc", {"train": 1}, seed=4)
+    run = tmp_path / "out"
+    argv = ["--register-voc", "inuse", str(data), "train", "--classes", "bird,cat,dog"]
+    argv += ["--config-file", str(CONFIGS / "voc07_R_50_C4.yaml"), "OUTPUT_DIR", str(run)]
+    argv += ["DATASETS.TRAIN", "('inuse',)", "DATASETS.TEST", "('inuse',)"]
+    with folder_lock(run):  # flock: a second open is another holder, even in this process
+        assert train_net.cli(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("train_net.py: error: ") and len(err.splitlines()) == 1, err
+    assert f"is in use by another process (pid {os.getpid()} on " in err and "set another OUTPUT_DIR" in err, err
+    assert train_net.cli(argv) == 2  # free again: on to the next check (MODEL.WEIGHTS is not set)
+    assert "MODEL.WEIGHTS is not set" in capsys.readouterr().err

@@ -4,9 +4,12 @@ in it may change), resume, the CLI, and results that reach a model card huggingf
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -642,3 +645,93 @@ def test_cli_logreg_protocol_results_and_card(tiny_checkpoint, color_folder, tmp
     assert entries["top-1 accuracy (reference recipe, LARS schedule)"] == pytest.approx(
         reference["top1"].value, abs=1e-3
     )
+
+
+@contextlib.contextmanager
+def lock_held_by_another_process(folder: Path):
+    """Another process holding ``folder``'s run lock (as a running pretraining or lincls does); yields its pid."""
+    code = "import sys, time; from simsiam_hub.fileio import folder_lock\nwith folder_lock(sys.argv[1]):\n print('held', flush=True); time.sleep(120)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        yield proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_lincls_knn_and_demo_refuse_a_run_folder_in_use(tiny_checkpoint, color_folder, tmp_path, capsys):
+    """Two lincls runs in one run.output_dir both 'succeeded' with one run's files: a second
+    one (and knn writing into a run folder, and the demo) is refused naming the holder."""
+    from simsiam_hub.cli import main
+
+    run = tmp_path / "run"
+    lincls = [
+        "lincls",
+        str(tiny_checkpoint),
+        "--data",
+        str(color_folder),
+        "data.dataset=imagefolder",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "optim.batch_size=16",
+        "optim.epochs=1",
+        f"run.output_dir={run}",
+        "run.progress=false",
+    ]
+    with lock_held_by_another_process(run) as pid:
+        for argv, option in [
+            (lincls, "run.output_dir"),
+            (["knn", str(tiny_checkpoint), "--output", str(run / "results_knn.json"), "--no-progress"], "--output"),
+            (["demo", "--out", str(run), "--minutes", "1"], "--out"),
+        ]:
+            assert main(argv) == 1, argv
+            err = capsys.readouterr().err.strip()
+            assert len(err.splitlines()) == 1, err
+            assert f"is in use by another process (pid {pid} on " in err and f"set another {option}" in err, err
+        assert sorted(p.name for p in run.iterdir()) == [".lock", ".lock.owner"]  # nothing written
+
+
+def test_unreadable_images_in_evaluation_are_handled_as_in_pretraining(color_folder, tmp_path, caplog, monkeypatch):
+    """A truncated image in the k-NN bank or queries, the pixel baselines or linear evaluation's
+    cached features: logged by name and replaced by a seeded draw (the same result twice), and
+    too many stop the run in one line, as pretraining does."""
+    import logging
+    import shutil
+
+    from simsiam_hub.data.datasets import DatasetError
+    from simsiam_hub.eval.knn import knn_with_baselines
+
+    root = tmp_path / "data"
+    for split, n in (("train", 6), ("val", 3)):
+        for c in ("class0", "class1"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                shutil.copy(color_folder / split / c / f"{i}.png", root / split / c / f"{i}.png")
+    for split in ("train", "val"):
+        good = (root / split / "class0" / "0.png").read_bytes()
+        (root / split / "class0" / "broken.png").write_bytes(good[: len(good) // 3])
+    data = DataConfig(dataset="imagefolder", root=str(root), image_size=16, num_workers=0)
+    net = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten())  # the data path is under test, not the network
+    with caplog.at_level(logging.WARNING):
+        first = knn_with_baselines(net, net, data, k=5, progress=False)
+        second = knn_with_baselines(net, net, data, k=5, progress=False)
+    assert {k: {m: v for m, v in r.items() if m != "seconds"} for k, r in first.items()} == {
+        k: {m: v for m, v in r.items() if m != "seconds"} for k, r in second.items()
+    }
+    assert first["simsiam"]["bank_size"] == 13 and first["simsiam"]["query_size"] == 7  # replaced, not dropped
+    named = [r.message for r in caplog.records if "skipping unreadable image" in r.message]
+    for split in ("train", "val"):
+        assert any(str(root / split / "class0" / "broken.png") in m for m in named), named
+    assert any("unreadable images replaced by seeded draws" in r.message for r in caplog.records)
+
+    cfg = lincls_config(root, tmp_path / "lincls", "data.cache_features=true", "protocol=logreg", "data.image_size=16")
+    result = linear_eval(cfg, random_source(), resume=None)
+    assert result.top1 is not None and math.isfinite(result.top1)
+
+    # past the bound: one line naming the files
+    monkeypatch.setattr("simsiam_hub.data.datasets.EVAL_MAX_BAD_IMAGES", 0)
+    with pytest.raises(
+        DatasetError, match=r"1 images could not be read in the train features, more than 0 \(first: .*broken"
+    ):
+        knn_with_baselines(net, net, data, k=5, progress=False)

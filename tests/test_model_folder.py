@@ -248,3 +248,108 @@ def test_truncated_or_foreign_weights_are_not_unpickled(tmp_path, capsys):
         and f"was refused and not loaded: it holds a pickled Python object ({os.system.__module__}.system)" in err
     )
     assert "weights_only=False" not in err and not (tmp_path / "out").exists()
+
+
+def test_config_json_values_are_checked_on_read(weights, tmp_path, capsys):
+    """image_size 100000 ran into a MemoryError, "big" into a TypeError in knn and card.py: every
+    field is checked where config.json is read, in one line naming the field."""
+    good = export(weights[0], tmp_path / "good")
+    section, _ = read_config(good)
+    assert section.image_size == 224 and section.arch == "resnet18"
+    config = json.loads((good / "config.json").read_text())
+    cases = [
+        (("simsiam", "image_size"), 100000, "simsiam.image_size: expected an integer from 8 to 4096, found 100000"),
+        (("simsiam", "image_size"), "big", "simsiam.image_size: expected an integer from 8 to 4096, found 'big'"),
+        (("simsiam", "image_size"), True, "simsiam.image_size: expected an integer from 8 to 4096, found True"),
+        (("simsiam", "small_stem"), "no", "simsiam.small_stem: expected true or false, found 'no'"),
+        (("simsiam", "epochs"), -1, "simsiam.epochs: expected an integer or a number from 0 to 1e+06 or null"),
+        (("simsiam", "batch_size"), 0, "simsiam.batch_size: expected an integer from 1 to 1e+09 or null, found 0"),
+        (("simsiam", "dataset"), 7, "simsiam.dataset: expected a string, found 7"),
+        (("simsiam", "recipe"), [1], "simsiam.recipe: expected an object or a string or null, found [1]"),
+        (("pretrained_cfg", "crop_pct"), "x", "pretrained_cfg.crop_pct: expected a number in (0, 2], found 'x'"),
+        (("pretrained_cfg", "std"), [0, 1, 1], "pretrained_cfg.std: expected 3 positive numbers, found [0, 1, 1]"),
+        (("pretrained_cfg", "input_size"), [3, 9999, 9999], "pretrained_cfg.input_size: expected [3, height, width]"),
+    ]
+    for (section_name, key), value, expected in cases:
+        bad = tmp_path / f"bad_{key}_{len(list(tmp_path.iterdir()))}"
+        bad.mkdir()
+        for name, data in files(good).items():
+            (bad / name).write_bytes(data)
+        broken = json.loads(json.dumps(config))
+        broken[section_name][key] = value
+        (bad / "config.json").write_text(json.dumps(broken))
+        code, err = cli(capsys, "push", bad, "--repo-id", tmp_path / "hub" / "x")
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert f"{bad / 'config.json'}: {expected}" in err, err
+    # a timm folder's input size is checked too
+    timm_only = tmp_path / "timm"
+    timm_only.mkdir()
+    (timm_only / "config.json").write_text(
+        json.dumps({"architecture": "resnet18", "pretrained_cfg": {"input_size": [3, 224, "big"]}})
+    )
+    with pytest.raises(Exception, match=r"pretrained_cfg.input_size: expected \[3, height, width\]"):
+        read_config(timm_only)
+    assert not (tmp_path / "hub").exists()
+
+
+def test_a_detectron2_pickle_or_any_pickle_is_named_and_not_unpickled(tmp_path, capsys, recwarn):
+    """convert-detectron2's own output given back to it (or to knn) said "not a readable
+    checkpoint" after a torch warning asking to file an issue: now each says what the file is."""
+    import pickle
+
+    from simsiam_hub.detection.convert import convert_to_detectron2, write_detectron2
+
+    backbone = {k: v for k, v in torchvision.models.resnet50().state_dict().items() if not k.startswith("fc.")}
+    d2 = write_detectron2(convert_to_detectron2(backbone), tmp_path / "d2.pkl")
+    ran = tmp_path / "ran"
+    evil = tmp_path / "evil.pkl"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.mkdir, (str(ran),))
+
+    evil.write_bytes(pickle.dumps({"state_dict": Payload()}, protocol=4))
+    plain = tmp_path / "plain.pth"
+    plain.write_bytes(pickle.dumps({"conv1.weight": [0.0]}, protocol=2))
+    for command in (["convert-detectron2", "--out", tmp_path / "x.pkl"], ["knn", "--no-progress"]):
+        code, err = cli(capsys, command[0], d2, *command[1:])
+        assert code == 1 and len(err.strip().splitlines()) == 1, err
+        assert f"{d2} is a Detectron2 pickle: it needs no conversion" in err, err
+        for other in (evil, plain):
+            code, err = cli(capsys, command[0], other, *command[1:])
+            assert code == 1 and len(err.strip().splitlines()) == 1, err
+            assert f"{other} is a Python pickle, refused for safety" in err, err
+    assert not ran.exists() and not (tmp_path / "x.pkl").exists()
+    assert not [w for w in recwarn if "file an issue" in str(w.message)]
+
+
+def test_unwritable_destinations_are_one_line_and_leave_no_empty_folders(weights, tmp_path, capsys, monkeypatch):
+    """push --repo-id DIR/sub with DIR a file was a FileExistsError traceback; a 300-character
+    name an OSError traceback, and export left the empty parent folder it had made."""
+    monkeypatch.chdir(tmp_path)
+    good = export(weights[0], tmp_path / "good")
+    (tmp_path / "afile").write_text("not a folder")
+    long = "x" * 300
+    for argv, expected in [
+        (["push", good, "--repo-id", "./afile/sub"], "afile/sub: afile is a file, not a folder to write into"),
+        (["export", weights[0], "--out", "afile/m"], "afile/m: afile is a file, not a folder to write into"),
+        (["push", good, "--repo-id", f"./hub/{long}"], f"the name {long[:24]}... in hub is 300 bytes long"),
+        (["export", weights[0], "--out", f"new/deeper/{long}"], f"the name {long[:24]}... in new/deeper is 300"),
+        (["push", good, "--repo-id", long], "is neither an existing local folder nor a valid Hub repo id"),
+    ]:
+        code, err = cli(capsys, *argv)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert expected in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "good"]  # no empty hub/ or new/deeper/
+
+    # a write that fails inside a new folder tree takes the folders it made with it
+    from simsiam_hub.fileio import atomic_folder, atomic_write_text
+
+    with pytest.raises(RuntimeError):
+        with atomic_folder(tmp_path / "a" / "b" / "model") as tmp:
+            (tmp / "x").write_text("half")
+            raise RuntimeError("killed")
+    monkeypatch.setattr("simsiam_hub.fileio.os.replace", lambda *a: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    with pytest.raises(OSError):
+        atomic_write_text("text", tmp_path / "c" / "d" / "file.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "good"]

@@ -70,7 +70,7 @@ def float64_reference(net, root: Path):
     """Features, labels and k-NN top-1 computed in float64 from end to end."""
     net64 = copy.deepcopy(net).double()
     (bx, by), (qx, qy) = (
-        [torch.cat(t) for t in zip(*[(net64(x.double()), y) for x, y in loader])] for loader in loaders(root)
+        [torch.cat(t) for t in zip(*[(net64(x.double()), y) for x, y, _ in loader])] for loader in loaders(root)
     )
     bx, qx = F.normalize(bx, dim=1), F.normalize(qx, dim=1)
     return (bx, by), (qx, qy), knn_accuracy(bx, by, qx, qy, k=K)["top1"]

@@ -26,7 +26,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from simsiam_hub.errors import SimsiamHubError, UsageError
+from simsiam_hub.errors import UsageError, run_command
 from simsiam_hub.hub.results import EvalResult, read_results, write_results
 
 RESULTS_FILE = "detection_results.json"  # what train_net.py writes per trial
@@ -157,22 +157,22 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--markdown", metavar="FILE", help="also write the Markdown table to FILE")
     args = parser.parse_args(argv)
-    try:
-        summary = aggregate([r for f in find_results(args.paths) for r in read_results(f)])
-        if not summary:
-            raise SummaryError(f"the results files under {', '.join(args.paths)} hold no detection results")
-        table = markdown(summary)
-        print(table, end="")
-        if args.markdown:
-            from simsiam_hub.fileio import atomic_write_text
+    return run_command("summarize.py", _summarize, args)
 
-            atomic_write_text(table, args.markdown)
-        if args.json:
-            write_results(summary, args.json)
-            print(f"\nwrote {args.json}")
-    except SimsiamHubError as err:
-        print(f"summarize.py: error: {err}", file=sys.stderr)
-        return err.exit_code
+
+def _summarize(args) -> int:
+    summary = aggregate([r for f in find_results(args.paths) for r in read_results(f)])
+    if not summary:
+        raise SummaryError(f"the results files under {', '.join(args.paths)} hold no detection results")
+    table = markdown(summary)
+    print(table, end="")
+    if args.markdown:
+        from simsiam_hub.fileio import atomic_write_text
+
+        atomic_write_text(table, args.markdown)
+    if args.json:
+        write_results(summary, args.json)
+        print(f"\nwrote {args.json}")
     return 0
 
 

@@ -23,12 +23,11 @@ Builtin datasets (``voc_2007_trainval``, ``voc_2012_trainval``, ``voc_2007_test`
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import logging
 import os
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
@@ -40,15 +39,17 @@ from detectron2.engine import DefaultTrainer, default_argument_parser, default_s
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.layers import get_norm
 from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
+from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from simsiam_hub.checkpoint import CheckpointError, safe_torch_load
 from simsiam_hub.detection.convert import convert_source
+from simsiam_hub.detection.datasets import TransferError, coco_classes, voc_records
 from simsiam_hub.detection.install import detectron2_description
-from simsiam_hub.errors import SimsiamHubError, UsageError
-from simsiam_hub.fileio import atomic_write_text
+from simsiam_hub.errors import run_command
+from simsiam_hub.fileio import atomic_write_text, folder_lock
 from simsiam_hub.hub.results import EvalResult, write_results
 from simsiam_hub.resources import shipped_configs
 
@@ -86,10 +87,6 @@ BENCHMARKS = {
     (("coco_2017_train",), "coco_2017_val"): ("coco2017", "val"),
 }
 TASKS = {"bbox": "detection", "segm": "instance-segmentation"}
-
-
-class TransferError(UsageError):
-    """A fine-tuning run that cannot start as asked: a config, dataset or weights problem."""
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -141,80 +138,6 @@ def _registered(name: str, **where) -> bool:
     )
 
 
-# Image files a VOC folder's JPEGImages/ may hold, found by id (Detectron2's loader assumes .jpg).
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".JPG", ".JPEG", ".PNG", ".TIF", ".TIFF", ".BMP")
-OBJECT_TAGS = ("name", "pose", "truncated", "difficult", "bndbox")  # what Detectron2's VOC evaluator reads
-
-
-def voc_records(name: str, root: Path, split: str, classes) -> list[dict]:
-    """A Pascal VOC folder's split as Detectron2 dataset dicts, every file checked first.
-
-    Detectron2's own ``load_voc_instances`` reads the same XML the same way (1-based inclusive
-    boxes become ``xmin - 1, ymin - 1``), but assumes ``.jpg`` images and reads the split file
-    with ``np.loadtxt``, which fails on a split of one image. Anything that would fail later,
-    deep inside a data loader, is refused here in one line naming the file.
-    """
-    from detectron2.structures import BoxMode
-
-    ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
-    for needed in (root / "JPEGImages", root / "Annotations", ids_file):
-        if not needed.exists():
-            raise TransferError(
-                f"--register-voc {name}: {needed} not found; expected a Pascal VOC layout "
-                f"(JPEGImages/, Annotations/, ImageSets/Main/{split}.txt) under {root}"
-            )
-    ids = [line.split()[0] for line in ids_file.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise TransferError(f"--register-voc {name}: {ids_file} lists no images")
-    records = []
-    for image_id in ids:
-        image = next(
-            (
-                root / "JPEGImages" / f"{image_id}{s}"
-                for s in IMAGE_SUFFIXES
-                if (root / "JPEGImages" / f"{image_id}{s}").is_file()
-            ),
-            None,
-        )
-        if image is None:
-            raise TransferError(
-                f"--register-voc {name}: no image for {image_id!r} in {root / 'JPEGImages'} (expected {image_id}.jpg, .png, .tif or .bmp)"
-            )
-        xml = root / "Annotations" / f"{image_id}.xml"
-        try:
-            tree = ET.parse(xml).getroot()
-            height, width = int(tree.findtext("size/height")), int(tree.findtext("size/width"))
-        except (OSError, ET.ParseError) as err:
-            raise TransferError(f"--register-voc {name}: cannot read annotation {xml}: {err}") from None
-        except (TypeError, ValueError):
-            raise TransferError(f"--register-voc {name}: {xml} has no integer <size><width> and <height>") from None
-        instances = []
-        for obj in tree.iter("object"):
-            absent = [tag for tag in OBJECT_TAGS if obj.find(tag) is None]
-            if absent:
-                raise TransferError(
-                    f"--register-voc {name}: {xml} has an <object> without {', '.join(f'<{t}>' for t in absent)}"
-                )
-            label = obj.findtext("name")
-            if label not in classes:
-                raise TransferError(
-                    f"--register-voc {name}: {xml} names the class {label!r}, not in the class list {list(classes)} (set --classes)"
-                )
-            try:
-                box = [float(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
-            except (TypeError, ValueError):
-                raise TransferError(
-                    f"--register-voc {name}: {xml} has a <bndbox> without numeric xmin, ymin, xmax, ymax"
-                ) from None
-            box[0] -= 1.0
-            box[1] -= 1.0
-            instances.append({"category_id": list(classes).index(label), "bbox": box, "bbox_mode": BoxMode.XYXY_ABS})
-        records.append(
-            {"file_name": str(image), "image_id": image_id, "height": height, "width": width, "annotations": instances}
-        )
-    return records
-
-
 def register_voc(name: str, folder: str, split: str, classes) -> None:
     """Register a Pascal VOC layout folder (JPEGImages/, Annotations/, ImageSets/Main/SPLIT.txt),
     checked file by file before any model is built (:func:`voc_records`).
@@ -223,7 +146,7 @@ def register_voc(name: str, folder: str, split: str, classes) -> None:
     (Detectron2 uses VOC2007's 11-point AP only for year 2007).
     """
     root = Path(folder).expanduser()
-    records = voc_records(name, root, split, classes)
+    records = voc_records(name, root, split, classes, bbox_mode=BoxMode.XYXY_ABS)
     if _registered(name, dirname=str(root), split=split, thing_classes=list(classes)):
         return
     DatasetCatalog.register(name, lambda: copy.deepcopy(records))
@@ -234,22 +157,10 @@ def register_voc(name: str, folder: str, split: str, classes) -> None:
 
 
 def register_coco(name: str, json_file: str, image_root: str) -> None:
-    """Register a COCO-format json (boxes, and polygon or RLE masks) with its image folder.
-
-    Class names are the json's categories in id order, as Detectron2's loader maps them.
-    """
+    """Register a COCO-format json (boxes, and polygon or RLE masks) with its image folder,
+    every image it names checked first (:func:`~simsiam_hub.detection.datasets.coco_classes`)."""
     json_path, images = Path(json_file).expanduser(), Path(image_root).expanduser()
-    if not images.is_dir():
-        raise TransferError(f"--register-coco {name}: image folder {images} not found")
-    try:
-        categories = json.loads(json_path.read_text(encoding="utf-8"))["categories"]
-        classes = [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
-    except FileNotFoundError:
-        raise TransferError(f"--register-coco {name}: {json_path} not found") from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise TransferError(
-            f"--register-coco {name}: {json_path} is not COCO-format json with categories: {err!r}"
-        ) from None
+    classes = coco_classes(name, json_path, images)
     if _registered(name, json_file=str(json_path), image_root=str(images), thing_classes=classes):
         return
     register_coco_instances(name, {}, str(json_path), str(images))
@@ -418,9 +329,15 @@ def _seeds(cfg, trials: int) -> list[int]:
 
 
 def main(args) -> dict:
-    """Train (or evaluate) every trial; returns ``{output_dir: results}``."""
+    """Train (or evaluate) every trial, holding OUTPUT_DIR's lock (one run per folder, as
+    pretraining); returns ``{output_dir: results}``."""
     register_datasets(args)
     cfg = setup(args)
+    with folder_lock(cfg.OUTPUT_DIR, "OUTPUT_DIR") if comm.is_main_process() else contextlib.nullcontext():
+        return _run(args, cfg)
+
+
+def _run(args, cfg) -> dict:
     default_setup(cfg, args)  # logger, environment, config.yaml in OUTPUT_DIR
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="simsiam_hub")
     log.info("%s", detectron2_description())
@@ -520,19 +437,19 @@ def cli(argv=None) -> int:
         parser.error(f"--trials must be at least 1, got {args.trials}")
     if args.eval_only and args.trials != 1:
         parser.error("--eval-only evaluates one model: --trials does not apply")
-    try:
-        args.config_file = resolve_config_file(args.config_file)  # a shipped config's name works too
-        launch(
-            main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
-    except SimsiamHubError as err:
-        print(f"train_net.py: error: {err}", file=sys.stderr)
-        return err.exit_code
+    return run_command("train_net.py", _launch, args)
+
+
+def _launch(args) -> int:
+    args.config_file = resolve_config_file(args.config_file)  # a shipped config's name works too
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
     return 0
 
 

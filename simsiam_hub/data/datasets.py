@@ -274,6 +274,8 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
     """Integer labels of every item, without decoding images where the dataset allows."""
     if isinstance(dataset, Subset):
         return targets_of(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    if isinstance(dataset, SeededViews):
+        return targets_of(dataset.dataset)
     targets = getattr(dataset, "targets", None)
     if targets is None:
         targets = [label for _, label in dataset]
@@ -376,3 +378,33 @@ class SeededViews(Dataset):
             finally:
                 random.setstate(state)
         return views, label, bad
+
+
+def _as_is(image):
+    return image
+
+
+EVAL_MAX_BAD_IMAGES = 100  # unreadable images an evaluation passes over before it stops (as data.max_bad_images)
+
+
+def readable(dataset: Dataset) -> SeededViews:
+    """``dataset`` for evaluation with pretraining's handling of unreadable images
+    (:class:`SeededViews` with the dataset's own transform): one is logged by name and replaced by
+    another image drawn from a fixed seed, and items are ``(image, label, bad)``; the caller counts
+    ``bad`` against a bound (:func:`count_bad_images`)."""
+    return SeededViews(dataset, _as_is, seed=0)
+
+
+def count_bad_images(dataset: Dataset, bad: set[int], what: str = "evaluation", limit: int | None = None) -> None:
+    """Log how many images of ``dataset`` could not be read (each was logged by name when it was
+    passed over); more than ``limit`` (default :data:`EVAL_MAX_BAD_IMAGES`) stops the run with a
+    :class:`DatasetError` naming some."""
+    if not bad:
+        return
+    limit = EVAL_MAX_BAD_IMAGES if limit is None else limit
+    names = ", ".join(item_name(dataset, i) for i in sorted(bad)[:5])
+    if len(bad) > limit:
+        raise DatasetError(
+            f"{len(bad)} images could not be read in the {what}, more than {limit} (first: {names}): is the dataset readable?"
+        )
+    log.warning("%s: %d unreadable images replaced by seeded draws of others (first: %s)", what, len(bad), names)

@@ -129,11 +129,22 @@ def make_coco(root: str | Path, splits: dict[str, int], *, size=(192, 128), obje
     return root
 
 
-if __name__ == "__main__":
-    import sys
+def main(argv=None) -> int:
+    import argparse
 
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "detection_data")
+    parser = argparse.ArgumentParser(
+        prog="python -m simsiam_hub.detection.synthetic",
+        description="Write tiny generated detection datasets: OUT/VOC2007, OUT/VOC2012 (Pascal VOC layout) and "
+        "OUT/coco (COCO json + images/), e.g. to stand in for VOC under $DETECTRON2_DATASETS.",
+    )
+    parser.add_argument("out", nargs="?", default="detection_data", metavar="OUT", help="output folder")
+    out = Path(parser.parse_args(argv).out)
     make_voc(out / "VOC2007", {"trainval": 8, "test": 4}, seed=0)
     make_voc(out / "VOC2012", {"trainval": 8}, seed=1)
     make_coco(out / "coco", {"train": 8, "val": 4}, seed=2)
     print(f"wrote {out}/VOC2007, {out}/VOC2012 (Pascal VOC layout) and {out}/coco (COCO json + images/)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

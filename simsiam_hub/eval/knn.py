@@ -20,7 +20,7 @@ from torchvision import transforms as T
 from tqdm.auto import tqdm
 
 from ..data.augment import eval_transform
-from ..data.datasets import FashionMNIST, build_dataset, seeded_subset
+from ..data.datasets import FashionMNIST, build_dataset, count_bad_images, readable, seeded_subset
 from ..errors import UsageError
 from ..precision import autocast_context
 from . import KNN_K, KNN_TEMPERATURE
@@ -55,9 +55,12 @@ def extract_features(
     dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), torch.float32)
     was_training = backbone.training
     backbone.eval()
-    features, labels = [], []
+    features, labels, bad = [], [], set()
     try:
-        for images, targets in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+            images, targets = batch[0], batch[1]
+            if len(batch) == 3:  # a readable() dataset: the unreadable images it passed over
+                bad |= {int(i) for i in batch[2].flatten().tolist() if i >= 0}
             images = images.to(device, dtype=dtype, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -68,6 +71,7 @@ def extract_features(
             labels.append(torch.as_tensor(targets).cpu())
     finally:
         backbone.train(was_training)
+    count_bad_images(getattr(loader, "dataset", None), bad, what=desc)
     return torch.cat(features), torch.cat(labels).long()
 
 
@@ -151,7 +155,7 @@ def knn_datasets(data_cfg, bank_size: int | None, query_size: int | None):
     query = seeded_subset(
         build_dataset(data_cfg, "val", transform), query_size, seed=EVAL_DRAW_SEEDS["val"], what="k-NN queries"
     )
-    return bank, query
+    return readable(bank), readable(query)  # unreadable images: as pretraining handles them
 
 
 def network_features(
@@ -236,9 +240,10 @@ def pixel_features(data_cfg, split: str, size: int | None) -> tuple[torch.Tensor
     transform = T.Compose(
         [T.Resize(data_cfg.image_size), T.CenterCrop(data_cfg.image_size), T.Grayscale(), T.ToTensor()]
     )
-    drawn = seeded_subset(build_dataset(data_cfg, split, transform), size, seed=EVAL_DRAW_SEEDS[split])
-    x, y = zip(*[(img.flatten(), label) for img, label in drawn])
-    return torch.stack(x), torch.as_tensor(y)
+    drawn = readable(seeded_subset(build_dataset(data_cfg, split, transform), size, seed=EVAL_DRAW_SEEDS[split]))
+    x, y, bad = zip(*[drawn[i] for i in range(len(drawn))])
+    count_bad_images(drawn, {int(i) for b in bad for i in b.tolist() if i >= 0}, what=f"{split} pixels")
+    return torch.stack([img.flatten() for img in x]), torch.as_tensor(y)
 
 
 def baseline_features(

@@ -48,10 +48,17 @@ from .. import __version__
 from ..checkpoint import load_tagged
 from ..config import ConfigError, LinclsConfig, LinclsOptimConfig, to_dict
 from ..data.augment import eval_transform, linear_train_transform
-from ..data.datasets import SeededViews, build_dataset, seeded_subset, targets_of
+from ..data.datasets import (
+    SeededViews,
+    build_dataset,
+    count_bad_images,
+    readable,
+    seeded_subset,
+    targets_of,
+)
 from ..distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
 from ..errors import SimsiamHubError
-from ..fileio import atomic_torch_save
+from ..fileio import atomic_torch_save, main_process_folder_lock
 from ..hub.results import EvalResult, write_results
 from ..monitor import CSVLog
 from ..optim import LARC, scaled_lr, set_learning_rate
@@ -172,7 +179,8 @@ class LinearEvaluation:
         val = seeded_subset(build_dataset(cfg.data, "val", view), cfg.data.val_subset, seed=EVAL_DRAW_SEEDS["val"])
         self.num_classes = int(max(targets_of(train).max(), targets_of(val).max())) + 1
         self.train_size, self.val_size = len(train), len(val)
-        self.train_set = train
+        # Unreadable images: logged by name, replaced by seeded draws, bounded (as in pretraining).
+        self.train_set, val = readable(train), readable(val)
         if not cached:
             self.train_set = SeededViews(
                 train, linear_train_transform(size, min_scale=cfg.data.min_scale), cfg.run.seed
@@ -314,13 +322,16 @@ class LinearEvaluation:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
-        for images, labels, _ in loader:  # unreadable images are passed over by SeededViews
+        bad = set()
+        for images, labels, passed_over in loader:  # unreadable images are passed over by SeededViews
+            bad |= {int(i) for i in passed_over.flatten().tolist() if i >= 0}
             images = images.to(self.device, non_blocking=True)
             if self.cfg.run.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
                 features = self.backbone(images)
             yield features.float().flatten(1), labels.to(self.device, non_blocking=True)
+        count_bad_images(self.train_set, bad, what=f"linear training, epoch {epoch}")
 
     def _steps_per_epoch(self) -> int:
         n = self.train_size if self.cfg.data.cache_features else len(self.sampler)
@@ -569,10 +580,12 @@ def linear_eval(
     :class:`LoadedSource`) as ``cfg`` says (``cfg.protocol``: the reference recipe, or the
     logreg probe); ``resume='auto'`` continues a reference run from ``run.output_dir``."""
     try:
-        if not isinstance(source, LoadedSource):
-            source = load_source(source, revision)
-        if cfg.protocol == "logreg":
-            return LinearEvaluation(cfg, source, resume=None).run_logreg()
-        return LinearEvaluation(cfg, source, resume=resume).run()
+        # One run per folder, as pretraining: two would interleave logs and overwrite checkpoints.
+        with main_process_folder_lock(cfg.run.output_dir):
+            if not isinstance(source, LoadedSource):
+                source = load_source(source, revision)
+            if cfg.protocol == "logreg":
+                return LinearEvaluation(cfg, source, resume=None).run_logreg()
+            return LinearEvaluation(cfg, source, resume=resume).run()
     finally:
         cleanup_distributed()

@@ -5,6 +5,7 @@ extraction: :mod:`.knn`; linear evaluation: :mod:`.lincls`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ from torch import nn
 from ..config import DataConfig
 from ..data import DEFAULT_IMAGE_SIZE
 from ..data.datasets import DATASETS, dataset_info
-from ..fileio import atomic_write_text
+from ..fileio import LOCK_NAME, atomic_write_text, folder_lock
 from ..hub.folder import SimsiamSection
 from ..hub.loading import from_pretrained
 from ..hub.repo import is_local, resolve_model_dir
@@ -185,7 +186,14 @@ def run_knn(
 ) -> dict:
     """`simsiam-hub knn`: k-NN of ``source`` (and with ``baselines`` the baselines, written beside
     ``output``), written to the results file ``output``; returns the metrics (and
-    ``comparison`` with baselines)."""
+    ``comparison`` with baselines). Into a run folder (one another command holds or held the lock of),
+    it takes that lock for the run."""
+    locked = (output.parent / LOCK_NAME).exists()
+    with folder_lock(output.parent, "--output") if locked else contextlib.nullcontext():
+        return _run_knn(source, data_cfg, output, baselines=baselines, dataset_label=dataset_label, **options)
+
+
+def _run_knn(source, data_cfg, output: Path, *, baselines: bool, dataset_label: str | None, **options) -> dict:
     if baselines:
         comparison = knn_with_baselines_file(source, data_cfg, output, **options)
         metrics = dict(comparison["simsiam"], comparison=comparison)

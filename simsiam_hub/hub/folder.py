@@ -15,14 +15,16 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from .. import __version__
 from ..data import DEFAULT_IMAGE_SIZE
-from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, eval_crop_pct
+from ..data.augment import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, eval_crop_pct
 from ..errors import SimsiamHubError
+from ..fileio import check_path_writable
 from ..models import ARCHS, feature_dim
 from .results import ResultsError, read_results
 from .weights import SIMSIAM_FILE, WeightsError, check_backbone, infer_arch, read_safetensors, split_state_dict
@@ -91,6 +93,29 @@ def public_recipe(recipe, prefix: str = ""):
     return public_source(recipe) if isinstance(recipe, str) else recipe
 
 
+# Types and bounds of the simsiam section's fields, checked whenever it is read: a config.json
+# with image_size 100000 or "big" is refused in one line, not in a MemoryError or a TypeError later.
+# name: (accepted types, lowest, highest, may be null)
+MAX_IMAGE_SIZE = 4096
+FIELD_RULES = {
+    "small_stem": ((bool,), None, None, False),
+    "image_size": ((int,), 8, MAX_IMAGE_SIZE, False),
+    "method": ((str,), None, None, False),
+    "epochs": ((int, float), 0, 1e6, True),
+    "batch_size": ((int,), 1, 1e9, True),
+    "dataset": ((str,), None, None, False),
+    "source": ((str,), None, None, False),
+    "license": ((str,), None, None, False),
+    "dim": ((int,), 1, 1e6, True),
+    "pred_dim": ((int,), 1, 1e6, True),
+    "has_simsiam": ((bool,), None, None, False),
+    "variant": ((str,), None, None, True),
+    "recipe": ((dict, str), None, None, True),
+    "library_version": ((str,), None, None, False),
+}
+KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "an object"}
+
+
 @dataclass
 class SimsiamSection:
     """The ``simsiam`` section of ``config.json``: what the card, the loaders and the evaluation
@@ -116,6 +141,19 @@ class SimsiamSection:
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise FolderError(f"simsiam.arch: expected one of {', '.join(ARCHS)}, found {self.arch!r}")
+        for name, (kinds, low, high, optional) in FIELD_RULES.items():
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+            if ok and low is not None:
+                ok = math.isfinite(value) and low <= value <= high
+            if not ok:
+                expected = " or ".join(KIND_NAMES[k] for k in kinds)
+                bounds = f" from {low:g} to {high:g}" if low is not None else ""
+                raise FolderError(
+                    f"simsiam.{name}: expected {expected}{bounds}{' or null' if optional else ''}, found {value!r}"
+                )
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -133,15 +171,22 @@ class SimsiamSection:
             return cls(**{k: v for k, v in values.items() if k in known})
         except TypeError as err:
             raise FolderError(f"{where}: the simsiam section is incomplete: {err}") from None
+        except FolderError as err:
+            raise FolderError(f"{where}: {err}") from None
 
     @classmethod
     def from_timm_config(cls, config: dict, where: str = "config.json") -> SimsiamSection:
         """A folder made by timm (no ``simsiam`` section): what its timm fields say."""
-        size = (config.get("pretrained_cfg") or {}).get("input_size", [3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE])[-1]
+        size = (config.get("pretrained_cfg") or {}).get("input_size", [3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE])
         arch = config.get("architecture")
         if arch not in ARCHS:
             raise FolderError(f"{where}: expected an architecture among {', '.join(ARCHS)}, found {arch!r}")
-        return cls(arch=arch, image_size=int(size), method="unknown", source=where)
+        if not (isinstance(size, list) and size):
+            raise FolderError(f"{where}: pretrained_cfg.input_size: expected [3, height, width], found {size!r}")
+        try:
+            return cls(arch=arch, image_size=size[-1], method="unknown", source=where)
+        except FolderError as err:
+            raise FolderError(f"{where}: pretrained_cfg.input_size: {err}") from None
 
 
 def timm_config(section: SimsiamSection) -> dict:
@@ -174,6 +219,43 @@ def timm_config(section: SimsiamSection) -> dict:
     }
 
 
+def _numbers(value, n: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == n
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+    )
+
+
+def check_pretrained_cfg(pretrained_cfg, where: str) -> None:
+    """The timm fields the eval transform and the card read (input_size, crop_pct, interpolation,
+    mean, std): of the right type and within bounds, or a one-line :class:`FolderError`."""
+    if not isinstance(pretrained_cfg, dict):
+        raise FolderError(f"{where}: pretrained_cfg: expected an object, found {pretrained_cfg!r}")
+    checks = {
+        "input_size": lambda v: (
+            _numbers(v, 3)
+            and all(isinstance(x, int) for x in v)
+            and v[0] == 3
+            and all(8 <= x <= MAX_IMAGE_SIZE for x in v[1:])
+        ),
+        "crop_pct": lambda v: _numbers([v], 1) and 0 < v <= 2,
+        "interpolation": lambda v: v in INTERPOLATIONS,
+        "mean": lambda v: _numbers(v, 3),
+        "std": lambda v: _numbers(v, 3) and all(x > 0 for x in v),
+    }
+    expected = {
+        "input_size": f"[3, height, width] with sizes from 8 to {MAX_IMAGE_SIZE}",
+        "crop_pct": "a number in (0, 2]",
+        "interpolation": f"one of {', '.join(INTERPOLATIONS)}",
+        "mean": "3 numbers",
+        "std": "3 positive numbers",
+    }
+    for key, ok in checks.items():
+        if key in pretrained_cfg and not ok(pretrained_cfg[key]):
+            raise FolderError(f"{where}: pretrained_cfg.{key}: expected {expected[key]}, found {pretrained_cfg[key]!r}")
+
+
 def read_config(folder: str | Path) -> tuple[SimsiamSection, dict]:
     """``(simsiam section, pretrained_cfg)`` of a model folder's ``config.json``; a folder
     made by timm, without the section, gets one from its timm fields."""
@@ -187,6 +269,7 @@ def read_config(folder: str | Path) -> tuple[SimsiamSection, dict]:
     if not isinstance(config, dict):
         raise FolderError(f"{path}: expected a JSON object, found {type(config).__name__}")
     pretrained_cfg = config.get("pretrained_cfg") or {}
+    check_pretrained_cfg(pretrained_cfg, str(path))
     if "simsiam" in config:
         return SimsiamSection.from_json(config["simsiam"], str(path)), pretrained_cfg
     return SimsiamSection.from_timm_config(config, str(path)), pretrained_cfg
@@ -231,6 +314,7 @@ def check_destination(path: str | Path, *, force: bool = False, what: str = "--o
     """``path`` as a folder that may be (re)written with a model folder: new, empty, or a model
     folder of this project. Anything else is refused unless ``force`` (its files then go)."""
     path = Path(path).expanduser()
+    check_path_writable(path)
     if path.exists() and not path.is_dir():
         raise FolderError(f"{what} {path} is a file: expected a folder to write the model into")
     if not path.exists() or force or not any(path.iterdir()) or is_model_folder(path):

@@ -43,7 +43,11 @@ def is_local(ref: str | Path) -> bool:
     """A local folder rather than a Hub repo id: an existing path, or one written as a path
     (absolute, ``./``, ``../``, ``~``). Hub repo ids are ``NAME`` or ``ORG/NAME``."""
     text = str(ref)
-    return Path(text).expanduser().exists() or text.startswith(("/", "./", "../", "~", "."))
+    try:
+        exists = Path(text).expanduser().exists()
+    except OSError:  # a name too long to be a path (ENAMETOOLONG): the Hub's repo id check says why
+        exists = False
+    return exists or text.startswith(("/", "./", "../", "~", "."))
 
 
 @contextlib.contextmanager
