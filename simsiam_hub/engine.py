@@ -305,6 +305,34 @@ def _describe_changes(changes: dict) -> str:
     return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changes.items())
 
 
+@dataclass
+class Meters:
+    """What the logs report: the epoch's summed loss and steps, the window since the last step
+    row (steps, seconds waiting for data), and the last values shown."""
+
+    loss_sum: float = 0.0
+    steps: int = 0
+    window_start: float = 0.0
+    window_steps: int = 0
+    window_wait: float = 0.0
+    loss: float | None = None
+    z_std: float | None = None
+    knn_top1: float | None = None
+
+    def start_epoch(self) -> None:
+        self.loss_sum, self.steps = 0.0, 0
+        self.start_window()
+
+    def start_window(self) -> None:
+        self.window_start, self.window_steps, self.window_wait = time.perf_counter(), 0, 0.0
+
+    def add_step(self, loss: float) -> None:
+        self.loss = loss
+        self.loss_sum += loss
+        self.steps += 1
+        self.window_steps += 1
+
+
 class Trainer:
     """Holds the state of one pretraining run; :meth:`run` trains to the end."""
 
@@ -317,6 +345,7 @@ class Trainer:
             )
         self.local_batch = cfg.optim.batch_size // info.world_size
         self.out = Path(cfg.run.output_dir)
+        self.meters = Meters()
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             if torch.cuda.is_available():
@@ -482,7 +511,6 @@ class Trainer:
             self._open_logs()
         self.checkpoint = self.resumed_from
         self.net.train()
-        self.loss_value = self.z_std = self.knn_top1 = None
         stopping = False
         while self.step < self.total_steps and not stopping:
             stopping = self._run_epoch()
@@ -503,9 +531,9 @@ class Trainer:
             checkpoint,
             self.step,
             self.step / self.steps_per_epoch,
-            self.loss_value,
-            self.z_std,
-            self.knn_top1,
+            self.meters.loss,
+            self.meters.z_std,
+            self.meters.knn_top1,
         )
 
     def _open_logs(self) -> None:
@@ -563,12 +591,11 @@ class Trainer:
             worker_init_fn=ignore_stop_signals,
         )
         epoch_start, epoch_step0 = time.perf_counter(), self.step
-        self.loss_sum, self.n_steps = 0.0, 0
-        self.window = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
+        self.meters.start_epoch()
         fetch_start = time.perf_counter()
         z1 = None
         for (x1, x2), _, bad in loader:
-            self.window["wait"] += time.perf_counter() - fetch_start
+            self.meters.window_wait += time.perf_counter() - fetch_start
             self._count_bad_images(bad)
             lr = set_learning_rate(self.optimizer, cfg.optim, self.step / self.steps_per_epoch)
             z1 = self._step(x1, x2, epoch)
@@ -591,7 +618,7 @@ class Trainer:
             if self.checkpoint != checkpoint_path(self.out, self.step):
                 self.checkpoint = self.save_checkpoint()
             return True
-        if info.is_main and self.n_steps:
+        if info.is_main and self.meters.steps:
             self._end_epoch(epoch, z1, time.perf_counter() - epoch_start, self.step - epoch_step0)
         barrier()
         if self.checkpoint != checkpoint_path(self.out, self.step):
@@ -608,11 +635,11 @@ class Trainer:
         with autocast_context(self.device, self.amp_dtype):
             p1, p2, z1, z2 = self.net(x1, x2)
         loss = simsiam_loss(p1, p2, z1, z2, stop_gradient=cfg.model.stop_gradient)
-        self.loss_value = _global_mean(loss, self.info)
-        if not math.isfinite(self.loss_value):
+        loss_value = _global_mean(loss, self.info)
+        if not math.isfinite(loss_value):
             last = list_checkpoints(self.out)
             raise NonFiniteLossError(
-                f"loss is {self.loss_value} at step {self.step + 1} (epoch {epoch}); stopped before the update. "
+                f"loss is {loss_value} at step {self.step + 1} (epoch {epoch}); stopped before the update. "
                 f"Last good checkpoint: {last[0] if last else 'none yet'}. Lower optim.base_lr or set run.amp=off."
             )
         self.optimizer.zero_grad(set_to_none=True)
@@ -620,9 +647,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
-        self.loss_sum += self.loss_value
-        self.n_steps += 1
-        self.window["steps"] += 1
+        self.meters.add_step(loss_value)
         return z1.detach()
 
     def _count_bad_images(self, bad: torch.Tensor) -> None:
@@ -642,18 +667,18 @@ class Trainer:
 
     def _log_step(self, lr: float, z1: torch.Tensor) -> None:
         cfg = self.cfg
-        self.z_std = std_of_l2_normalized(z1)
-        elapsed = time.perf_counter() - self.window["start"]
+        self.meters.z_std = std_of_l2_normalized(z1)
+        elapsed = time.perf_counter() - self.meters.window_start
         row = {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
-            "loss": self.loss_value,
+            "loss": self.meters.loss,
             "lr": lr,
-            "z_std": self.z_std,
-            "z_std_ratio": collapse_ratio(self.z_std, cfg.model.dim),
+            "z_std": self.meters.z_std,
+            "z_std_ratio": collapse_ratio(self.meters.z_std, cfg.model.dim),
             "z_top_share": top_direction_share(z1),
-            "images_per_s": self.window["steps"] * cfg.optim.batch_size / elapsed,
-            "data_wait_frac": self.window["wait"] / elapsed,
+            "images_per_s": self.meters.window_steps * cfg.optim.batch_size / elapsed,
+            "data_wait_frac": self.meters.window_wait / elapsed,
             "bad_images": len(self.bad_images),
         }
         self.step_log.write(row)
@@ -661,22 +686,22 @@ class Trainer:
             for key in ("loss", "lr", "z_std", "z_std_ratio", "z_top_share", "images_per_s", "data_wait_frac"):
                 self.tb.add_scalar(f"train/{key}", row[key], self.step)
         self.bar.set_postfix(
-            loss=f"{self.loss_value:.3f}", z_std=f"{self.z_std:.4f}", img_s=f"{row['images_per_s']:.1f}"
+            loss=f"{self.meters.loss:.3f}", z_std=f"{self.meters.z_std:.4f}", img_s=f"{row['images_per_s']:.1f}"
         )
-        self.window = {"start": time.perf_counter(), "steps": 0, "wait": 0.0}
+        self.meters.start_window()
 
     def _end_epoch(self, epoch: int, z1: torch.Tensor, seconds: float, steps: int) -> None:
         """The epoch's row (mean loss, collapse statistics, k-NN when due), the collapse warning
         and the epoch line."""
         cfg = self.cfg
-        self.z_std = std_of_l2_normalized(z1)
-        ratio = collapse_ratio(self.z_std, cfg.model.dim)
+        self.meters.z_std = std_of_l2_normalized(z1)
+        ratio = collapse_ratio(self.meters.z_std, cfg.model.dim)
         share = top_direction_share(z1)
         row = {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
-            "loss": self.loss_sum / self.n_steps,
-            "z_std": self.z_std,
+            "loss": self.meters.loss_sum / self.meters.steps,
+            "z_std": self.meters.z_std,
             "z_std_ratio": ratio,
             "z_top_share": share,
             "seconds": seconds,
@@ -692,7 +717,7 @@ class Trainer:
         if self.knn and knn_due:
             result = self.knn(self.model)
             row["knn_top1"], row["knn_top5"] = result["top1"], result["top5"]
-            self.knn_top1 = row["knn_top1"]
+            self.meters.knn_top1 = row["knn_top1"]
         self.epoch_log.write(row)
         if self.tb:
             for key in ("loss", "z_std", "z_std_ratio", "z_top_share", "knn_top1", "knn_top5"):
@@ -702,7 +727,7 @@ class Trainer:
             log.warning(
                 "collapse warning: std of l2-normalised z is %.5f, %.3f x 1/sqrt(%d) (threshold %.2f); "
                 "%.3f of it lies on one line (threshold %.2f)",
-                self.z_std,
+                self.meters.z_std,
                 ratio,
                 cfg.model.dim,
                 cfg.monitor.collapse_warn_ratio,
@@ -711,7 +736,7 @@ class Trainer:
             )
         knn_text = f" knn_top1={row['knn_top1']:.2f}%" if row.get("knn_top1") is not None else ""
         tqdm.write(
-            f"epoch {self.step / self.steps_per_epoch:.2f}: loss={row['loss']:.4f} z_std={self.z_std:.4f} (x{ratio:.2f} of 1/sqrt(d), "
+            f"epoch {self.step / self.steps_per_epoch:.2f}: loss={row['loss']:.4f} z_std={self.meters.z_std:.4f} (x{ratio:.2f} of 1/sqrt(d), "
             f"{share:.2f} on one line){knn_text} {row['images_per_s']:.1f} img/s"
         )
         self.last_metrics = {k: v for k, v in row.items() if v is not None}
