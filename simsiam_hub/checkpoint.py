@@ -17,6 +17,19 @@ import torch
 from .errors import SimsiamHubError
 from .fileio import atomic_torch_save
 
+__all__ = [
+    "PRETRAIN_FORMAT",
+    "CheckpointError",
+    "safe_torch_load",
+    "load_tagged",
+    "checkpoint_path",
+    "list_checkpoints",
+    "load_checkpoint",
+    "save_checkpoint",
+    "find_resume_checkpoint",
+    "prune_checkpoints",
+]
+
 log = logging.getLogger(__name__)
 
 PRETRAIN_FORMAT = "simsiam-hub/pretrain-checkpoint"

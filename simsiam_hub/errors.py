@@ -6,6 +6,8 @@ value: :class:`UsageError`), 1 for everything that went wrong while running.
 
 from __future__ import annotations
 
+__all__ = ["SimsiamHubError", "UsageError", "MissingExtraError", "import_extra"]
+
 
 class SimsiamHubError(Exception):
     """Bad input or a failed operation, said clearly: what was expected and what was found."""

@@ -15,6 +15,16 @@ from pathlib import Path
 
 from .errors import SimsiamHubError, UsageError
 
+__all__ = [
+    "FolderInUseError",
+    "StorageError",
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_text",
+    "atomic_folder",
+    "folder_lock",
+]
+
 LOCK_NAME = ".lock"
 OWNER_NAME = ".lock.owner"
 

@@ -14,6 +14,19 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+__all__ = [
+    "ARCHS",
+    "PROJ_LAYERS",
+    "build_resnet",
+    "build_backbone",
+    "feature_dim",
+    "SimSiam",
+    "projector_layers",
+    "simsiam_loss",
+    "PooledFeatures",
+    "initial_backbone",
+]
+
 ARCHS = ("resnet18", "resnet34", "resnet50")
 PROJ_LAYERS = (3, 2)  # projector depth: 3 (builder.py, ImageNet) | 2 (the paper's CIFAR-10, Appendix D)
 

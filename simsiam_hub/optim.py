@@ -15,6 +15,8 @@ import math
 
 import torch
 
+__all__ = ["scaled_lr", "LARC", "learning_rate", "set_learning_rate", "build_pretrain_optimizer"]
+
 
 def scaled_lr(base_lr: float, batch_size: int) -> float:
     """The linear scaling rule both recipes use: lr = base_lr * batch_size / 256."""

@@ -14,6 +14,8 @@ import contextlib
 
 import torch
 
+__all__ = ["EVAL_AMP", "precision_name", "resolve_amp", "autocast_context"]
+
 EVAL_AMP = "off"  # the default precision of every evaluation's forward pass: fp32
 
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torchvision.transforms.functional as TVF
-from hub_fixtures import FakeHub, make_official_checkpoint, make_training_checkpoint
+from checkpoints import make_official_checkpoint, make_training_checkpoint
+from fake_hub import FakeHub
 from PIL import ImageFilter
 from reference import JITTER_OPS
 

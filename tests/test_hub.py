@@ -1,6 +1,6 @@
 """Model folders and the Hub: export, push, pull, from_pretrained, torch.hub, revisions, offline
 mode and errors, with the real huggingface_hub client against the small Hub of
-tests/hub_fixtures.py on 127.0.0.1.
+tests/fake_hub.py on 127.0.0.1.
 
 The client side runs in a spawned worker process (or a subprocess) whose environment points
 huggingface_hub at that Hub before it is imported; this process is left as it was.
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from hub_fixtures import TOKEN, client_pool, hub_env
+from fake_hub import TOKEN, client_pool, hub_env
 from torch import nn
 
 from simsiam_hub.cli import main

@@ -144,3 +144,25 @@ def test_old_import_paths_of_moved_modules_still_work_with_a_warning():
     from simsiam_hub.data.datasets import build_dataset as new_build_dataset
 
     assert build_dataset is new_build_dataset
+
+
+def test_public_names_are_declared_and_each_exists():
+    """Every module of simsiam_hub/hub/ declares its public names in ``__all__``, and every name
+    in any module's ``__all__`` is there to import."""
+    import importlib
+
+    package = ROOT / "simsiam_hub"
+
+    def declares(path: Path) -> bool:
+        targets = (t for n in ast.parse(path.read_text()).body if isinstance(n, ast.Assign) for t in n.targets)
+        return any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets)
+
+    declaring = sorted(p for p in package.rglob("*.py") if declares(p))
+    hub = sorted(p for p in (package / "hub").glob("*.py") if p.name != "__init__.py")
+    assert hub and not set(hub) - set(declaring), [p.name for p in hub if p not in declaring]
+    for path in declaring:
+        name = ".".join(["simsiam_hub", *path.relative_to(package).with_suffix("").parts]).removesuffix(".__init__")
+        module = importlib.import_module(name)
+        assert len(set(module.__all__)) == len(module.__all__), f"{name}.__all__ repeats a name"
+        missing = [n for n in module.__all__ if not hasattr(module, n)]
+        assert not missing, f"{name}.__all__ names what it does not define: {missing}"

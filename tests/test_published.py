@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from hub_fixtures import hub_env
+from fake_hub import hub_env
 
 from simsiam_hub.cli import main
 from simsiam_hub.hub.card import card_metadata

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hub_fixtures import randomize_batchnorm
+from checkpoints import randomize_batchnorm
 from torch import nn
 
 from simsiam_hub.cli import main

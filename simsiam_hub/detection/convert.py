@@ -23,6 +23,8 @@ from ..fileio import atomic_path
 from ..hub.loading import load_backbone_state_dict
 from ..hub.weights import check_backbone
 
+__all__ = ["ConversionError", "detectron2_name", "convert_to_detectron2", "convert_source"]
+
 log = logging.getLogger(__name__)
 
 AUTHOR = "simsiam-hub"

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+__all__ = ["make_voc", "make_coco"]
+
 CLASSES = ("bird", "cat", "dog")
 SHAPES = (("square", (220, 40, 40)), ("triangle", (40, 200, 60)), ("disc", (50, 80, 230)))
 

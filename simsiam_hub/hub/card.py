@@ -35,6 +35,8 @@ from .folder import (
 from .registry import CODE_URL, OFFICIAL_CODE_URL, PAPER_URL, torch_hub_repo
 from .results import EvalResult, read_results, write_results
 
+__all__ = ["card_metadata", "merge_results", "folder_results", "write_card"]
+
 # Benchmarks named in results beyond the datasets we build (data.DATASETS), for the card's `datasets`.
 HUB_DATASETS = {
     "imagenet-1k": "ILSVRC/imagenet-1k",

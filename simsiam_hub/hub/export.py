@@ -31,6 +31,8 @@ from .folder import (
 from .results import EvalResult, read_results
 from .weights import LoadedWeights, backbone_metadata, read_weights, save_safetensors
 
+__all__ = ["describe", "export", "rewrite_card", "import_official"]
+
 log = logging.getLogger(__name__)
 
 # Licences of imported weights; weights we train take their data's (data.DATASETS).

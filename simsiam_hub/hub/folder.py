@@ -29,6 +29,26 @@ from ..models import ARCHS, feature_dim
 from .results import ResultsError, read_results
 from .weights import SIMSIAM_FILE, WeightsError, check_backbone, infer_arch, read_safetensors, split_state_dict
 
+__all__ = [
+    "BACKBONE_FILE",
+    "CONFIG_FILE",
+    "CARD_FILE",
+    "RESULTS_FILE",
+    "MODEL_FILES",
+    "SIMSIAM_FILE",
+    "FolderError",
+    "fingerprint",
+    "public_source",
+    "public_recipe",
+    "SimsiamSection",
+    "timm_config",
+    "read_config",
+    "write_config",
+    "read_backbone",
+    "check_destination",
+    "validate_folder",
+]
+
 log = logging.getLogger(__name__)
 
 BACKBONE_FILE = "model.safetensors"

@@ -19,6 +19,8 @@ from .folder import BACKBONE_FILE, SIMSIAM_FILE, SimsiamSection, read_backbone, 
 from .repo import HubError, NotCachedError, RepoNotFoundError, resolve_model_dir
 from .weights import WeightsError, check_backbone, read_safetensors, read_weights
 
+__all__ = ["from_pretrained", "load_backbone_state_dict", "load_variant"]
+
 log = logging.getLogger(__name__)
 
 HEADS = ("backbone", "simsiam")

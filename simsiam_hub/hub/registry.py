@@ -21,6 +21,27 @@ from typing import Optional
 
 from ..errors import SimsiamHubError
 
+__all__ = [
+    "GITHUB_REPO",
+    "CODE_URL",
+    "OFFICIAL_CODE_URL",
+    "PAPER_URL",
+    "DownloadError",
+    "Variant",
+    "VARIANTS",
+    "DEFAULT_VARIANT",
+    "torch_hub_repo",
+    "get_variant",
+    "pin_variable",
+    "pinned_sha256",
+    "trust_status",
+    "cache_dir",
+    "download_path",
+    "converted_dir",
+    "download",
+    "variant_status",
+]
+
 log = logging.getLogger(__name__)
 
 HUB_ORG = "simsiam-hub"  # the Hub organisation our model repos live under

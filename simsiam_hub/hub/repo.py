@@ -23,6 +23,17 @@ from ..fileio import atomic_folder
 from .export import export, rewrite_card
 from .folder import BACKBONE_FILE, CONFIG_FILE, MODEL_FILES, FolderError, check_destination, validate_folder
 
+__all__ = [
+    "HubError",
+    "RepoNotFoundError",
+    "NotCachedError",
+    "is_local",
+    "progress_bars",
+    "resolve_model_dir",
+    "push_to_hub",
+    "pull",
+]
+
 
 class HubError(SimsiamHubError, RuntimeError):
     """A model repo that cannot be found, read or written."""

@@ -16,6 +16,8 @@ from typing import Optional
 from ..errors import SimsiamHubError
 from ..fileio import atomic_write_text
 
+__all__ = ["ResultsError", "EvalResult", "write_results", "read_results"]
+
 RESULTS_FORMAT = "simsiam-hub/eval-results"
 RESULTS_VERSION = 1
 TASKS = ("knn", "linear", "detection", "instance-segmentation")

@@ -36,6 +36,20 @@ from ..errors import SimsiamHubError
 from ..fileio import atomic_path
 from ..models import build_backbone
 
+__all__ = [
+    "SIMSIAM_FILE",
+    "WeightsError",
+    "LoadedWeights",
+    "read_safetensors",
+    "split_state_dict",
+    "infer_arch",
+    "check_backbone",
+    "read_weights",
+    "load_simsiam_state_dict",
+    "backbone_metadata",
+    "save_safetensors",
+]
+
 SIMSIAM_FILE = "simsiam.safetensors"  # the whole model in a model folder (hub.folder names the other files)
 # (bottleneck blocks?, blocks per stage) -> torchvision arch; the ones models.ARCHS builds.
 _ARCH_BY_LAYOUT = {
