@@ -146,10 +146,12 @@ class LinclsResult:
     probe: ProbeResult | None = None  # logreg: the whole result (chosen weight decay, sweep, ...)
 
 
-class LinearEvaluation:
-    """One linear-evaluation run; :meth:`run` trains to the end (or to ``run.stop_after_epochs``)."""
+class FrozenBackbone:
+    """What both protocols share: the data (train and val, seeded subsets, unreadable images
+    handled), the frozen backbone with its snapshot and fingerprint, feature extraction, and the
+    results' common fields."""
 
-    def __init__(self, cfg: LinclsConfig, source: LoadedSource, *, resume: str | None = "auto"):
+    def __init__(self, cfg: LinclsConfig, source: LoadedSource):
         self.cfg, self.source = cfg, source
         self.info = info = setup_distributed()
         self.timings: dict[str, float] = {}
@@ -201,8 +203,46 @@ class LinearEvaluation:
         if cfg.run.channels_last:
             backbone.to(memory_format=torch.channels_last)
         self.backbone = backbone
+
+    # --- features ------------------------------------------------------------------------
+    def extract(self, dataset, desc: str):
+        start = time.perf_counter()
+        loader = eval_loader(
+            dataset, batch_size=self.cfg.run.eval_batch_size, num_workers=self.cfg.data.num_workers, device=self.device
+        )
+        x, y = extract_features(
+            self.backbone,
+            loader,
+            device=self.device,
+            amp_dtype=self.amp_dtype,
+            channels_last=self.cfg.run.channels_last,
+            progress=self.cfg.run.progress and self.info.is_main,
+            desc=desc,
+            normalize=False,
+        )
+        self.timings[f"{desc} seconds"] = time.perf_counter() - start
+        return x.to(self.device), y.to(self.device)
+
+    def result_fields(self) -> dict:
+        cfg = self.cfg
+        return dict(
+            task="linear",
+            dataset=dataset_name(cfg.data, cfg.data.name),
+            split=split_name(cfg.data),
+            source=self.source.name,
+            source_revision=self.source.revision,
+        )
+
+
+class LinearEvaluation(FrozenBackbone):
+    """One linear-evaluation run of the reference protocol; :meth:`run` trains to the end (or to
+    ``run.stop_after_epochs``)."""
+
+    def __init__(self, cfg: LinclsConfig, source: LoadedSource, *, resume: str | None = "auto"):
+        super().__init__(cfg, source)
+        size = cfg.data.image_size
         with torch.no_grad():
-            num_features = backbone(torch.zeros(2, 3, size, size, device=self.device)).flatten(1).shape[1]
+            num_features = self.backbone(torch.zeros(2, 3, size, size, device=self.device)).flatten(1).shape[1]
         self.fc = new_classifier(num_features, self.num_classes).to(self.device)
         self.optimizer = build_optimizer(self.fc, cfg.optim)
         self.epoch = 0
@@ -214,7 +254,7 @@ class LinearEvaluation:
         if resume:
             self._resume(resume)
         self.net = self.fc
-        if info.distributed:
+        if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.fc, device_ids=ids)
 
@@ -284,25 +324,6 @@ class LinearEvaluation:
         barrier()
         return path
 
-    # --- features ------------------------------------------------------------------------
-    def _extract(self, dataset, desc: str):
-        start = time.perf_counter()
-        loader = eval_loader(
-            dataset, batch_size=self.cfg.run.eval_batch_size, num_workers=self.cfg.data.num_workers, device=self.device
-        )
-        x, y = extract_features(
-            self.backbone,
-            loader,
-            device=self.device,
-            amp_dtype=self.amp_dtype,
-            channels_last=self.cfg.run.channels_last,
-            progress=self.cfg.run.progress and self.info.is_main,
-            desc=desc,
-            normalize=False,
-        )
-        self.timings[f"{desc} seconds"] = time.perf_counter() - start
-        return x.to(self.device), y.to(self.device)
-
     def _train_batches(self, epoch: int):
         """(features, labels) batches of one epoch, on the device."""
         if self.cfg.data.cache_features:
@@ -361,9 +382,9 @@ class LinearEvaluation:
             self.out.mkdir(parents=True, exist_ok=True)
             csv_log = CSVLog(self.out / "lincls_log.csv", LOG_FIELDS, self.step if self.resumed_from else None)
         if self.epoch < end_epoch:
-            self.val_x, self.val_y = self._extract(self.val_set, "val features")
+            self.val_x, self.val_y = self.extract(self.val_set, "val features")
             if cfg.data.cache_features:
-                self.train_x, self.train_y = self._extract(self.train_set, "train features")
+                self.train_x, self.train_y = self.extract(self.train_set, "train features")
             check_unchanged(self.backbone, self.snapshot)
         checkpoint = self.resumed_from
         steps_per_epoch = self._steps_per_epoch()
@@ -394,17 +415,17 @@ class LinearEvaluation:
             results_file = self.write_results(convergence)
         barrier()
         return LinclsResult(
-            self.out,
-            checkpoint,
-            results_file,
-            self.epoch,
-            self.last.get("top1"),
-            self.last.get("top5"),
-            self.best.get("top1"),
-            self.best.get("top5"),
-            self.best.get("epoch"),
-            time.perf_counter() - run_start,
-            dict(self.timings),
+            output_dir=self.out,
+            checkpoint=checkpoint,
+            results_file=results_file,
+            epoch=self.epoch,
+            top1=self.last.get("top1"),
+            top5=self.last.get("top5"),
+            best_top1=self.best.get("top1"),
+            best_top5=self.best.get("top5"),
+            best_epoch=self.best.get("epoch"),
+            seconds=time.perf_counter() - run_start,
+            timings=dict(self.timings),
             train_loss=convergence["train_loss"],
             converged=None if convergence["still_falling"] is None else not convergence["still_falling"],
         )
@@ -492,7 +513,7 @@ class LinearEvaluation:
             "backbone_sha256": self.fingerprint,
             **convergence,
         }
-        common = self._result_fields()
+        common = self.result_fields()
         results = [
             EvalResult(metric=m, value=self.last[m], recipe=dict(recipe, selection="last epoch"), **common)
             for m in ("top1", "top5")
@@ -503,67 +524,55 @@ class LinearEvaluation:
         results += [EvalResult(metric=f"{m}_best", value=self.best[m], recipe=best, **common) for m in ("top1", "top5")]
         return write_results(results, self.out / RESULTS_FILE)
 
-    def _result_fields(self) -> dict:
-        cfg = self.cfg
-        return dict(
-            task="linear",
-            dataset=dataset_name(cfg.data, cfg.data.name),
-            split=split_name(cfg.data),
-            source=self.source.name,
-            source_revision=self.source.revision,
-        )
 
-    # --- the logreg protocol (simsiam_hub.eval.probe) ------------------------------------------
-    def run_logreg(self) -> LinclsResult:
-        """The converged probe on the cached features: its weight decay chosen on a held-out
-        part of the training set, refitted on all of it, the val split scored once; writes
-        ``results_lincls.json``. One process; nothing to resume."""
-        from ..hub.results import EvalResult, write_results
-
-        start = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        train_x, train_y = self._extract(self.train_set, "train features")
-        val_x, val_y = self._extract(self.val_set, "val features")
-        check_unchanged(self.backbone, self.snapshot)
-        probe = linear_probe(train_x, train_y, val_x, val_y, seed=self.cfg.run.seed)
-        self.timings["probe seconds"] = probe.seconds
-        log.info(
-            "logreg probe: weight decay %g (held-out top-1 %s), final training loss %.4f, %s after %d iterations",
-            probe.weight_decay,
-            ", ".join(f"{w:g}: {a:.2f}" for w, a in zip(probe.sweep.weight_decays, probe.sweep.val_top1)),
-            probe.train_loss,
-            "converged" if probe.converged else "NOT converged",
-            probe.iterations,
-        )
-        recipe = dict(
-            probe.recipe(),
-            train_features="cached: un-augmented (val transform), computed once",
-            image_size=self.cfg.data.image_size,
-            precision=precision_name(self.amp_dtype),
-            backbone_sha256=self.fingerprint,
-        )
-        results = [
-            EvalResult(metric=m, value=getattr(probe, m), recipe=recipe, **self._result_fields())
-            for m in ("top1", "top5")
-        ]
-        results_file = write_results(results, self.out / RESULTS_FILE)
-        return LinclsResult(
-            self.out,
-            None,
-            results_file,
-            0,
-            probe.top1,
-            probe.top5,
-            None,
-            None,
-            None,
-            time.perf_counter() - start,
-            dict(self.timings),
-            protocol="logreg",
-            train_loss=probe.train_loss,
-            converged=probe.converged,
-            probe=probe,
-        )
+def run_logreg(cfg: LinclsConfig, source: LoadedSource) -> LinclsResult:
+    """The converged probe on the cached features: its weight decay chosen on a held-out
+    part of the training set, refitted on all of it, the val split scored once; writes
+    ``results_lincls.json``. One process; nothing to resume."""
+    start = time.perf_counter()
+    run = FrozenBackbone(cfg, source)
+    run.out.mkdir(parents=True, exist_ok=True)
+    train_x, train_y = run.extract(run.train_set, "train features")
+    val_x, val_y = run.extract(run.val_set, "val features")
+    check_unchanged(run.backbone, run.snapshot)
+    probe = linear_probe(train_x, train_y, val_x, val_y, seed=cfg.run.seed)
+    run.timings["probe seconds"] = probe.seconds
+    log.info(
+        "logreg probe: weight decay %g (held-out top-1 %s), final training loss %.4f, %s after %d iterations",
+        probe.weight_decay,
+        ", ".join(f"{w:g}: {a:.2f}" for w, a in zip(probe.sweep.weight_decays, probe.sweep.val_top1)),
+        probe.train_loss,
+        "converged" if probe.converged else "NOT converged",
+        probe.iterations,
+    )
+    recipe = dict(
+        probe.recipe(),
+        train_features="cached: un-augmented (val transform), computed once",
+        image_size=cfg.data.image_size,
+        precision=precision_name(run.amp_dtype),
+        backbone_sha256=run.fingerprint,
+    )
+    results = [
+        EvalResult(metric=m, value=getattr(probe, m), recipe=recipe, **run.result_fields()) for m in ("top1", "top5")
+    ]
+    results_file = write_results(results, run.out / RESULTS_FILE)
+    return LinclsResult(
+        output_dir=run.out,
+        checkpoint=None,
+        results_file=results_file,
+        epoch=0,
+        top1=probe.top1,
+        top5=probe.top5,
+        best_top1=None,
+        best_top5=None,
+        best_epoch=None,
+        seconds=time.perf_counter() - start,
+        timings=dict(run.timings),
+        protocol="logreg",
+        train_loss=probe.train_loss,
+        converged=probe.converged,
+        probe=probe,
+    )
 
 
 def load_lincls_checkpoint(path: str | Path) -> dict:
@@ -585,7 +594,7 @@ def linear_eval(
             if not isinstance(source, LoadedSource):
                 source = load_source(source, revision)
             if cfg.protocol == "logreg":
-                return LinearEvaluation(cfg, source, resume=None).run_logreg()
+                return run_logreg(cfg, source)
             return LinearEvaluation(cfg, source, resume=resume).run()
     finally:
         cleanup_distributed()
