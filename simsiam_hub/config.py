@@ -209,7 +209,7 @@ class MonitorConfig:
 class RunConfig:
     output_dir: str = "runs/simsiam"
     seed: int = 0
-    amp: str = "auto"  # auto (bf16 on GPU and on CPUs with native bf16) | bf16 | fp16 | off
+    amp: str = "auto"  # auto (bf16 on GPU and native-bf16 CPUs: docs/run_logs/bf16_training/) | bf16 | fp16 | off
     channels_last: bool = True
     compile: bool = False  # torch.compile the model
     deterministic: bool = False  # deterministic kernels (exact resume checks)
