@@ -106,12 +106,41 @@ def test_knn_matches_brute_force_reference():
             assert k == 1
 
 
+class GreenChannel(nn.Module):
+    def forward(self, x):
+        return x[:, 1].flatten(1)
+
+
+def green(x):
+    """The green channel of flattened (N, 3 * H * W) images, l2-normalised."""
+    return F.normalize(x.view(len(x), 3, -1)[:, 1], dim=1)
+
+
 def test_knn_evaluate_on_raw_pixels(color_folder):
     """The Python API takes any feature extractor: raw pixels (the demo's baseline) separate colours."""
     data = DataConfig(dataset="imagefolder", root=str(color_folder), image_size=32, num_workers=0)
     metrics = knn_evaluate(nn.Flatten(), data, k=20, progress=False)
     assert (metrics["bank_size"], metrics["query_size"], metrics["num_classes"]) == (128, 32, 4)
     assert metrics["top1"] > 90
+    # the same figure computed independently: the eval view's pixels, l2-normalised, brute-force k-NN
+    from torchvision.datasets import ImageFolder
+
+    from simsiam_hub.data.augment import eval_transform
+
+    def pixels(split):
+        folder = ImageFolder(str(color_folder / split), transform=eval_transform(32, dataset="imagefolder"))
+        x, y = zip(*[(img.flatten(), label) for img, label in folder])
+        return F.normalize(torch.stack(x), dim=1), torch.as_tensor(y)
+
+    (bank, bank_y), (queries, query_y) = pixels("train"), pixels("val")
+    scores = brute_force_knn(bank, bank_y, queries, 4, k=20, temperature=0.1)
+    expected = 100.0 * (scores.argmax(1) == query_y).double().mean().item()
+    assert metrics["top1"] == pytest.approx(expected, abs=1e-9)
+    # and where it is not 100%: the green channel alone, which two of the colours share
+    one = knn_evaluate(GreenChannel(), data, k=20, progress=False)
+    scores = brute_force_knn(green(bank), bank_y, green(queries), 4, k=20, temperature=0.1)
+    expected = 100.0 * (scores.argmax(1) == query_y).double().mean().item()
+    assert one["top1"] == pytest.approx(expected, abs=1e-9) and 25 < expected < 100, (one, expected)
 
 
 # --- LARS ---------------------------------------------------------------------------------

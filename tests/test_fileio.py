@@ -137,6 +137,16 @@ def test_atomic_torch_save_round_trips(tmp_path):
     path = atomic_torch_save({"w": torch.arange(3)}, tmp_path / "x.pt")
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
 
+    # a write that fails part way keeps the old file whole and leaves no temporary beside it
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("cannot pickle this")
+
+    with pytest.raises(RuntimeError, match="cannot pickle this"):
+        atomic_torch_save({"w": torch.arange(5), "x": Unpicklable()}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.pt"]
+
 
 def test_folder_lock_refuses_a_second_holder_and_is_released_after(tmp_path):
     folder = tmp_path / "run"

@@ -105,4 +105,13 @@ def test_k_larger_than_the_bank_is_refused_and_large_subsets_are_said(tmp_path, 
 
 
 def test_seeded_subset_larger_than_the_set_is_the_set():
-    assert len(seeded_subset(list(range(5)), 10)) == 5
+    items = list(range(10, 15))
+    whole = seeded_subset(items, 10)
+    assert [whole[i] for i in range(len(whole))] == items  # the same items in the same order, not just 5 of them
+    part = seeded_subset(items, 3, seed=1)
+    drawn = [part[i] for i in range(len(part))]
+    assert (
+        len(set(drawn)) == 3
+        and set(drawn) <= set(items)
+        and drawn == [seeded_subset(items, 3, seed=1)[i] for i in range(3)]
+    )

@@ -51,7 +51,7 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing_partial(tmp_path):
         proc.kill()
     assert proc.returncode == 130, err
     assert err.strip() == ("simsiam-hub configs: interrupted (Ctrl-C); no partial file is left under a final name"), err
-    assert list(target.parent.iterdir()) == []  # neither the file nor its temporary
+    assert list(tmp_path.iterdir()) == []  # neither the file, nor its temporary, nor the folder made for it
 
 
 def test_every_entry_point_shares_the_wrapper(monkeypatch, capsys):

@@ -228,6 +228,12 @@ def test_convert_detectron2_reads_a_folder_whose_weights_carry_a_classifier(tmp_
     from_pretrained(folder)  # loads
     code, err = cli(capsys, "convert-detectron2", folder, "--out", tmp_path / "r50.pkl")
     assert code == 0, err  # and converts, the classifier left out
+    import pickle
+
+    with open(tmp_path / "r50.pkl", "rb") as f:
+        model = pickle.load(f)["model"]  # our own output, written just above
+    assert not [k for k in model if k.startswith("fc") or "fc." in k], sorted(model)[-4:]
+    assert "stem.conv1.weight" in model and len(model) == len([k for k in state if not k.startswith("fc.")])
 
 
 def test_hubconf_lists_its_entry_point_alone_and_checks_head():

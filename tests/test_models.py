@@ -77,7 +77,26 @@ def test_two_layer_projector_of_the_papers_cifar_recipe():
 def test_small_stem_and_backbone():
     backbone = build_backbone("resnet18", small_stem=True)
     assert backbone.conv1.kernel_size == (3, 3) and isinstance(backbone.maxpool, nn.Identity)
+    assert backbone.conv1.stride == (1, 1) and backbone.conv1.padding == (1, 1)
     assert backbone(torch.randn(2, 3, 28, 28)).shape == (2, 512)
+    # the spatial sizes the small stem promises (no downsampling before layer2): a wrong stride shows here
+    sizes = {}
+    hooks = [
+        getattr(backbone, name).register_forward_hook(lambda m, i, o, name=name: sizes.__setitem__(name, o.shape[-2:]))
+        for name in ("conv1", "layer1", "layer2", "layer3", "layer4")
+    ]
+    backbone(torch.randn(1, 3, 32, 32))
+    for hook in hooks:
+        hook.remove()
+    assert {k: tuple(v) for k, v in sizes.items()} == {
+        "conv1": (32, 32),
+        "layer1": (32, 32),
+        "layer2": (16, 16),
+        "layer3": (8, 8),
+        "layer4": (4, 4),
+    }
+    standard = build_backbone("resnet18")
+    assert standard.conv1.stride == (2, 2) and isinstance(standard.maxpool, nn.MaxPool2d)
     with pytest.raises(ValueError, match="unknown arch 'vit'"):
         build_backbone("vit")
 
