@@ -1,7 +1,8 @@
 """Every image source behind one map-style interface, and the augmentation paths.
 
-``datasets``: the sources (ImageFolder, Fashion-MNIST, CIFAR-10, synthetic) and the seeded
-views; ``augment``: the reference's MoCo v2 augmentation and the eval view; ``fast_augment``:
+``datasets``: the labelled sets (ImageFolder, Fashion-MNIST, CIFAR-10, synthetic), the registry of
+every source and the seeded views; ``sources``: the user's own images (a folder, a file list,
+WebDataset shards, a Hugging Face dataset); ``augment``: the reference's MoCo v2 augmentation and the eval view; ``fast_augment``:
 the same draws computed faster; ``device_augment``: the loader crops, the device finishes;
 ``sources``: unlabelled folders, file lists, tar shards and Hugging Face datasets for pretraining.
 """
