@@ -125,33 +125,25 @@ def simsiam_resnet50(
 def simsiam_resnet18(weights=None, revision=None, head="backbone", *, progress=True, **kwargs):
     """SimSiam ResNet-18 (512-d features), as ``simsiam_resnet50``; ``weights``: a Hub repo id, a
     model folder or a registry name (no default), None for random initialisation."""
-    return _load(
-        "resnet18",
-        weights=weights,
-        pretrained=None,
-        repo_id=None,
-        revision=revision,
-        head=head,
-        progress=progress,
-        hub_options={
-            k: kwargs.pop(k) for k in ("cache_dir", "token", "local_files_only", "force_download") if k in kwargs
-        },
-        kwargs=kwargs,
-    )
+    return _load_named("resnet18", weights, revision, head, progress, kwargs)
 
 
 def simsiam_resnet34(weights=None, revision=None, head="backbone", *, progress=True, **kwargs):
     """SimSiam ResNet-34 (512-d features), as ``simsiam_resnet18``."""
+    return _load_named("resnet34", weights, revision, head, progress, kwargs)
+
+
+def _load_named(arch, weights, revision, head, progress, kwargs):
+    """The entry points without a default release: huggingface_hub's keywords come in ``kwargs``."""
+    hub_keys = ("cache_dir", "token", "local_files_only", "force_download")
     return _load(
-        "resnet34",
+        arch,
         weights=weights,
         pretrained=None,
         repo_id=None,
         revision=revision,
         head=head,
         progress=progress,
-        hub_options={
-            k: kwargs.pop(k) for k in ("cache_dir", "token", "local_files_only", "force_download") if k in kwargs
-        },
+        hub_options={k: kwargs.pop(k) for k in hub_keys if k in kwargs},
         kwargs=kwargs,
     )
