@@ -75,12 +75,13 @@ def final_model(out):
     return load_checkpoint(list_checkpoints(out)[0])["model"]
 
 
-def ddp_gap(tmp_path, plant: str | None = None) -> tuple[float, int]:
+def ddp_gap(tmp_path, plant: str | None = None, data: tuple = ()) -> tuple[float, int]:
     """The largest |one-process - two-process| weight difference after 4 steps, relative to what
     training moved that tensor (at least 1e-6: a BatchNorm running mean of about 1e-16 moves by
-    rounding alone), over all tensors (fp64 end to end); and how many tensors moved."""
+    rounding alone), over all tensors (fp64 end to end); and how many tensors moved. ``data``:
+    overrides that train on another source than the generated shapes."""
     launcher = ROOT / "tests" / "ddp_launcher.py"
-    args = ("run.max_steps=4", "run.channels_last=false")
+    args = ("run.max_steps=4", "run.channels_last=false", *data)
     one, two = tmp_path / "one", tmp_path / f"two_{plant}"
     if not list_checkpoints(one):
         code, log = run_cli("pretrain", *tiny(one, *args), launcher=launcher)
@@ -181,8 +182,10 @@ def test_global_batch_must_divide_over_ranks(tmp_path):
     assert "optim.batch_size=15 does not divide over 2 processes" in log
 
 
-def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
-    args = ("run.checkpoint_every_steps=2", "optim.epochs=3")  # 12 steps
+def sigkill_then_resume(tmp_path, data: tuple = ()) -> None:
+    """A run killed (SIGKILL) after its first checkpoint, then resumed, ends with the weights of an
+    uninterrupted run; ``data``: overrides that train on another source than the generated shapes."""
+    args = ("run.checkpoint_every_steps=2", "optim.epochs=3", *data)  # 12 steps of 64 images
     code, log = run_cli("pretrain", *tiny(tmp_path / "straight", *args))
     assert code == 0, log
 
@@ -213,6 +216,10 @@ def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
     # the CSV log holds each step once, whatever the interruption
     steps = [line.split(",")[0] for line in (out / "train_log.csv").read_text().splitlines()[1:]]
     assert steps == sorted(set(steps), key=int)
+
+
+def test_sigkill_then_resume_gives_the_same_weights(tmp_path):
+    sigkill_then_resume(tmp_path)
 
 
 def test_ctrl_c_stops_after_the_step_with_a_checkpoint_that_resumes(tmp_path):

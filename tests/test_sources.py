@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_engine import ddp_gap, sigkill_then_resume
 
 from simsiam_hub import cli
 from simsiam_hub.checkpoint import list_checkpoints, load_checkpoint
@@ -322,3 +323,29 @@ def test_without_the_datasets_package_only_hf_asks_for_it(images, tmp_path, monk
     assert len(views) == 12
     assert cli.main(["pretrain", *tiny(tmp_path / "run", "data.dataset=hf", f"data.root={root}")]) == 2
     assert "pip install 'simsiam-hub[data]'" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sixty_four(tmp_path_factory):
+    """64 images (the engine tests' set size: 4 steps of 16 an epoch) as a folder and as shards."""
+    root = tmp_path_factory.mktemp("sixty_four")
+    make_images(root / "images", n=64)
+    assert cli.main(["make-shards", str(root / "images"), str(root / "shards"), "--max-count", "20"]) == 0
+    return {
+        "folder": ("data.dataset=folder", f"data.root={root / 'images'}"),
+        "webdataset": ("data.dataset=webdataset", f"data.root={root}/shards/shard-{{000000..000003}}.tar"),
+    }
+
+
+@pytest.mark.slow  # two runs, one under torchrun, per source
+@pytest.mark.parametrize("source", ["folder", "webdataset"])
+def test_two_processes_match_one_process_on_folder_and_shards(sixty_four, tmp_path, source):
+    """test_engine's DDP check (float64, 1 rank x 16 == 2 ranks x 8) on the new sources."""
+    gap, moved = ddp_gap(tmp_path, data=sixty_four[source])
+    assert moved > 50  # the runs did train
+    assert gap < 1e-8, gap
+
+
+@pytest.mark.slow  # three runs
+def test_sigkill_then_resume_gives_the_same_weights_on_shards(sixty_four, tmp_path):
+    sigkill_then_resume(tmp_path, data=sixty_four["webdataset"])
