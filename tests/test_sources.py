@@ -238,7 +238,7 @@ def test_bad_input_is_one_line_before_any_step(images, tmp_path, capsys, case):
         assert err[0].count("missing") == 6  # "are missing" and the first five named, not the 6th and 7th
 
 
-def test_export_names_the_data_without_its_path(four_ways, tmp_path):
+def test_export_names_the_data_without_its_path(four_ways, tmp_path, caplog):
     from simsiam_hub.hub.card import hub_dataset_id
     from simsiam_hub.hub.export import source_text
 
@@ -249,7 +249,10 @@ def test_export_names_the_data_without_its_path(four_ways, tmp_path):
     root = four_ways["folder"][1].split("=", 1)[1]
     assert root not in card and root not in (out / "config.json").read_text()
     assert "| pretraining data | folder: 12 images, fingerprint " in card
-    assert "license: unknown" in card
+    assert "license: other" in card and "license_name: unknown" in card  # the Hub's form for a licence it has no id for
+    with caplog.at_level(logging.WARNING):
+        assert cli.main(["push", str(out), "--repo-id", str(tmp_path / "hub" / "model")]) == 0
+    assert "the weights' licence is unknown" in caplog.text  # push says so
     hub = {"kind": "hf", "images": 5, "hub_id": "ILSVRC/imagenet-1k", "revision": "abc", "split": "train"}
     assert source_text(hub) == "ILSVRC/imagenet-1k@abc" and hub_dataset_id(source_text(hub)) == "ILSVRC/imagenet-1k"
 

@@ -9,6 +9,7 @@ repo id does: the embedded default, no account and no network.
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 import sys
 import tempfile
@@ -21,7 +22,15 @@ from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_b
 from ..errors import SimsiamHubError, UsageError
 from ..fileio import atomic_folder
 from .export import export, rewrite_card
-from .folder import BACKBONE_FILE, CONFIG_FILE, MODEL_FILES, FolderError, check_destination, validate_folder
+from .folder import (
+    BACKBONE_FILE,
+    CONFIG_FILE,
+    MODEL_FILES,
+    FolderError,
+    check_destination,
+    read_config,
+    validate_folder,
+)
 
 __all__ = [
     "HubError",
@@ -33,6 +42,8 @@ __all__ = [
     "push_to_hub",
     "pull",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class HubError(SimsiamHubError, RuntimeError):
@@ -252,6 +263,12 @@ def push_to_hub(
             folder = export(source, Path(tmp) / "exported")
         else:
             raise HubError(f"{source}: expected a model folder or a checkpoint, found nothing there")
+        if read_config(folder)[0].license == "unknown":
+            log.warning(
+                "%s: the weights' licence is unknown (the training data's licence was not given): the card says so. "
+                "Set data.license when pretraining, or edit the license in README.md and config.json",
+                source,
+            )
         staged = Path(tmp) / "staged"
         staged.mkdir()
         name = Path(repo_id).name if local else None
