@@ -109,5 +109,11 @@ def main(folder: str) -> int:
 
 
 if __name__ == "__main__":
-    BATCH = int(sys.argv[2]) if len(sys.argv) > 2 else 16
-    sys.exit(main(sys.argv[1]))
+    import argparse
+
+    parser = argparse.ArgumentParser(description="The bf16-vs-fp32 training record's summary.md, from its folder.")
+    parser.add_argument("folder", help="this record's folder (run.sh's output)")
+    parser.add_argument("batch", nargs="?", type=int, default=16, help="the runs' batch size")
+    args = parser.parse_args()
+    BATCH = args.batch
+    sys.exit(main(args.folder))

@@ -53,7 +53,10 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
+    import argparse
     import tempfile
+
+    argparse.ArgumentParser(description="fp32 and bf16 k-NN against float64 at growing common offsets.").parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         # the test's own images, made by its fixture's code
