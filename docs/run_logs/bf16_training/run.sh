@@ -20,7 +20,7 @@ SEEDS=${SEEDS:-"0 1 2"}
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 LOGS=docs/run_logs/bf16_training
 RUNS=${RUNS:-runs/bf16_training}
-PY=${PY:-/work/main/.venv/bin/python}
+PY=${PY:-.venv/bin/python}
 export PYTHONPATH=$PWD
 mkdir -p "$LOGS" "$RUNS"
 $PY -c "from simsiam_hub.report import machine_description as m; print(m())" > "$LOGS/cpu.txt" 2>/dev/null || lscpu > "$LOGS/cpu.txt"
