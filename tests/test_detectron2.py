@@ -640,6 +640,9 @@ def test_train_net_refuses_clearly(train_net, tmp_path, capsys):
     xml = no_pose / "Annotations" / "train_0000.xml"
     xml.write_text(xml.read_text().replace("<pose>Unspecified</pose>", ""))
     base = ["--config-file", str(CONFIGS / "voc07_R_50_C4.yaml"), "OUTPUT_DIR", str(tmp_path / "out")]
+    # a usable dataset registered for training and testing: what is left to refuse is the weights
+    registered = ["--register-voc", "mine3", str(data), "train", "--classes", "bird,cat,dog", *base]
+    registered += ["DATASETS.TRAIN", "('mine3',)", "DATASETS.TEST", "('mine3',)"]
     cases = {
         # a dataset that is not there: builtin names under $DETECTRON2_DATASETS
         "not found (Detectron2's builtin datasets live under $DETECTRON2_DATASETS": base,
@@ -662,34 +665,8 @@ def test_train_net_refuses_clearly(train_net, tmp_path, capsys):
             "horse",
             *base,
         ],
-        "MODEL.WEIGHTS is not set": [
-            "--register-voc",
-            "mine3",
-            str(data),
-            "train",
-            "--classes",
-            "bird,cat,dog",
-            *base,
-            "DATASETS.TRAIN",
-            "('mine3',)",
-            "DATASETS.TEST",
-            "('mine3',)",
-        ],
-        "MODEL.WEIGHTS file not found": [
-            "--register-voc",
-            "mine3",
-            str(data),
-            "train",
-            "--classes",
-            "bird,cat,dog",
-            *base,
-            "DATASETS.TRAIN",
-            "('mine3',)",
-            "DATASETS.TEST",
-            "('mine3',)",
-            "MODEL.WEIGHTS",
-            str(tmp_path / "typo.pkl"),
-        ],
+        "MODEL.WEIGHTS is not set": registered,
+        "MODEL.WEIGHTS file not found": [*registered, "MODEL.WEIGHTS", str(tmp_path / "typo.pkl")],
         "Non-existent key: MODEL.NO_SUCH_KEY": [*base, "MODEL.NO_SUCH_KEY", "1"],
     }
     for expected, argv in cases.items():
