@@ -101,6 +101,13 @@ def _hub_errors(repo_id: str, revision: str | None):
         detail = (getattr(err, "server_message", None) or str(err)).strip().splitlines()[0][:300]
         hint = f" ({LOGIN_HINT} with a token that may write there)" if status in (401, 403) else ""
         raise HubError(f"{at}: {constants.ENDPOINT} answered HTTP {status}: {detail}{hint}") from None
+    except ValueError as err:
+        if not _raised_by_huggingface_hub(err):
+            raise
+        # huggingface_hub refuses, before writing anything, a listed file name that would land
+        # outside the download folder ("../x", an absolute path): a broken or hostile server.
+        reason = str(err).splitlines()[0][:300]
+        raise HubError(f"{at}: {constants.ENDPOINT} lists a file that cannot be downloaded safely: {reason}") from None
     except Exception as err:
         if not isinstance(err, transport_errors()):
             raise
@@ -111,6 +118,13 @@ def _hub_errors(repo_id: str, revision: str | None):
             f"{at}: the connection to {constants.ENDPOINT} {what} ({reason}): check the network, "
             "HF_ENDPOINT (the Hub's address), or set HF_HUB_OFFLINE=1 to use the Hub cache only"
         ) from None
+
+
+def _raised_by_huggingface_hub(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_globals.get("__name__", "").startswith("huggingface_hub")
 
 
 # The HTTP libraries huggingface_hub has sent requests through (httpx2 since 2.x, httpx and
