@@ -395,6 +395,8 @@ def test_import_official_url_and_torch_hub_fallback(
     assert any(f"repo {variant.repo_id} not found" in m and "converting the official release" in m for m in messages)
     rc, out, _ = client.submit(run_cli, ["list"]).result()
     assert rc == 0 and any(line.startswith(DEFAULT_VARIANT) and line.endswith("converted") for line in out.splitlines())
+
+
 def test_a_hub_listing_a_path_outside_the_repo_is_one_line(exported, pushed, fake_hub, client, tmp_path):
     """A hostile or broken Hub lists ``../../x`` in a revision: one line, nothing written outside
     the cache (huggingface_hub refuses the path; we say what it was)."""
@@ -402,7 +404,9 @@ def test_a_hub_listing_a_path_outside_the_repo_is_one_line(exported, pushed, fak
     files = dict(repo.commits[pushed])
     files["../../escaped.txt"] = files["config.json"]
     fake_hub.commit(repo, "hostile", files, "a path outside the repo")
-    rc, out, err = client.submit(run_cli, ["pull", REPO, "--revision", "hostile", "--out", str(tmp_path / "p")]).result()
+    rc, out, err = client.submit(
+        run_cli, ["pull", REPO, "--revision", "hostile", "--out", str(tmp_path / "p")]
+    ).result()
     assert rc == 1 and err.count("\n") == 1, err
     assert err.startswith(f"simsiam-hub pull: error: {REPO} at revision 'hostile': http://127.0.0.1")
     assert "lists a file that cannot be downloaded safely: Invalid filename '../../escaped.txt'" in err
