@@ -62,7 +62,6 @@ from .distributed import (
     barrier,
     cleanup_distributed,
     convert_sync_batchnorm,
-    setup_distributed,
 )
 from .errors import SimsiamHubError
 from .eval.knn import extract_features, knn_accuracy, knn_datasets
@@ -72,7 +71,8 @@ from .hub.weights import load_simsiam_state_dict
 from .models import PooledFeatures, SimSiam, simsiam_loss
 from .monitor import CSVLog, collapse_ratio, std_of_l2_normalized, top_direction_share
 from .optim import build_pretrain_optimizer, set_learning_rate
-from .precision import autocast_context, resolve_amp
+from .precision import resolve_amp
+from .run_context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -338,22 +338,16 @@ class Trainer:
 
     def __init__(self, cfg: PretrainConfig, *, resume: str | None = "auto", allow_config_change: bool = False):
         self.cfg = cfg
-        self.info = info = setup_distributed()
-        if cfg.optim.batch_size % info.world_size:
-            raise ConfigError(
-                f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes"
-            )
-        self.local_batch = cfg.optim.batch_size // info.world_size
+        self.context = context = RunContext.start(
+            batch_size=cfg.optim.batch_size, amp=cfg.run.amp, channels_last=cfg.run.channels_last, seed=cfg.run.seed
+        )
         self.out = Path(cfg.run.output_dir)
         self.meters = Meters()
         if cfg.run.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             if torch.cuda.is_available():
                 torch.backends.cudnn.benchmark = False
-        torch.manual_seed(cfg.run.seed)
         random.seed(cfg.run.seed)
-        self.device = info.device
-        self.amp_dtype = resolve_amp(cfg.run.amp, self.device)
         self._build_data()  # first: a bad path fails before the model is built
         self._build_model()
         self.step = 0
@@ -364,12 +358,9 @@ class Trainer:
         self.last_metrics: dict = {}
         if resume:
             self._resume(resume, allow_config_change)
-        net = self.model
-        if info.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        net = context.wrap(self.model)
         self.net = torch.compile(net) if cfg.run.compile else net
-        self.knn = KNNMonitor(cfg, self.device) if info.is_main and self._knn_enabled() else None
+        self.knn = KNNMonitor(cfg, context.device) if context.info.is_main and self._knn_enabled() else None
 
     def _build_data(self) -> None:
         cfg = self.cfg
@@ -386,7 +377,7 @@ class Trainer:
         if cfg.run.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.run.max_steps)
         self.sampler = ResumableSampler(
-            self.dataset, num_replicas=self.info.world_size, rank=self.info.rank, seed=cfg.run.seed
+            self.dataset, num_replicas=self.context.info.world_size, rank=self.context.info.rank, seed=cfg.run.seed
         )
 
     def _build_model(self) -> None:
@@ -400,16 +391,13 @@ class Trainer:
         )
         if cfg.run.init_from:
             load_init_weights(model, cfg.run.init_from)
-        if self.info.distributed:
-            model = convert_sync_batchnorm(model, self.device)
-        model.to(self.device)
-        if cfg.run.channels_last:
-            model.to(memory_format=torch.channels_last)
-        self.model = model
+        if self.context.info.distributed:
+            model = convert_sync_batchnorm(model, self.context.device)
+        self.model = self.context.place(model)
         # Inputs follow the parameters' dtype: fp32, or fp64 where a test makes the default fp64.
         self.input_dtype = next(model.parameters()).dtype
         self.optimizer = build_pretrain_optimizer(model, cfg.optim)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.context.device.type, enabled=self.context.amp_dtype == torch.float16)
 
     def _knn_enabled(self) -> bool:
         monitor = self.cfg.monitor
@@ -466,14 +454,14 @@ class Trainer:
         self.run_id = ckpt.get("run_id") or self.run_id
         self.bad_images = set(ckpt.get("bad_images", []))
         self.resumed_from = path
-        if self.info.is_main:
+        if self.context.info.is_main:
             log.info("resumed from %s at step %d", path, self.step)
 
     def save_checkpoint(self) -> Path:
         """Write the current state atomically (rank 0), then delete this run's older checkpoints
         beyond ``run.keep_checkpoints`` (never another run's, an unreadable file or the newest)."""
         path = checkpoint_path(self.out, self.step)
-        if self.info.is_main:
+        if self.context.info.is_main:
             save_checkpoint(
                 {
                     "library_version": __version__,
@@ -483,7 +471,7 @@ class Trainer:
                     "epoch": self.step / self.steps_per_epoch,
                     "steps_per_epoch": self.steps_per_epoch,
                     "global_batch": self.cfg.optim.batch_size,
-                    "world_size": self.info.world_size,
+                    "world_size": self.context.info.world_size,
                     "model": self.model.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "scaler": self.scaler.state_dict(),
@@ -502,19 +490,19 @@ class Trainer:
     def run(self) -> PretrainResult:
         """Train to the end, holding the output folder's lock (one trainer per folder). On SIGINT or
         SIGTERM (single process): finish the step, write a checkpoint, raise :class:`TrainingStopped`."""
-        with folder_lock(self.out) if self.info.is_main else contextlib.nullcontext():
-            with GracefulStop(enabled=not self.info.distributed) as self.stop:
+        with folder_lock(self.out) if self.context.info.is_main else contextlib.nullcontext():
+            with GracefulStop(enabled=not self.context.info.distributed) as self.stop:
                 return self._train()
 
     def _train(self) -> PretrainResult:
-        if self.info.is_main:
+        if self.context.info.is_main:
             self._open_logs()
         self.checkpoint = self.resumed_from
         self.net.train()
         stopping = False
         while self.step < self.total_steps and not stopping:
             stopping = self._run_epoch()
-        if self.info.is_main:
+        if self.context.info.is_main:
             self.bar.close()
             if self.tb:
                 self.tb.close()
@@ -576,17 +564,17 @@ class Trainer:
     def _run_epoch(self) -> bool:
         """Train from the current step to the epoch's end (or the run's); returns whether a stop
         signal ended it early."""
-        cfg, info = self.cfg, self.info
+        cfg, info = self.cfg, self.context.info
         epoch, done_in_epoch = divmod(self.step, self.steps_per_epoch)
         self.dataset.epoch = epoch
-        self.sampler.set_epoch(epoch, skip=done_in_epoch * self.local_batch)
+        self.sampler.set_epoch(epoch, skip=done_in_epoch * self.context.local_batch)
         loader = DataLoader(
             self.dataset,
-            batch_size=self.local_batch,
+            batch_size=self.context.local_batch,
             sampler=self.sampler,
             num_workers=cfg.data.num_workers,
             drop_last=True,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.context.device.type == "cuda",
             persistent_workers=False,
             worker_init_fn=ignore_stop_signals,
         )
@@ -628,14 +616,12 @@ class Trainer:
     def _step(self, x1: torch.Tensor, x2: torch.Tensor, epoch: int) -> torch.Tensor:
         """One optimizer step on a batch of view pairs; returns z1 (for the monitors)."""
         cfg = self.cfg
-        x1, x2 = views_to_device(self.dataset, x1, x2, self.device, self.input_dtype)
-        if cfg.run.channels_last:
-            x1 = x1.contiguous(memory_format=torch.channels_last)
-            x2 = x2.contiguous(memory_format=torch.channels_last)
-        with autocast_context(self.device, self.amp_dtype):
+        x1, x2 = views_to_device(self.dataset, x1, x2, self.context.device, self.input_dtype)
+        x1, x2 = self.context.images(x1), self.context.images(x2)
+        with self.context.autocast():
             p1, p2, z1, z2 = self.net(x1, x2)
         loss = simsiam_loss(p1, p2, z1, z2, stop_gradient=cfg.model.stop_gradient)
-        loss_value = _global_mean(loss, self.info)
+        loss_value = _global_mean(loss, self.context.info)
         if not math.isfinite(loss_value):
             last = list_checkpoints(self.out)
             raise NonFiniteLossError(

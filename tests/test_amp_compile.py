@@ -116,8 +116,8 @@ def test_trainer_takes_resolve_amps_choice_without_cuda(monkeypatch, tmp_path, n
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
     trainer = Trainer(tiny(tmp_path, "run.amp=auto"), resume=None)
-    assert trainer.device.type == "cpu"
-    assert trainer.amp_dtype is (torch.bfloat16 if native else None)
+    assert trainer.context.device.type == "cpu"
+    assert trainer.context.amp_dtype is (torch.bfloat16 if native else None)
     assert not trainer.scaler.is_enabled()
 
 

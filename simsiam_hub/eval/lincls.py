@@ -56,13 +56,14 @@ from ..data.datasets import (
     seeded_subset,
     targets_of,
 )
-from ..distributed import ResumableSampler, barrier, cleanup_distributed, setup_distributed
+from ..distributed import ResumableSampler, barrier, cleanup_distributed
 from ..errors import SimsiamHubError
 from ..fileio import atomic_torch_save, main_process_folder_lock
 from ..hub.results import EvalResult, write_results
 from ..monitor import CSVLog
 from ..optim import LARC, scaled_lr, set_learning_rate
-from ..precision import autocast_context, precision_name, resolve_amp
+from ..precision import precision_name
+from ..run_context import RunContext
 from .knn import EVAL_DRAW_SEEDS, eval_loader, extract_features, topk_accuracy
 from .probe import ProbeResult, linear_probe, still_falling
 from .sources import LoadedSource, backbone_fingerprint, dataset_name, load_source, split_name
@@ -153,21 +154,16 @@ class FrozenBackbone:
 
     def __init__(self, cfg: LinclsConfig, source: LoadedSource):
         self.cfg, self.source = cfg, source
-        self.info = info = setup_distributed()
+        self.context = RunContext.start(
+            batch_size=cfg.optim.batch_size, amp=cfg.run.amp, channels_last=cfg.run.channels_last, seed=cfg.run.seed
+        )
+        info = self.context.info
         self.timings: dict[str, float] = {}
-        if cfg.optim.batch_size % info.world_size:
-            raise ConfigError(
-                f"optim.batch_size={cfg.optim.batch_size} does not divide over {info.world_size} processes"
-            )
         if cfg.data.cache_features and info.distributed:
             raise ConfigError(
                 "data.cache_features=true runs in one process: it is for small sets and CPUs (found WORLD_SIZE > 1)"
             )
-        self.local_batch = cfg.optim.batch_size // info.world_size
         self.out = Path(cfg.run.output_dir)
-        self.device = info.device
-        self.amp_dtype = resolve_amp(cfg.run.amp, self.device)
-        torch.manual_seed(cfg.run.seed)
 
         # Data first: a bad path fails before any work. Subsets use the k-NN monitor's draws.
         size = cfg.data.image_size
@@ -199,29 +195,29 @@ class FrozenBackbone:
         backbone.eval()
         self.snapshot = snapshot_state(backbone)
         self.fingerprint = backbone_fingerprint(backbone)
-        backbone.to(self.device)
-        if cfg.run.channels_last:
-            backbone.to(memory_format=torch.channels_last)
-        self.backbone = backbone
+        self.backbone = self.context.place(backbone)
 
     # --- features ------------------------------------------------------------------------
     def extract(self, dataset, desc: str):
         start = time.perf_counter()
         loader = eval_loader(
-            dataset, batch_size=self.cfg.run.eval_batch_size, num_workers=self.cfg.data.num_workers, device=self.device
+            dataset,
+            batch_size=self.cfg.run.eval_batch_size,
+            num_workers=self.cfg.data.num_workers,
+            device=self.context.device,
         )
         x, y = extract_features(
             self.backbone,
             loader,
-            device=self.device,
-            amp_dtype=self.amp_dtype,
-            channels_last=self.cfg.run.channels_last,
-            progress=self.cfg.run.progress and self.info.is_main,
+            device=self.context.device,
+            amp_dtype=self.context.amp_dtype,
+            channels_last=self.context.channels_last,
+            progress=self.cfg.run.progress and self.context.info.is_main,
             desc=desc,
             normalize=False,
         )
         self.timings[f"{desc} seconds"] = time.perf_counter() - start
-        return x.to(self.device), y.to(self.device)
+        return x.to(self.context.device), y.to(self.context.device)
 
     def result_fields(self) -> dict:
         cfg = self.cfg
@@ -242,8 +238,8 @@ class LinearEvaluation(FrozenBackbone):
         super().__init__(cfg, source)
         size = cfg.data.image_size
         with torch.no_grad():
-            num_features = self.backbone(torch.zeros(2, 3, size, size, device=self.device)).flatten(1).shape[1]
-        self.fc = new_classifier(num_features, self.num_classes).to(self.device)
+            num_features = self.backbone(torch.zeros(2, 3, size, size, device=self.context.device)).flatten(1).shape[1]
+        self.fc = new_classifier(num_features, self.num_classes).to(self.context.device)
         self.optimizer = build_optimizer(self.fc, cfg.optim)
         self.epoch = 0
         self.step = 0
@@ -253,10 +249,7 @@ class LinearEvaluation(FrozenBackbone):
         self.resumed_from: Path | None = None
         if resume:
             self._resume(resume)
-        self.net = self.fc
-        if self.info.distributed:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.fc, device_ids=ids)
+        self.net = self.context.wrap(self.fc)
 
     # --- checkpoints ---------------------------------------------------------------------
     def _compatibility(self) -> dict:
@@ -294,12 +287,12 @@ class LinearEvaluation(FrozenBackbone):
         self.best, self.last = dict(ckpt["best"]), dict(ckpt["last"])
         self.history = list(ckpt.get("history", []))  # absent from checkpoints written before it
         self.resumed_from = path
-        if self.info.is_main:
+        if self.context.info.is_main:
             log.info("resumed from %s after epoch %d", path, self.epoch)
 
     def save_checkpoint(self) -> Path:
         path = self.out / CHECKPOINT_FILE
-        if self.info.is_main:
+        if self.context.info.is_main:
             atomic_torch_save(
                 {
                     "format": CHECKPOINT_FORMAT,
@@ -312,7 +305,7 @@ class LinearEvaluation(FrozenBackbone):
                     "backbone_sha256": self.fingerprint,
                     "epoch": self.epoch,
                     "step": self.step,
-                    "world_size": self.info.world_size,
+                    "world_size": self.context.info.world_size,
                     "fc": self.fc.state_dict(),
                     "optimizer": self.optimizer.state_dict(),
                     "best": self.best,
@@ -328,35 +321,33 @@ class LinearEvaluation(FrozenBackbone):
         """(features, labels) batches of one epoch, on the device."""
         if self.cfg.data.cache_features:
             generator = torch.Generator().manual_seed(self.cfg.run.seed * 1_000_003 + epoch)
-            order = torch.randperm(self.train_x.shape[0], generator=generator).to(self.device)
-            for start in range(0, len(order), self.local_batch):
-                idx = order[start : start + self.local_batch]
+            order = torch.randperm(self.train_x.shape[0], generator=generator).to(self.context.device)
+            for start in range(0, len(order), self.context.local_batch):
+                idx = order[start : start + self.context.local_batch]
                 yield self.train_x[idx], self.train_y[idx]
             return
         self.train_set.epoch = epoch
         self.sampler.set_epoch(epoch)
         loader = DataLoader(
             self.train_set,
-            batch_size=self.local_batch,
+            batch_size=self.context.local_batch,
             sampler=self.sampler,
             num_workers=self.cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=self.context.device.type == "cuda",
             persistent_workers=False,
         )
         bad = set()
         for images, labels, passed_over in loader:  # unreadable images are passed over by SeededViews
             bad |= {int(i) for i in passed_over.flatten().tolist() if i >= 0}
-            images = images.to(self.device, non_blocking=True)
-            if self.cfg.run.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), autocast_context(self.device, self.amp_dtype):
+            images = self.context.images(images)
+            with torch.no_grad(), self.context.autocast():
                 features = self.backbone(images)
-            yield features.float().flatten(1), labels.to(self.device, non_blocking=True)
+            yield features.float().flatten(1), labels.to(self.context.device, non_blocking=True)
         count_bad_images(self.train_set, bad, what=f"linear training, epoch {epoch}")
 
     def _steps_per_epoch(self) -> int:
         n = self.train_size if self.cfg.data.cache_features else len(self.sampler)
-        return math.ceil(n / self.local_batch)
+        return math.ceil(n / self.context.local_batch)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -364,16 +355,16 @@ class LinearEvaluation(FrozenBackbone):
         self.fc.eval()
         logits = torch.cat([self.fc(self.val_x[i : i + 4096]) for i in range(0, self.val_x.shape[0], 4096)])
         acc = topk_accuracy(logits.float().cpu(), self.val_y.cpu())
-        if not self.info.distributed:
+        if not self.context.info.distributed:
             return acc
         n = self.val_x.shape[0]
-        sums = torch.tensor([acc["top1"] * n, acc["top5"] * n, n], dtype=torch.float64, device=self.device)
+        sums = torch.tensor([acc["top1"] * n, acc["top5"] * n, n], dtype=torch.float64, device=self.context.device)
         dist.all_reduce(sums)
         return {"top1": (sums[0] / sums[2]).item(), "top5": (sums[1] / sums[2]).item()}
 
     # --- training ------------------------------------------------------------------------
     def run(self) -> LinclsResult:
-        cfg, info = self.cfg, self.info
+        cfg, info = self.cfg, self.context.info
         run_start = time.perf_counter()
         end_epoch = (
             cfg.optim.epochs if cfg.run.stop_after_epochs is None else min(cfg.optim.epochs, cfg.run.stop_after_epochs)
@@ -463,7 +454,10 @@ class LinearEvaluation(FrozenBackbone):
             row.update(acc)
         seconds = time.perf_counter() - start
         return dict(
-            row, best_top1=self.best.get("top1"), seconds=seconds, images_per_s=seen * self.info.world_size / seconds
+            row,
+            best_top1=self.best.get("top1"),
+            seconds=seconds,
+            images_per_s=seen * self.context.info.world_size / seconds,
         )
 
     def convergence(self) -> dict:
@@ -474,9 +468,9 @@ class LinearEvaluation(FrozenBackbone):
             result = still_falling(losses, lrs)
         else:  # stopped early, or resumed from a checkpoint written before the history was kept
             result = dict(still_falling([], []), train_loss=losses[-1] if losses else None)
-        if self.info.is_main and result["train_loss"] is not None:
+        if self.context.info.is_main and result["train_loss"] is not None:
             log.info("final training loss %.4f after %d epochs", result["train_loss"], self.epoch)
-        if self.info.is_main and result["still_falling"]:
+        if self.context.info.is_main and result["still_falling"]:
             log.warning(
                 "the linear classifier has not converged: over the last epochs its training loss (%.4f) still fell by "
                 "%.3g per unit of learning rate, %.0f%% of its early rate; its accuracy is a lower bound. "
@@ -507,7 +501,7 @@ class LinearEvaluation(FrozenBackbone):
             "weight_decay": cfg.optim.weight_decay,
             "schedule": "cosine per epoch",
             "image_size": cfg.data.image_size,
-            "precision": precision_name(self.amp_dtype),
+            "precision": precision_name(self.context.amp_dtype),
             "train_size": self.train_size,
             "val_size": self.val_size,
             "backbone_sha256": self.fingerprint,
@@ -549,7 +543,7 @@ def run_logreg(cfg: LinclsConfig, source: LoadedSource) -> LinclsResult:
         probe.recipe(),
         train_features="cached: un-augmented (val transform), computed once",
         image_size=cfg.data.image_size,
-        precision=precision_name(run.amp_dtype),
+        precision=precision_name(run.context.amp_dtype),
         backbone_sha256=run.fingerprint,
     )
     results = [
