@@ -263,10 +263,34 @@ def test_config_json_values_are_checked_on_read(weights, tmp_path, capsys):
     section, _ = read_config(good)
     assert section.image_size == 224 and section.arch == "resnet18"
     config = json.loads((good / "config.json").read_text())
+    # The image size is stored once, where timm reads it, and read from there alone: a folder
+    # written before that also has it in the simsiam section, which is ignored.
+    assert "image_size" not in config["simsiam"] and config["pretrained_cfg"]["input_size"] == [3, 224, 224]
+    older = tmp_path / "older"
+    older.mkdir()
+    for name, data in files(good).items():
+        (older / name).write_bytes(data)
+    changed = json.loads(json.dumps(config))
+    changed["simsiam"]["image_size"] = 32
+    changed["pretrained_cfg"]["input_size"] = [3, 64, 64]
+    (older / "config.json").write_text(json.dumps(changed))
+    assert read_config(older)[0].image_size == 64
     cases = [
-        (("simsiam", "image_size"), 100000, "simsiam.image_size: expected an integer from 8 to 4096, found 100000"),
-        (("simsiam", "image_size"), "big", "simsiam.image_size: expected an integer from 8 to 4096, found 'big'"),
-        (("simsiam", "image_size"), True, "simsiam.image_size: expected an integer from 8 to 4096, found True"),
+        (
+            ("pretrained_cfg", "input_size"),
+            [3, 100000, 100000],
+            "pretrained_cfg.input_size: expected [3, height, width]",
+        ),
+        (
+            ("pretrained_cfg", "input_size"),
+            [3, "big", "big"],
+            "pretrained_cfg.input_size: expected [3, height, width] with sizes from 8 to 4096, found [3, 'big', 'big']",
+        ),
+        (
+            ("pretrained_cfg", "input_size"),
+            [3, True, True],
+            "pretrained_cfg.input_size: expected [3, height, width] with sizes from 8 to 4096, found [3, True, True]",
+        ),
         (("simsiam", "small_stem"), "no", "simsiam.small_stem: expected true or false, found 'no'"),
         (("simsiam", "epochs"), -1, "simsiam.epochs: expected an integer or a number from 0 to 1e+06 or null"),
         (("simsiam", "batch_size"), 0, "simsiam.batch_size: expected an integer from 1 to 1e+09 or null, found 0"),

@@ -122,8 +122,8 @@ def knn_results(
 def data_config_for(source: LoadedSource, **options) -> DataConfig:
     """The :class:`~simsiam_hub.config.DataConfig` to evaluate ``source`` on.
 
-    Starts from the source's pretraining data when it records it (a training checkpoint:
-    dataset, root, image size) or its training image size, else ImageFolder at 224 px; then
+    Starts from the source's training image size and its pretraining data when it records it
+    (dataset, root), else ImageFolder at 224 px; then
     ``options`` that are not None (``dataset``, ``root``, ``image_size``, ``train_subset``,
     ``synthetic_size``, ``num_workers``) override. A dataset other than the recorded one
     does not inherit the recorded root.
@@ -133,9 +133,7 @@ def data_config_for(source: LoadedSource, **options) -> DataConfig:
     recorded = recipe.get("data", {}) if isinstance(recipe, dict) else {}
     values = {"dataset": "imagefolder", "image_size": section.image_size if section else DEFAULT_IMAGE_SIZE}
     if recorded.get("dataset") in DATASETS:
-        values.update(
-            {k: recorded[k] for k in ("dataset", "root", "image_size", "synthetic_size") if recorded.get(k) is not None}
-        )
+        values.update({k: recorded[k] for k in ("dataset", "root", "synthetic_size") if recorded.get(k) is not None})
     elif section is not None and section.dataset in DATASETS:
         values["dataset"] = section.dataset
     chosen = {k: v for k, v in options.items() if v is not None}

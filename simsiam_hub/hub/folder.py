@@ -143,7 +143,9 @@ class SimsiamSection:
 
     arch: str
     small_stem: bool = False
-    image_size: int = DEFAULT_IMAGE_SIZE  # the training crop size; the eval transform's size
+    # The training crop size, the eval transform's. Stored once, as timm's pretrained_cfg.input_size
+    # (see read_config), never in the section itself.
+    image_size: int = DEFAULT_IMAGE_SIZE
     method: str = "simsiam"  # simsiam | moco | supervised
     epochs: Optional[float] = None
     batch_size: Optional[int] = None
@@ -176,13 +178,18 @@ class SimsiamSection:
                 )
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        del values["image_size"]
+        return values
 
     @classmethod
-    def from_json(cls, values: dict, where: str = "config.json") -> SimsiamSection:
-        """From a ``simsiam`` section; keys a newer simsiam-hub added are ignored (logged)."""
+    def from_json(cls, values: dict, image_size: int, where: str = "config.json") -> SimsiamSection:
+        """From a ``simsiam`` section and the image size of ``pretrained_cfg.input_size``; keys a
+        newer simsiam-hub added are ignored (logged), and so is the section's own image_size,
+        which earlier folders also carry (always equal to input_size's)."""
         if not isinstance(values, dict):
             raise FolderError(f"{where}: the simsiam section should be a JSON object, found {type(values).__name__}")
+        values = dict(values, image_size=image_size)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -195,18 +202,12 @@ class SimsiamSection:
             raise FolderError(f"{where}: {err}") from None
 
     @classmethod
-    def from_timm_config(cls, config: dict, where: str = "config.json") -> SimsiamSection:
+    def from_timm_config(cls, config: dict, image_size: int, where: str = "config.json") -> SimsiamSection:
         """A folder made by timm (no ``simsiam`` section): what its timm fields say."""
-        size = (config.get("pretrained_cfg") or {}).get("input_size", [3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE])
         arch = config.get("architecture")
         if arch not in ARCHS:
             raise FolderError(f"{where}: expected an architecture among {', '.join(ARCHS)}, found {arch!r}")
-        if not (isinstance(size, list) and size):
-            raise FolderError(f"{where}: pretrained_cfg.input_size: expected [3, height, width], found {size!r}")
-        try:
-            return cls(arch=arch, image_size=size[-1], method="unknown", source=where)
-        except FolderError as err:
-            raise FolderError(f"{where}: pretrained_cfg.input_size: {err}") from None
+        return cls(arch=arch, image_size=image_size, method="unknown", source=where)
 
 
 def timm_config(section: SimsiamSection) -> dict:
@@ -290,9 +291,11 @@ def read_config(folder: str | Path) -> tuple[SimsiamSection, dict]:
         raise FolderError(f"{path}: expected a JSON object, found {type(config).__name__}")
     pretrained_cfg = config.get("pretrained_cfg") or {}
     check_pretrained_cfg(pretrained_cfg, str(path))
+    # The one place the image size is read: where timm reads it (checked just above).
+    image_size = pretrained_cfg.get("input_size", [3, DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE])[-1]
     if "simsiam" in config:
-        return SimsiamSection.from_json(config["simsiam"], str(path)), pretrained_cfg
-    return SimsiamSection.from_timm_config(config, str(path)), pretrained_cfg
+        return SimsiamSection.from_json(config["simsiam"], image_size, str(path)), pretrained_cfg
+    return SimsiamSection.from_timm_config(config, image_size, str(path)), pretrained_cfg
 
 
 def write_config(folder: str | Path, section: SimsiamSection) -> Path:
