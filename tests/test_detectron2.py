@@ -154,6 +154,14 @@ def train_net():
     return train_net
 
 
+@pytest.fixture(scope="module")
+def d2(train_net):
+    """simsiam_hub.detection.train: what the script runs."""
+    from simsiam_hub.detection import train
+
+    return train
+
+
 @pytest.fixture(autouse=True)
 def fresh_detectron2_loggers():
     """Detectron2's ``setup_logger`` binds a handler to the ``sys.stdout`` of the moment (in a
@@ -170,7 +178,7 @@ def fresh_detectron2_loggers():
 
 
 @needs_detectron2
-def test_every_config_loads_and_builds_its_model(train_net):
+def test_every_config_loads_and_builds_its_model(d2):
     from detectron2.modeling import build_model
 
     files = sorted(CONFIGS.glob("*.yaml"))
@@ -184,7 +192,7 @@ def test_every_config_loads_and_builds_its_model(train_net):
         "coco_R_50_C4_2x": (180000, (120000, 160000)),
     }
     for path in files:
-        cfg = train_net.load_config(str(path))
+        cfg = d2.load_config(str(path))
         # the protocol, in every config, the smoke runs included (MoCo 7397dfe Base-RCNN-C4-BN.yaml)
         assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm", path.name
         assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN" and cfg.TEST.PRECISE_BN.ENABLED, path.name
@@ -213,7 +221,7 @@ def test_every_config_loads_and_builds_its_model(train_net):
                 "imagenet": "~/.cache/torch/hub/checkpoints/resnet50-0676ba61.pth",
                 "msra": "detectron2://ImageNetPretrained/MSRA/R-50.pkl",
             }
-            assert cfg.MODEL.WEIGHTS == weights.get(path.stem.rsplit("_", 1)[1], train_net.WEIGHTS_UNSET), path.name
+            assert cfg.MODEL.WEIGHTS == weights.get(path.stem.rsplit("_", 1)[1], d2.WEIGHTS_UNSET), path.name
         # builds (names and shapes only, on the meta device: the CUDA configs too)
         cfg.MODEL.DEVICE = "meta"
         with torch.device("meta"):
@@ -229,12 +237,12 @@ def test_every_config_loads_and_builds_its_model(train_net):
 
 
 @needs_detectron2
-def test_converted_backbone_loads_into_r50_c4_with_nothing_missing(train_net, converted, backbone_file, caplog):
+def test_converted_backbone_loads_into_r50_c4_with_nothing_missing(converted, backbone_file, caplog, d2):
     from detectron2.checkpoint import DetectionCheckpointer
     from safetensors.torch import load_file
 
-    cfg = train_net.load_config(str(CONFIGS / "voc07_R_50_C4_smoke.yaml"))
-    model = train_net.Trainer.build_model(cfg)
+    cfg = d2.load_config(str(CONFIGS / "voc07_R_50_C4_smoke.yaml"))
+    model = d2.Trainer.build_model(cfg)
     # Detectron2's logger setup (in other tests) stops "fvcore" propagating: listen to it directly.
     fvcore_log = logging.getLogger("fvcore")
     fvcore_log.addHandler(caplog.handler)
@@ -312,22 +320,20 @@ def _ground_truth_predictions(dataset_name: str, *, masks: bool, shift: float = 
     return pairs
 
 
-def _evaluate(train_net, cfg, name: str, pairs) -> dict:
+def _evaluate(d2, cfg, name: str, pairs) -> dict:
     """What a fine-tuning's last evaluation does with the predictions: the evaluator
-    train_net.Trainer builds for the dataset, then its results as results-file entries."""
-    evaluator = train_net.Trainer.build_evaluator(cfg, name)
+    d2.Trainer builds for the dataset, then its results as results-file entries."""
+    evaluator = d2.Trainer.build_evaluator(cfg, name)
     evaluator.reset()
     for inputs, outputs in pairs:
         evaluator.process(inputs, outputs)
     results = evaluator.evaluate()
-    entries = train_net.results_entries(
-        cfg, results, source="ground truth", seed=None, trial=None, config_file="gt.yaml"
-    )
+    entries = d2.results_entries(cfg, results, source="ground truth", seed=None, trial=None, config_file="gt.yaml")
     return {(e.task, e.metric): e.value for e in entries}
 
 
 @needs_detectron2
-def test_ground_truth_as_predictions_scores_ap_100_on_voc(train_net, tmp_path):
+def test_ground_truth_as_predictions_scores_ap_100_on_voc(train_net, tmp_path, d2):
     """The VOC evaluation path (a --register-voc dataset, PascalVOCDetectionEvaluator, the results
     entries) gives AP50 = AP = AP75 = 100 to predictions that are the ground truth, and 0 to the
     same boxes moved right by half their width (IoU 1/3)."""
@@ -351,16 +357,16 @@ def test_ground_truth_as_predictions_scores_ap_100_on_voc(train_net, tmp_path):
             str(tmp_path / "out"),
         ]
     )
-    train_net.register_datasets(args)
-    cfg = train_net.setup(args)
-    exact = _evaluate(train_net, cfg, name, _ground_truth_predictions(name, masks=False))
+    d2.register_datasets(args.register_voc, args.register_coco, args.classes)
+    cfg = d2.setup(args.config_file, args.opts)
+    exact = _evaluate(d2, cfg, name, _ground_truth_predictions(name, masks=False))
     assert exact == {("detection", m): pytest.approx(100.0) for m in ("AP50", "AP", "AP75")}
-    moved = _evaluate(train_net, cfg, name, _ground_truth_predictions(name, masks=False, shift=0.5))
+    moved = _evaluate(d2, cfg, name, _ground_truth_predictions(name, masks=False, shift=0.5))
     assert moved == {("detection", m): pytest.approx(0.0) for m in ("AP50", "AP", "AP75")}
 
 
 @needs_detectron2
-def test_ground_truth_as_predictions_scores_ap_100_on_coco(train_net, tmp_path):
+def test_ground_truth_as_predictions_scores_ap_100_on_coco(train_net, tmp_path, d2):
     """The COCO evaluation path (a --register-coco dataset with polygon masks and category ids
     1, 3, 5, COCOEvaluator, the results entries) gives box and mask AP50 = AP = AP75 = 100 to
     predictions that are the ground truth; boxes moved by half their width score 0."""
@@ -382,20 +388,20 @@ def test_ground_truth_as_predictions_scores_ap_100_on_coco(train_net, tmp_path):
             str(tmp_path / "out"),
         ]
     )
-    train_net.register_datasets(args)
-    cfg = train_net.setup(args)
-    exact = _evaluate(train_net, cfg, name, _ground_truth_predictions(name, masks=True))
+    d2.register_datasets(args.register_voc, args.register_coco, args.classes)
+    cfg = d2.setup(args.config_file, args.opts)
+    exact = _evaluate(d2, cfg, name, _ground_truth_predictions(name, masks=True))
     expected = {
         (t, m): pytest.approx(100.0) for t in ("detection", "instance-segmentation") for m in ("AP50", "AP", "AP75")
     }
     assert exact == expected
-    moved = _evaluate(train_net, cfg, name, _ground_truth_predictions(name, masks=False, shift=0.5))
+    moved = _evaluate(d2, cfg, name, _ground_truth_predictions(name, masks=False, shift=0.5))
     assert moved == {("detection", m): pytest.approx(0.0) for m in ("AP50", "AP", "AP75")}
 
 
 @pytest.mark.slow
 @needs_detectron2
-def test_overfitting_two_images_the_loss_falls(train_net, converted_fresh, tmp_path):
+def test_overfitting_two_images_the_loss_falls(train_net, converted_fresh, tmp_path, d2):
     """Faster R-CNN C4 on a user's VOC-layout dataset of two images: 24 iterations at the smoke
     config's lr (the protocol's, scaled to batch 2), no flips, 8 regions per image.
 
@@ -413,13 +419,13 @@ def test_overfitting_two_images_the_loss_falls(train_net, converted_fresh, tmp_p
         "8",
     ]
     args = train_net.build_parser().parse_args(_voc_args(data, tmp_path / "run", str(converted_fresh), *overrides))
-    train_net.register_datasets(args)
-    cfg = train_net.setup(args)
+    d2.register_datasets(args.register_voc, args.register_coco, args.classes)
+    cfg = d2.setup(args.config_file, args.opts)
     assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3  # from --classes, not the config's 20
     from detectron2.utils.env import seed_all_rng
 
     seed_all_rng(0)
-    trainer = train_net.Trainer(cfg)
+    trainer = d2.Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
 

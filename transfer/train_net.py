@@ -2,8 +2,9 @@
 """Fine-tune a ResNet-50 backbone for detection with Detectron2: the R50-C4 transfer protocol of
 MoCo (facebookresearch/moco ``detection/train_net.py``) that SimSiam's Table 5 follows.
 
-A thin entry script over Detectron2's ``DefaultTrainer`` (Detectron2's ``tools/train_net.py``
-shape) plus what the protocol and simsiam-hub need:
+The script in the shape of Detectron2's ``tools/train_net.py``, over
+``simsiam_hub.detection.train`` (Detectron2's ``DefaultTrainer`` plus what the protocol and
+simsiam-hub need):
 
 - the ``Res5ROIHeadsExtraNorm`` ROI head (an extra norm after res5) the configs name;
 - ``MODEL.WEIGHTS`` may be a Hub repo id, a model folder, a ``.safetensors`` file or any
@@ -24,368 +25,71 @@ Builtin datasets (``voc_2007_trainval``, ``voc_2012_trainval``, ``voc_2007_test`
 from __future__ import annotations
 
 import contextlib
-import copy
 import logging
 import os
-import sys
 from pathlib import Path
 
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets import register_coco_instances
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
-from detectron2.layers import get_norm
-from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
-from detectron2.structures import BoxMode
+from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
-from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-from simsiam_hub.checkpoint import CheckpointError, safe_torch_load
-from simsiam_hub.detection.convert import convert_source
-from simsiam_hub.detection.datasets import TransferError, coco_classes, voc_records
 from simsiam_hub.detection.install import detectron2_description
-from simsiam_hub.errors import run_command
-from simsiam_hub.fileio import atomic_write_text, folder_lock
-from simsiam_hub.hub.results import EvalResult, write_results
-from simsiam_hub.resources import shipped_configs
+from simsiam_hub.detection.train import (
+    RESULTS_FILE,
+    evaluate,
+    fine_tune,
+    register_datasets,
+    resolve_config_file,
+    resolve_weights,
+    setup,
+    trial_seeds,
+    write_trial_results,
+)
+from simsiam_hub.errors import exit_process, run_command
+from simsiam_hub.fileio import folder_lock
 
 log = logging.getLogger("detectron2.simsiam_hub")
-
-RESULTS_FILE = "detection_results.json"
-CONVERTED_WEIGHTS = "backbone_detectron2.pkl"
-WEIGHTS_UNSET = "???"  # what the configs hold until MODEL.WEIGHTS is given
-VOC_CLASSES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-)
-# Builtin test sets and the names results go under (simsiam_hub.hub.results `dataset`, `split`).
-BENCHMARKS = {
-    (("voc_2007_trainval",), "voc_2007_test"): ("voc07", "test"),
-    (("voc_2007_trainval", "voc_2012_trainval"), "voc_2007_test"): ("voc0712", "test"),
-    (("coco_2017_train",), "coco_2017_val"): ("coco2017", "val"),
-}
-TASKS = {"bbox": "detection", "segm": "instance-segmentation"}
-
-
-@ROI_HEADS_REGISTRY.register()
-class Res5ROIHeadsExtraNorm(Res5ROIHeads):
-    """Res5ROIHeads with one more norm layer (``MODEL.RESNETS.NORM``) after res5.
-
-    MoCo (He et al., CVPR 2020, appendix A.3) adds it because the pretrained res5 ends in a
-    residual sum whose scale the newly initialised box head has never seen.
-    """
-
-    @classmethod
-    def _build_res5_block(cls, cfg):
-        seq, out_channels = super()._build_res5_block(cfg)
-        seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
-        return seq, out_channels
-
-
-class Trainer(DefaultTrainer):
-    """Detectron2's trainer with the evaluator each dataset declares (VOC or COCO)."""
-
-    @classmethod
-    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        kind = MetadataCatalog.get(dataset_name).get("evaluator_type")
-        if kind == "coco":
-            # detectron2's fast COCOeval needs its compiled _C; without it COCOEvaluator
-            # falls back to pycocotools' COCOeval by itself.
-            return COCOEvaluator(dataset_name, output_dir=output_folder)
-        if kind == "pascal_voc":
-            return PascalVOCDetectionEvaluator(dataset_name)
-        raise TransferError(
-            f"no evaluator for dataset {dataset_name!r}: expected a VOC or COCO dataset, found evaluator_type={kind!r}"
-        )
-
-
-# --- datasets ---------------------------------------------------------------------------
-
-
-def _registered(name: str, **where) -> bool:
-    """Whether ``name`` is registered already with these files (a second run in one process);
-    refuses a name taken by other data."""
-    if name not in DatasetCatalog.list():
-        return False
-    meta = MetadataCatalog.get(name)
-    if all(meta.get(k) == v for k, v in where.items()):
-        return True
-    raise TransferError(
-        f"dataset name {name!r} is taken by other data ({meta.get('dirname') or meta.get('json_file')}): choose another name"
-    )
-
-
-def register_voc(name: str, folder: str, split: str, classes) -> None:
-    """Register a Pascal VOC layout folder (JPEGImages/, Annotations/, ImageSets/Main/SPLIT.txt),
-    checked file by file before any model is built (:func:`voc_records`).
-
-    Registered as year 2012, so that its AP is the area under the precision/recall curve
-    (Detectron2 uses VOC2007's 11-point AP only for year 2007).
-    """
-    root = Path(folder).expanduser()
-    records = voc_records(name, root, split, classes, bbox_mode=BoxMode.XYXY_ABS)
-    if _registered(name, dirname=str(root), split=split, thing_classes=list(classes)):
-        return
-    DatasetCatalog.register(name, lambda: copy.deepcopy(records))
-    # The metadata Detectron2's register_pascal_voc sets, which its VOC evaluator reads.
-    MetadataCatalog.get(name).set(
-        thing_classes=list(classes), dirname=str(root), year=2012, split=split, evaluator_type="pascal_voc"
-    )
-
-
-def register_coco(name: str, json_file: str, image_root: str) -> None:
-    """Register a COCO-format json (boxes, and polygon or RLE masks) with its image folder,
-    every image it names checked first (:func:`~simsiam_hub.detection.datasets.coco_classes`)."""
-    json_path, images = Path(json_file).expanduser(), Path(image_root).expanduser()
-    classes = coco_classes(name, json_path, images)
-    if _registered(name, json_file=str(json_path), image_root=str(images), thing_classes=classes):
-        return
-    register_coco_instances(name, {}, str(json_path), str(images))
-    MetadataCatalog.get(name).set(thing_classes=classes)
-
-
-def register_datasets(args) -> None:
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else list(VOC_CLASSES)
-    for name, folder, split in args.register_voc:
-        register_voc(name, folder, split, classes)
-    for name, json_file, image_root in args.register_coco:
-        register_coco(name, json_file, image_root)
-
-
-def check_datasets(cfg) -> list[str] | None:
-    """Every dataset the config names is registered and on disk; returns the class names."""
-    registered = set(DatasetCatalog.list())
-    root = os.getenv("DETECTRON2_DATASETS", "datasets")
-    classes = {}
-    for name in (*cfg.DATASETS.TRAIN, *cfg.DATASETS.TEST):
-        if name not in registered:
-            raise TransferError(
-                f"dataset {name!r} is not registered: expected a Detectron2 builtin name (voc_2007_trainval, "
-                f"coco_2017_train, ...) or one given with --register-voc/--register-coco"
-            )
-        meta = MetadataCatalog.get(name)
-        for attr in ("dirname", "json_file", "image_root"):
-            path = meta.get(attr)
-            if path and not os.path.exists(path):
-                raise TransferError(
-                    f"dataset {name!r}: {path} not found (Detectron2's builtin datasets live under "
-                    f"$DETECTRON2_DATASETS, now {root!r})"
-                )
-        classes[name] = meta.get("thing_classes")
-    known = {tuple(c) for c in classes.values() if c is not None}
-    if len(known) > 1:
-        raise TransferError(f"the train and test datasets have different classes: {classes}")
-    return list(known.pop()) if known else None
-
-
-# --- weights ----------------------------------------------------------------------------
-
-
-def _is_detectron2_checkpoint(path: Path) -> bool:
-    """A ``.pth`` that Detectron2 wrote (``{"model": {"backbone.*": ...}, ...}``)?"""
-    try:
-        obj = safe_torch_load(path, mmap=True)
-    except CheckpointError:
-        return True  # not plain tensors (a trainer's state, say): Detectron2's own loader is the judge
-    model = obj.get("model") if isinstance(obj, dict) else None
-    return isinstance(model, dict) and any(k.startswith(("backbone.", "roi_heads.")) for k in model)
-
-
-def resolve_weights(weights: str, output_dir: str) -> str:
-    """``MODEL.WEIGHTS`` as Detectron2 can load it: converted into ``output_dir`` when needed."""
-    if weights == WEIGHTS_UNSET:
-        raise TransferError(
-            "MODEL.WEIGHTS is not set: append `MODEL.WEIGHTS <Hub repo id | model folder | .safetensors | .pkl>` "
-            "to the command (or use a *_scratch config for random initialisation)"
-        )
-    if not weights or "://" in weights:
-        return weights  # random init, or a URL Detectron2 downloads itself
-    path = Path(weights).expanduser()
-    if path.suffix in (".pkl", ".pth") and not path.is_file():
-        raise TransferError(f"MODEL.WEIGHTS file not found: {path}")
-    if path.suffix == ".pkl" or path.suffix == ".pth" and _is_detectron2_checkpoint(path):
-        return str(path)
-    out = Path(output_dir) / CONVERTED_WEIGHTS
-    if comm.get_local_rank() == 0:  # one conversion per machine; the write is atomic
-        convert_source(str(path) if path.exists() else weights, out)
-    comm.synchronize()
-    return str(out)
-
-
-# --- setup and runs ---------------------------------------------------------------------
-
-
-def resolve_config_file(config_file: str) -> str:
-    """A config file: the path given, or the shipped detection config of that name
-    (``voc07_R_50_C4``; ``simsiam-hub configs --kind detection`` lists them)."""
-    if not config_file:
-        raise TransferError(
-            "--config-file is required: a YAML file or a shipped detection config's name (simsiam-hub configs --kind detection)"
-        )
-    if os.path.isfile(config_file):
-        return config_file
-    shipped = shipped_configs("detection")
-    name = Path(config_file).name.removesuffix(".yaml")
-    if name in shipped and Path(config_file).parent.name in ("", ".", "detection"):
-        return str(shipped[name])
-    raise TransferError(f"config file not found: {config_file} (shipped detection configs: {', '.join(shipped)})")
-
-
-def load_config(config_file: str, opts=()):
-    """Detectron2's config: its defaults, ``config_file`` (a path or a shipped config's name, with
-    ``_BASE_``) and ``KEY VALUE`` overrides."""
-    config_file = resolve_config_file(config_file)
-    cfg = get_cfg()
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts or []))
-    except (KeyError, ValueError, AssertionError, TypeError) as err:
-        raise TransferError(f"config {config_file} with overrides {list(opts or [])}: {err}") from None
-    return cfg
-
-
-def setup(args):
-    """The frozen config: file + overrides, datasets checked, classes from the datasets."""
-    cfg = load_config(args.config_file, args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        cfg.MODEL.DEVICE = "cpu"
-    classes = check_datasets(cfg)
-    if classes is not None:
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(classes)
-    cfg.freeze()
-    return cfg
-
-
-def _per_dataset(cfg, results) -> dict:
-    # DefaultTrainer.test returns one dataset's metrics unwrapped when there is one test set.
-    if len(cfg.DATASETS.TEST) == 1 and results and cfg.DATASETS.TEST[0] not in results:
-        return {cfg.DATASETS.TEST[0]: results}
-    return dict(results or {})
-
-
-def results_entries(
-    cfg, results, *, source: str, seed: int | None, trial: int | None, config_file: str
-) -> list[EvalResult]:
-    """AP50, AP and AP75 per test dataset and task (box, mask) as ``simsiam_hub.hub.results`` entries."""
-    train = tuple(cfg.DATASETS.TRAIN)
-    entries = []
-    for test_name, metrics in _per_dataset(cfg, results).items():
-        dataset, split = BENCHMARKS.get((train, test_name), (test_name, "test"))
-        recipe = {
-            "protocol": "R50-C4 (MoCo detection)",
-            "config": os.path.basename(config_file),
-            "train_datasets": list(train),
-            "test_dataset": test_name,
-            "max_iter": cfg.SOLVER.MAX_ITER,
-            "ims_per_batch": cfg.SOLVER.IMS_PER_BATCH,
-            "base_lr": cfg.SOLVER.BASE_LR,
-            "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
-            "seed": seed,
-            "trial": trial,
-        }
-        for key, task in TASKS.items():
-            for metric in ("AP50", "AP", "AP75"):
-                if key in metrics and metric in metrics[key]:
-                    value = metrics[key][metric]
-                    entries.append(
-                        EvalResult(
-                            task=task,
-                            metric=metric,
-                            value=value,
-                            dataset=dataset,
-                            split=split,
-                            source=source,
-                            recipe=recipe,
-                        )
-                    )
-    return entries
-
-
-def _seeds(cfg, trials: int) -> list[int]:
-    return [(cfg.SEED if cfg.SEED >= 0 else 0) + i for i in range(trials)]
 
 
 def main(args) -> dict:
     """Train (or evaluate) every trial, holding OUTPUT_DIR's lock (one run per folder, as
     pretraining); returns ``{output_dir: results}``."""
-    register_datasets(args)
-    cfg = setup(args)
+    register_datasets(args.register_voc, args.register_coco, args.classes)
+    cfg = setup(args.config_file, args.opts)
     with folder_lock(cfg.OUTPUT_DIR, "OUTPUT_DIR") if comm.is_main_process() else contextlib.nullcontext():
-        return _run(args, cfg)
-
-
-def _run(args, cfg) -> dict:
-    default_setup(cfg, args)  # logger, environment, config.yaml in OUTPUT_DIR
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="simsiam_hub")
-    log.info("%s", detectron2_description())
-    log.info("device %s; %d classes (from the datasets)", cfg.MODEL.DEVICE, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
-    source = cfg.MODEL.WEIGHTS or "scratch (random init)"
-    weights = resolve_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)
-
-    if args.eval_only:
+        default_setup(cfg, args)  # logger, environment, config.yaml in OUTPUT_DIR
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="simsiam_hub")
+        log.info("%s", detectron2_description())
+        log.info("device %s; %d classes (from the datasets)", cfg.MODEL.DEVICE, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+        source = cfg.MODEL.WEIGHTS or "scratch (random init)"
+        weights = resolve_weights(cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)
         cfg.defrost()
         cfg.MODEL.WEIGHTS = weights
         cfg.freeze()
-        model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        results = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            entries = results_entries(cfg, results, source=source, seed=None, trial=None, config_file=args.config_file)
-            log.info("results written to %s", write_results(entries, Path(cfg.OUTPUT_DIR) / RESULTS_FILE))
-        return {cfg.OUTPUT_DIR: results}
+        fields = dict(source=source, config_file=args.config_file)
 
-    out = {}
-    for trial, seed in enumerate(_seeds(cfg, args.trials)):
-        tcfg = cfg.clone()
-        tcfg.defrost()
-        tcfg.MODEL.WEIGHTS = weights
-        tcfg.SEED = seed
-        if args.trials > 1:
-            tcfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, f"trial{trial}")
-        tcfg.freeze()
-        results_path = Path(tcfg.OUTPUT_DIR) / RESULTS_FILE
-        if args.resume and results_path.is_file():
-            log.info("trial %d (seed %d): finished already, results in %s", trial, seed, results_path)
-            continue
-        if comm.is_main_process():
-            atomic_write_text(tcfg.dump(), Path(tcfg.OUTPUT_DIR) / "config.yaml")
-        log.info("trial %d of %d: seed %d, output %s", trial + 1, args.trials, seed, tcfg.OUTPUT_DIR)
-        seed_all_rng(seed + comm.get_rank())
-        trainer = Trainer(tcfg)
-        trainer.resume_or_load(resume=args.resume)
-        trainer.train()
-        # DefaultTrainer keeps the final evaluation (its EvalHook runs at the last iteration).
-        results = getattr(trainer, "_last_eval_results", None)
-        if comm.is_main_process() and results:
-            entries = results_entries(
-                tcfg, results, source=source, seed=seed, trial=trial, config_file=args.config_file
-            )
-            log.info("results written to %s", write_results(entries, results_path))
-        out[tcfg.OUTPUT_DIR] = results
-    return out
+        if args.eval_only:
+            results = evaluate(cfg, resume=args.resume)
+            write_trial_results(cfg, results, Path(cfg.OUTPUT_DIR) / RESULTS_FILE, seed=None, trial=None, **fields)
+            return {cfg.OUTPUT_DIR: results}
+
+        out = {}
+        for trial, seed in enumerate(trial_seeds(cfg, args.trials)):
+            tcfg = cfg.clone()
+            tcfg.defrost()
+            tcfg.SEED = seed
+            if args.trials > 1:
+                tcfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, f"trial{trial}")
+            tcfg.freeze()
+            results_path = Path(tcfg.OUTPUT_DIR) / RESULTS_FILE
+            if args.resume and results_path.is_file():
+                log.info("trial %d (seed %d): finished already, results in %s", trial, seed, results_path)
+                continue
+            log.info("trial %d of %d: seed %d, output %s", trial + 1, args.trials, seed, tcfg.OUTPUT_DIR)
+            results = fine_tune(tcfg, resume=args.resume)
+            write_trial_results(tcfg, results, results_path, seed=seed, trial=trial, **fields)
+            out[tcfg.OUTPUT_DIR] = results
+        return out
 
 
 def build_parser():
@@ -454,4 +158,4 @@ def _launch(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    exit_process(cli())
