@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .data import DEFAULT_IMAGE_SIZE
-from .errors import UsageError, run_command
+from .errors import UsageError, exit_process, run_command
 from .eval import KNN_K, KNN_TEMPERATURE
 
 DEFAULT_DEMO_CONFIG = "fashion_mnist_resnet50_cpu"
@@ -731,5 +731,10 @@ def _run(args) -> int:
     return args.func(args)
 
 
+def console() -> None:
+    """The ``simsiam-hub`` executable: :func:`main`, then the process's exit."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -41,6 +41,22 @@ def import_extra(module: str, extra: str, what: str, package: str | None = None)
 INTERRUPTED_EXIT = 130  # the shell's 128 + SIGINT
 
 
+def exit_process(code: int):
+    """End a command-line process with ``code``; after Ctrl-C, at once: without waiting for the
+    threads a library left running (huggingface_hub's download pool joins the downloads under
+    way at exit). Streams and log handlers are flushed first, and every write is atomic."""
+    import logging
+    import os
+    import sys
+
+    if code == INTERRUPTED_EXIT:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 def run_command(prog: str, func, *args) -> int:
     """Run one command-line entry point (``simsiam-hub COMMAND``, the transfer scripts) the one way:
     a :class:`SimsiamHubError` is printed as ``PROG: error: ...`` (no traceback) and gives its exit

@@ -52,6 +52,10 @@ class FakeHub:
         self.static: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
+        # Set hold to an Event to keep every file download waiting (after `downloading` is set)
+        # until it is set: a download in progress, for as long as a test needs one.
+        self.hold: threading.Event | None = None
+        self.downloading = threading.Event()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), HubRequestHandler)
         self.server.daemon_threads = True
         self.server.hub = self  # what each HubRequestHandler reaches as self.server.hub
@@ -340,6 +344,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         headers = {"X-Repo-Commit": oid, "ETag": f'"{etag}"'}
         if lfs:
             headers.update({"X-Linked-Etag": f'"{key}"', "X-Linked-Size": str(len(data))})
+        if self.command == "GET" and self.hub.hold is not None:
+            self.hub.downloading.set()
+            self.hub.hold.wait(300)
         return self._send(200, data, headers, content_type="application/octet-stream")
 
     # method -> (path prefix, route), first match wins; what matches none is a 404

@@ -411,3 +411,39 @@ def test_a_hub_listing_a_path_outside_the_repo_is_one_line(exported, pushed, fak
     assert err.startswith(f"simsiam-hub pull: error: {REPO} at revision 'hostile': http://127.0.0.1")
     assert "lists a file that cannot be downloaded safely: Invalid filename '../../escaped.txt'" in err
     assert not list(tmp_path.parent.rglob("escaped.txt"))
+
+
+def test_ctrl_c_during_a_download_exits_at_once_with_130(exported, pushed, fake_hub, tmp_path):
+    """huggingface_hub's download pool waits for the downloads under way before it lets Ctrl-C
+    through: `pull` still exits at once (while the Hub holds the download), one line, 130, and
+    leaves nothing under --out."""
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    env = hub_env(fake_hub.url, tmp_path / "hf")
+    fake_hub.hold, fake_hub.downloading = threading.Event(), threading.Event()
+    out = tmp_path / "pulled"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simsiam_hub.cli", "pull", REPO, "--out", str(out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert fake_hub.downloading.wait(120), "the download never started"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)  # the Hub still holds the download: exit without it
+        held = not fake_hub.hold.is_set()
+    finally:
+        fake_hub.hold.set()
+        fake_hub.hold = None
+        if proc.poll() is None:
+            proc.kill()
+    assert held and proc.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "simsiam-hub pull: interrupted (Ctrl-C); no partial file is left under a final name"
+    ]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["hf"]

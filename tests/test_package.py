@@ -95,7 +95,7 @@ def test_the_wheel_ships_configs_transfer_and_hubconf(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(next(tmp_path.glob("*.whl"))).read(entry_points).decode()
     assert (
-        "simsiam-hub = simsiam_hub.cli:main" in text
+        "simsiam-hub = simsiam_hub.cli:console" in text
         and "simsiam-hub-detection = simsiam_hub.detection.install:detection_cli" in text
     )
 

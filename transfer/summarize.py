@@ -23,10 +23,9 @@ import argparse
 import json
 import math
 import statistics
-import sys
 from pathlib import Path
 
-from simsiam_hub.errors import UsageError, run_command
+from simsiam_hub.errors import UsageError, exit_process, run_command
 from simsiam_hub.hub.results import EvalResult, read_results, write_results
 
 RESULTS_FILE = "detection_results.json"  # what train_net.py writes per trial
@@ -177,4 +176,4 @@ def _summarize(args) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -13,6 +13,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from huggingface_hub import HfApi, constants, snapshot_download
@@ -120,6 +121,27 @@ def _hub_errors(repo_id: str, revision: str | None):
         ) from None
 
 
+def interruptible(func, *args, **kwargs):
+    """``func(*args, **kwargs)`` in a daemon thread, so that Ctrl-C reaches the caller at once:
+    huggingface_hub's download pool lets no exception through until the downloads under way
+    have finished (minutes for a large file, forever from a stalled server)."""
+    outcome = {}
+
+    def target():
+        try:
+            outcome["value"] = func(*args, **kwargs)
+        except BaseException as err:  # re-raised in the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=target, name="simsiam-hub-download", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def _raised_by_huggingface_hub(err: BaseException) -> bool:
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -222,7 +244,8 @@ def resolve_model_dir(
     else:
         with _hub_errors(str(ref), revision), progress_bars(progress):
             folder = Path(
-                snapshot_download(
+                interruptible(
+                    snapshot_download,
                     str(ref),
                     revision=revision,
                     allow_patterns=list(wanted),
@@ -336,7 +359,7 @@ def pull(
         folder = resolve_model_dir(repo_id, revision)
     else:
         with _hub_errors(repo_id, revision), progress_bars(progress):
-            folder = Path(snapshot_download(repo_id, revision=revision, token=token))
+            folder = Path(interruptible(snapshot_download, repo_id, revision=revision, token=token))
     validate_folder(folder, where=str(repo_id))
     if out is None:
         return folder
