@@ -169,17 +169,23 @@ def _moved_parameters(out) -> int:
     )
 
 
-def test_engine_trains_with_views_finished_on_the_device(tmp_path):
-    """data.augment_on=device (one loader worker) against the loader path with fast_augment's ops
-    (no worker): the same views up to rounding, so the same first loss; and it trains."""
-    common = ("run.max_steps=2", "run.log_every_steps=1", "run.channels_last=false")
+def _device_and_loader_first_losses(tmp_path, *common) -> tuple[list[float], list[float]]:
+    """Two tiny runs from the same initialisation: data.augment_on=device (one loader worker)
+    and the loader path with fast_augment's ops (no worker); their logged step losses."""
+    common = ("run.max_steps=2", "run.log_every_steps=1", "run.channels_last=false", *common)
     on_device = load_config(
         PretrainConfig, None, tiny(tmp_path / "device", *common, "data.augment_on=device", "data.num_workers=1")
     )
     on_loader = load_config(PretrainConfig, None, tiny(tmp_path / "loader", *common, "data.fast_augment=true"))
     assert pretrain(on_device, resume=None).step == 2
     pretrain(on_loader, resume=None)
-    device_losses, loader_losses = _step_losses(tmp_path / "device"), _step_losses(tmp_path / "loader")
+    return _step_losses(tmp_path / "device"), _step_losses(tmp_path / "loader")
+
+
+def test_engine_trains_with_views_finished_on_the_device(tmp_path):
+    """The engine finishes the views on the training device (here the CPU): the same views as
+    the loader path up to rounding, so the same first loss; and it trains."""
+    device_losses, loader_losses = _device_and_loader_first_losses(tmp_path)
     assert len(device_losses) == 2 and all(-1.0 <= loss <= 1.0 for loss in device_losses)
     # The first step sees the same weights and the same batch up to rounding (measured here: the
     # same loss to the last digit). A contrast mean rounded to the other integer (see MAX_LEVELS)
@@ -206,13 +212,21 @@ def test_cuda_finish_equals_the_cpu_finish():
 
 @pytest.mark.gpu
 @needs_cuda
-def test_cuda_engine_trains_with_views_finished_on_the_gpu(tmp_path):
-    cfg = load_config(
-        PretrainConfig,
-        None,
-        tiny(tmp_path, "run.max_steps=3", "run.log_every_steps=1", "data.augment_on=device", "data.num_workers=2"),
+def test_cuda_engine_trains_with_views_finished_on_the_gpu(tmp_path, monkeypatch):
+    """As on the CPU: the views finished on the GPU are the loader path's up to rounding (the
+    first losses agree), the run trains, and the batches the step sees are CUDA tensors."""
+    # TF32 would round the convolutions' inputs to 10 bits: the comparison is of the views.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    seen = []
+    finish = DeviceTwoCropsTransform.finish
+    monkeypatch.setattr(
+        DeviceTwoCropsTransform,
+        "finish",
+        lambda self, views, device: seen.append(str(device)) or finish(self, views, device),
     )
-    assert pretrain(cfg, resume=None).step == 3
-    losses = _step_losses(tmp_path)
-    assert len(losses) == 3 and all(-1.0 <= loss <= 1.0 for loss in losses)
-    assert _moved_parameters(tmp_path) > 50
+    device_losses, loader_losses = _device_and_loader_first_losses(tmp_path)
+    assert seen and set(seen) == {"cuda:0"}  # finished on the GPU, every batch
+    assert len(device_losses) == 2 and all(-1.0 <= loss <= 1.0 for loss in device_losses)
+    assert device_losses[0] == pytest.approx(loader_losses[0], abs=1e-3)
+    assert _moved_parameters(tmp_path / "device") > 50
