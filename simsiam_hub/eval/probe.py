@@ -30,18 +30,21 @@ minimiser is the same W, reached in several times fewer steps, since neighbourin
 of a randomly initialised ResNet-50 have most of their covariance eigenvalues below 1e-5 of the
 largest, and an estimate from a subsample of rows left fits there short of convergence.
 
-Convergence: a fit has converged when every entry of the objective's gradient with respect to
-(U, b), the solver's whitened coordinates, is at most :data:`GRAD_TOLERANCE` in absolute value.
-There the test does not depend on how the features are scaled or correlated, and it is
-stricter by (e + weight_decay)^(-1/2) along directions of small variance e, where a weakly
-regularised fit converges last. A fit that has not converged within :data:`MAX_ITERATIONS`
-(or stopped making progress) is recorded as such and logged as a warning.
+Convergence: L-BFGS (in fp32) stops once every entry of the gradient with respect to (U, b)
+is at most :data:`GRAD_TOLERANCE`; then Newton steps (conjugate gradients on Hessian-vector
+products, preconditioned in the same eigenbasis) go on until the Newton decrement, the
+quadratic model's estimate of how far the objective is above its minimum, is at most
+:data:`OBJECTIVE_RTOL` of the objective. ``converged`` means that: a gradient test alone passes
+far from the minimum where the data are separable (the cross-entropy is nearly flat along the
+separating directions; tests/test_probe.py has such features, where L-BFGS alone stopped at up
+to 2.4 times the minimum), and one Newton step covers that distance. A fit that
+has not converged within :data:`MAX_ITERATIONS` is recorded as such and logged as a warning.
 
-Precision: features and the (N, D) x (D, C) products in fp32 (the cost: two passes over the
-features per evaluation), the loss summed in fp64 from those logits: summed in fp32 it varies
-by its rounding near the tolerance, and the line search stalls there, while fp64 throughout
-would double the cost for digits the tolerance does not use. docs/run_logs/probe_pixels
-refits with a 10x tighter tolerance to show what the tolerance leaves on the table.
+Precision: in the L-BFGS part features and the (N, D) x (D, C) products are fp32 (the cost: two
+passes over the features per evaluation), the loss summed in fp64 from those logits. The Newton
+part computes the objective and gradient, which decide convergence, in fp64 (on an fp64 copy of
+the features, held while it runs) and its Hessian-vector products, which only steer the step,
+in fp32.
 """
 
 from __future__ import annotations
@@ -66,8 +69,12 @@ PROTOCOL_DESCRIPTION = (
 )
 WEIGHT_DECAYS = tuple(10.0**k for k in range(-6, 2))  # 1e-6 ... 10, one value per decade
 VAL_FRACTION = 0.1  # of the training set, held out to choose the weight decay (DINOv2's default)
-GRAD_TOLERANCE = 1e-4  # max |gradient| of the objective at which a fit counts as converged
-MAX_ITERATIONS = 1000  # L-BFGS iterations per fit (CLIP's and DINOv2's cap)
+GRAD_TOLERANCE = 1e-4  # max |gradient| (whitened coordinates) at which L-BFGS hands over to Newton steps
+OBJECTIVE_RTOL = 1e-6  # converged: the objective is within this fraction of its minimum (estimated)
+CG_STOP = 0.1  # conjugate gradients for a Newton step stop once the model's last fall < this x its mean fall,
+CG_RTOL = 1e-6  # or at this relative residual (preconditioned norm),
+CG_ITERATIONS = 100  # or after this many Hessian-vector products
+MAX_ITERATIONS = 1000  # L-BFGS iterations and Newton steps per fit (CLIP's and DINOv2's cap)
 SWEEP_PATIENCE = 2  # the sweep stops after this many values in a row below the best held-out top-1
 HISTORY_SIZE = 20  # L-BFGS memory
 
@@ -90,9 +97,10 @@ class LogisticFit:
     weight_decay: float
     train_loss: float  # mean cross-entropy on the fitted data at the end (without the penalty)
     objective: float  # train_loss + weight_decay / 2 * |W|^2
-    grad_max: float  # max |gradient| of the objective at the end, in the solver's whitened coordinates
-    iterations: int
-    converged: bool  # grad_max <= the tolerance it was fitted to
+    grad_max: float  # max |gradient| of the objective at the end, with respect to (weight, bias)
+    objective_gap: float  # the estimated objective - its minimum, relative to the objective (Newton decrement)
+    iterations: int  # L-BFGS iterations and Newton steps
+    converged: bool  # objective_gap <= OBJECTIVE_RTOL
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -113,7 +121,9 @@ class _Problem:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, num_classes: int):
         self.mean = x.mean(0)
         std = x.std(0)
-        self.std = torch.where(std > 1e-6 * std.max().clamp_min(1e-30), std, torch.ones_like(std))
+        # A column is constant when its spread is below its own rounding (not below the other
+        # columns' spread: standardisation makes each column's scale irrelevant).
+        self.std = torch.where(std > 1e-6 * self.mean.abs(), std, torch.ones_like(std))
         self.x = (x - self.mean) / self.std
         self.y, self.num_classes = y, num_classes
         eigenvalues, self.eigenvectors = torch.linalg.eigh((self.x.T @ self.x).double() / len(self.x))
@@ -134,6 +144,7 @@ class _Problem:
             bias0 = torch.zeros(self.num_classes, dtype=dtype, device=device)
         else:  # a fit of the same problem or of a part of it: only the starting point, never the optimum
             weight0, bias0 = init.restandardised(self.mean, self.std)
+        # 1. L-BFGS in fp32 to the gradient tolerance: cheap, and most of the way.
         u = ((weight0 @ basis) / scale).requires_grad_(True)
         b = bias0.clone().requires_grad_(True)
         optimizer = torch.optim.LBFGS(
@@ -154,27 +165,128 @@ class _Problem:
 
         optimizer.step(closure)
         iterations = optimizer.state[u].get("n_iter", 0)
-        loss = closure()
-        if not math.isfinite(loss.item()):
-            raise ProbeError(
-                f"the probe's objective is {loss.item()} (weight decay {weight_decay:g}): the features hold extreme values"
-            )
-        grad_max = max(u.grad.abs().max().item(), b.grad.abs().max().item())
         with torch.no_grad():
-            weight = (u * scale) @ basis.T
-            _, ce = self.objective(weight, b, weight_decay)
+            weight, bias = ((u * scale) @ basis.T).double(), b.detach().double()
+        # 2. Newton steps in fp64 until the remaining gap is below OBJECTIVE_RTOL of the objective.
+        newton = _NewtonPolish(self, weight_decay)
+        steps, gap, value, grad_max = newton.run(weight, bias, max_iterations - iterations)
+        if not math.isfinite(value):
+            raise ProbeError(
+                f"the probe's objective is {value} (weight decay {weight_decay:g}): the features hold extreme values"
+            )
+        weight, bias = newton.weight.float(), newton.bias.float()
+        with torch.no_grad():
+            _, ce = self.objective(weight, bias, weight_decay)
         return LogisticFit(
-            weight,
-            b.detach(),
-            self.mean,
-            self.std,
-            weight_decay,
-            ce.item(),
-            loss.item(),
-            grad_max,
-            iterations,
-            grad_max <= tolerance,
+            weight=weight,
+            bias=bias,
+            mean=self.mean,
+            std=self.std,
+            weight_decay=weight_decay,
+            train_loss=ce.item(),
+            objective=value,
+            grad_max=grad_max,
+            objective_gap=gap,
+            iterations=iterations + steps,
+            converged=gap <= OBJECTIVE_RTOL,
         )
+
+
+class _NewtonPolish:
+    """Newton's method in fp64 from L-BFGS's end point, with an estimate of what is left.
+
+    Each step solves H d = -g (H, g: the objective's Hessian and gradient in (W, b)) by conjugate
+    gradients (preconditioner: :meth:`preconditioner`), then searches along d. The Newton
+    decrement -g.d / 2 estimates f - f* (exactly, for the quadratic model); the fit has
+    converged once that estimate is at most OBJECTIVE_RTOL of f. Where the data are separable
+    the cross-entropy is nearly flat along the separating directions: a gradient test passes
+    there far from the optimum, and L-BFGS (in fp32 above all) creeps along them, while one
+    Newton step covers the distance.
+    """
+
+    def __init__(self, problem: _Problem, weight_decay: float):
+        self.x32, self.y = problem.x, problem.y
+        self.x = problem.x.double()  # for the objective and gradient; freed with the polish
+        self.basis = problem.eigenvectors.to(self.x.device)
+        self.eigenvalues = problem.eigenvalues.to(self.x.device)
+        self.weight_decay = weight_decay
+        self.onehot = F.one_hot(self.y, problem.num_classes).double()
+
+    def value(self, weight, bias) -> tuple[float, torch.Tensor]:
+        logits = self.x @ weight.T + bias
+        ce = F.cross_entropy(logits, self.y)
+        return (ce + 0.5 * self.weight_decay * weight.square().sum()).item(), logits.softmax(1)
+
+    def gradient(self, weight, probs) -> tuple[torch.Tensor, torch.Tensor]:
+        g = (probs - self.onehot) / len(self.y)
+        return g.T @ self.x + self.weight_decay * weight, g.sum(0)
+
+    def hessian_times(self, probs, v_weight, v_bias) -> tuple[torch.Tensor, torch.Tensor]:
+        # fp32 (probs too): only the step's direction depends on it, the objective and
+        # gradient that decide convergence are fp64
+        dz = self.x32 @ v_weight.T.float() + v_bias.float()
+        dg = probs * (dz - (probs * dz).sum(1, keepdim=True)) / len(self.y)
+        return (dg.T @ self.x32).double() + self.weight_decay * v_weight, dg.sum(0).double()
+
+    def preconditioner(self, probs) -> None:
+        """Class c's block of H as (w_c S + wd I), S the features' covariance and w_c the mean of
+        p_c (1 - p_c): its inverse through S's eigenbasis; the bias as a unit-variance feature."""
+        weights = (probs * (1 - probs)).mean(0).clamp_min(1e-12)
+        self.inverse_curvature = 1 / (weights[:, None] * self.eigenvalues + self.weight_decay)
+        self.inverse_bias_curvature = 1 / weights
+
+    def precondition(self, r_weight, r_bias):
+        return ((r_weight @ self.basis) * self.inverse_curvature) @ self.basis.T, r_bias * self.inverse_bias_curvature
+
+    def solve(self, probs, g_weight, g_bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """d with H d = -g, by preconditioned conjugate gradients from 0, truncated once the
+        quadratic model's last decrease is below CG_STOP of its average one (Nash and Sofer's
+        rule), or at a relative residual of CG_RTOL."""
+        dot = lambda a, b: (a[0] * b[0]).sum() + (a[1] * b[1]).sum()  # noqa: E731
+        d = (torch.zeros_like(g_weight), torch.zeros_like(g_bias))
+        r = (-g_weight, -g_bias)
+        z = self.precondition(*r)
+        p, rz = z, dot(r, z)
+        target, model = (CG_RTOL**2) * rz, 0.0
+        for k in range(1, CG_ITERATIONS + 1):
+            hp = self.hessian_times(probs, *p)
+            alpha = rz / dot(p, hp)
+            d = (d[0] + alpha * p[0], d[1] + alpha * p[1])
+            r = (r[0] - alpha * hp[0], r[1] - alpha * hp[1])
+            z = self.precondition(*r)
+            rz_next = dot(r, z)
+            # the quadratic model at d: g.d + d.H.d / 2 = g.d / 2 (conjugate gradients from 0)
+            previous, model = model, 0.5 * (dot((g_weight, g_bias), d)).item()
+            if rz_next <= target or k * (model - previous) >= CG_STOP * model:
+                break
+            p, rz = (z[0] + rz_next / rz * p[0], z[1] + rz_next / rz * p[1]), rz_next
+        return d
+
+    def run(self, weight, bias, max_steps: int) -> tuple[int, float, float, float]:
+        """Steps taken, the estimated relative gap, the objective and max |gradient| at the end."""
+        self.weight, self.bias = weight, bias
+        value, probs = self.value(weight, bias)
+        steps, gap = 0, math.inf
+        while math.isfinite(value):
+            g_weight, g_bias = self.gradient(self.weight, probs)
+            self.preconditioner(probs)
+            d_weight, d_bias = self.solve(probs.float(), g_weight, g_bias)
+            slope = (g_weight * d_weight).sum().item() + (g_bias * d_bias).sum().item()  # -(Newton decrement)^2
+            gap = max(-slope / 2, 0.0) / max(abs(value), 1e-300)
+            if gap <= OBJECTIVE_RTOL or steps >= max_steps:
+                break
+            t = 1.0
+            for _ in range(40):  # backtracking (Armijo) from the full Newton step
+                new_value, new_probs = self.value(self.weight + t * d_weight, self.bias + t * d_bias)
+                if new_value <= value + 1e-4 * t * slope:
+                    break
+                t /= 2
+            else:
+                break  # no decrease along d: rounding has the last word
+            self.weight, self.bias = self.weight + t * d_weight, self.bias + t * d_bias
+            value, probs, steps = new_value, new_probs, steps + 1
+        grad_max = max(g_weight.abs().max().item(), g_bias.abs().max().item())
+        return steps, gap, value, grad_max
 
 
 def _as_features(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -218,7 +330,7 @@ def fit_logistic(
         raise ProbeError(f"weight_decay: expected a positive number, found {weight_decay!r}")
     num_classes = _num_classes(y, num_classes)
     fit = _Problem(x, y, num_classes).fit(weight_decay, init, tolerance, max_iterations)
-    _warn_unconverged([fit], tolerance, "the probe")
+    _warn_unconverged([fit], "the probe")
     return fit
 
 
@@ -233,14 +345,18 @@ def _num_classes(y: torch.Tensor, num_classes: int | None) -> int:
     return num_classes
 
 
-def _warn_unconverged(fits: list[LogisticFit], tolerance: float, what: str) -> None:
+def _warn_unconverged(fits: list[LogisticFit], what: str) -> None:
     bad = [f for f in fits if not f.converged]
     if bad:
         detail = ", ".join(
-            f"weight decay {f.weight_decay:g}: max |grad| {f.grad_max:.2g} after {f.iterations} iterations" for f in bad
+            f"weight decay {f.weight_decay:g}: {f.objective_gap:.2g} above the minimum after {f.iterations} iterations"
+            for f in bad
         )
         log.warning(
-            "%s has not converged to max |grad| <= %g (%s): its accuracy may be under-fitted", what, tolerance, detail
+            "%s has not converged to an objective within %g of its minimum (%s): its accuracy may be under-fitted",
+            what,
+            OBJECTIVE_RTOL,
+            detail,
         )
 
 
@@ -316,29 +432,29 @@ def choose_weight_decay(
         top1.append(topk_accuracy(scores.cpu(), val_y.cpu(), ks=(1,))["top1"])
         loss.append(F.cross_entropy(scores, val_y).item())
         log.info(
-            "weight decay %g: held-out top-1 %.2f%%, train loss %.4f, %d iterations, max |grad| %.2g",
+            "weight decay %g: held-out top-1 %.2f%%, train loss %.4f, %d iterations, %.2g above the minimum",
             weight_decay,
             top1[-1],
             fit.train_loss,
             fit.iterations,
-            fit.grad_max,
+            fit.objective_gap,
         )
-    _warn_unconverged(fits, tolerance, "the weight-decay sweep")
+    _warn_unconverged(fits, "the weight-decay sweep")
     best = max(range(len(top1)), key=lambda i: (top1[i], -loss[i]))
     if best in (0, len(grid) - 1) and len(grid) > 1:
         log.warning("the chosen weight decay %g is at the edge of the grid %g..%g", grid[best], grid[-1], grid[0])
     tried = grid[: len(top1)]
     return WeightDecaySweep(
-        tried,
-        top1,
-        loss,
-        [f.converged for f in fits],
-        grid[best],
-        len(fit_idx),
-        len(val_idx),
-        val_fraction,
-        seed,
-        fits[best],
+        weight_decays=tried,
+        val_top1=top1,
+        val_loss=loss,
+        converged=[f.converged for f in fits],
+        chosen=grid[best],
+        fit_size=len(fit_idx),
+        val_size=len(val_idx),
+        val_fraction=val_fraction,
+        seed=seed,
+        chosen_fit=fits[best],
     )
 
 
@@ -353,6 +469,7 @@ class ProbeResult:
     train_loss: float  # mean cross-entropy of the refit on the whole training set
     iterations: int
     grad_max: float
+    objective_gap: float  # the refit's estimated distance to the minimum, relative (see LogisticFit)
     converged: bool
     sweep: WeightDecaySweep
     train_size: int
@@ -376,6 +493,8 @@ class ProbeResult:
             "iterations": self.iterations,
             "grad_max": self.grad_max,
             "grad_tolerance": self.tolerance,
+            "objective_gap": self.objective_gap,
+            "objective_rtol": OBJECTIVE_RTOL,
             "converged": self.converged,
             "train_size": self.train_size,
             "test_size": self.test_size,
@@ -432,20 +551,21 @@ def linear_probe(
     )
     accuracy = topk_accuracy(fit.scores(test_x).cpu(), test_y.cpu())
     return ProbeResult(
-        accuracy["top1"],
-        accuracy["top5"],
-        sweep.chosen,
-        fit.train_loss,
-        fit.iterations,
-        fit.grad_max,
-        fit.converged,
-        sweep,
-        len(train_y),
-        len(test_y),
-        train_x.shape[1],
-        time.perf_counter() - start,
-        tolerance,
-        fit,
+        top1=accuracy["top1"],
+        top5=accuracy["top5"],
+        weight_decay=sweep.chosen,
+        train_loss=fit.train_loss,
+        iterations=fit.iterations,
+        grad_max=fit.grad_max,
+        objective_gap=fit.objective_gap,
+        converged=fit.converged,
+        sweep=sweep,
+        train_size=len(train_y),
+        test_size=len(test_y),
+        num_features=train_x.shape[1],
+        seconds=time.perf_counter() - start,
+        tolerance=tolerance,
+        fit=fit,
     )
 
 
