@@ -691,7 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Commands that show progress bars; off with --no-progress, or when stderr is not a terminal.
-PROGRESS_COMMANDS = ("pretrain", "lincls", "knn", "push", "pull", "import-official")
+PROGRESS_COMMANDS = ("pretrain", "lincls", "knn", "push", "pull", "import-official", "demo", "ablate-stopgrad")
 
 
 def _progress_off(args) -> bool:
@@ -701,8 +701,8 @@ def _progress_off(args) -> bool:
         return False
     off = args.no_progress or not sys.stderr.isatty()
     args.no_progress = off
-    if off and args.command in ("pretrain", "lincls"):
-        args.overrides.append("run.progress=false")
+    if off and args.command in ("pretrain", "lincls", "demo", "ablate-stopgrad"):
+        args.overrides.append("run.progress=false")  # the pretraining (or linear) config's
     return off
 
 

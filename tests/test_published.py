@@ -404,6 +404,8 @@ def test_a_missing_data_root_is_a_usage_error(tmp_path, capsys):
         ["push", "SRC", "--repo-id", "o/n"],
         ["pull", "o/n"],
         ["import-official", "NAME"],
+        ["demo"],
+        ["ablate-stopgrad"],
     ],
 )
 def test_every_long_command_takes_no_progress(argv, monkeypatch):
