@@ -153,6 +153,18 @@ def minimum_by_float64_lbfgs(x: torch.Tensor, y: torch.Tensor, weight_decay: flo
     return objective().item()
 
 
+def test_fewer_samples_than_features_reach_the_same_minimum():
+    """With N < D the solver works in the N directions the features span (the minimiser lies in
+    them): the same minimum as the independent solver over all D."""
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(60) % 3
+    x = torch.randn(3, 200, generator=g)[y] + 2 * torch.randn(60, 200, generator=g)
+    for weight_decay in (1e-4, 1e-1):
+        fit = fit_logistic(x, y, weight_decay)
+        minimum = minimum_by_float64_lbfgs(x, y, weight_decay)
+        assert fit.converged and (fit.objective - minimum) / minimum <= 1e-5, (weight_decay, fit.objective, minimum)
+
+
 def test_standardisation_makes_a_columns_scale_irrelevant_and_drops_constant_columns():
     """The label is in a column 1e-7 the size of a noise column: standardised like any other, it
     separates the classes; a constant column gets no weight and no NaN."""

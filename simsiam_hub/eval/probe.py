@@ -24,7 +24,8 @@ penalised): ``weight_decay`` = 1 / (C * n) for scikit-learn's ``C`` on n samples
 ``torch.optim.LBFGS`` (strong-Wolfe line search, memory :data:`HISTORY_SIZE`), preconditioned
 by the features' covariance: it optimises U with W = U (S + weight_decay I)^(-1/2), S the
 covariance of the standardised features being fitted (one (D, N) x (N, D) product and an
-eigendecomposition per fitted set). That is a change of variables, not of the problem: the
+eigendecomposition per fitted set; with fewer samples than features, an SVD of the features
+instead, and U spans only their N directions, where the minimiser lies). That is a change of variables, not of the problem: the
 minimiser is the same W, reached in several times fewer steps, since neighbouring features
 (pixels, channels) are strongly correlated. The covariance is taken over every row: features
 of a randomly initialised ResNet-50 have most of their covariance eigenvalues below 1e-5 of the
@@ -126,8 +127,14 @@ class _Problem:
         self.std = torch.where(std > 1e-6 * self.mean.abs(), std, torch.ones_like(std))
         self.x = (x - self.mean) / self.std
         self.y, self.num_classes = y, num_classes
-        eigenvalues, self.eigenvectors = torch.linalg.eigh((self.x.T @ self.x).double() / len(self.x))
-        self.eigenvalues = eigenvalues.clamp_min(0)
+        n, d = self.x.shape
+        if n < d:  # the features span at most n directions, and the minimiser lies in their span
+            _, singular, vh = torch.linalg.svd(self.x.double(), full_matrices=False)
+            spanned = singular > 1e-10 * singular.max().clamp_min(1e-300)
+            self.eigenvalues, self.eigenvectors = singular[spanned] ** 2 / n, vh[spanned].T.contiguous()
+        else:
+            eigenvalues, self.eigenvectors = torch.linalg.eigh((self.x.T @ self.x).double() / n)
+            self.eigenvalues = eigenvalues.clamp_min(0)
 
     def objective(self, weight, bias, weight_decay):
         # The (N, D) x (D, C) product in fp32; the loss from its logits summed in fp64, so that
@@ -207,8 +214,11 @@ class _NewtonPolish:
     def __init__(self, problem: _Problem, weight_decay: float):
         self.x32, self.y = problem.x, problem.y
         self.x = problem.x.double()  # for the objective and gradient; freed with the polish
-        self.basis = problem.eigenvectors.to(self.x.device)
-        self.eigenvalues = problem.eigenvalues.to(self.x.device)
+        # Only the directions in which the features vary: in the others H is wd I, and with fewer
+        # samples than features (N < D) this keeps the preconditioner's cost at C x D x N.
+        varies = problem.eigenvalues > 1e-10 * problem.eigenvalues.max().clamp_min(1e-30)
+        self.basis = problem.eigenvectors[:, varies].to(self.x.device)
+        self.eigenvalues = problem.eigenvalues[varies].to(self.x.device)
         self.weight_decay = weight_decay
         self.onehot = F.one_hot(self.y, problem.num_classes).double()
 
@@ -231,12 +241,14 @@ class _NewtonPolish:
     def preconditioner(self, probs) -> None:
         """Class c's block of H as (w_c S + wd I), S the features' covariance and w_c the mean of
         p_c (1 - p_c): its inverse through S's eigenbasis; the bias as a unit-variance feature."""
-        weights = (probs * (1 - probs)).mean(0).clamp_min(1e-12)
-        self.inverse_curvature = 1 / (weights[:, None] * self.eigenvalues + self.weight_decay)
+        weights = (probs * (1 - probs)).mean(0).double().clamp_min(1e-12)
+        # the inverse along each varying direction, less 1 / wd (applied to every direction)
+        self.inverse_excess = 1 / (weights[:, None] * self.eigenvalues + self.weight_decay) - 1 / self.weight_decay
         self.inverse_bias_curvature = 1 / weights
 
     def precondition(self, r_weight, r_bias):
-        return ((r_weight @ self.basis) * self.inverse_curvature) @ self.basis.T, r_bias * self.inverse_bias_curvature
+        along = ((r_weight @ self.basis) * self.inverse_excess) @ self.basis.T
+        return r_weight / self.weight_decay + along, r_bias * self.inverse_bias_curvature
 
     def solve(self, probs, g_weight, g_bias) -> tuple[torch.Tensor, torch.Tensor]:
         """d with H d = -g, by preconditioned conjugate gradients from 0, truncated once the
