@@ -63,11 +63,15 @@ format: $(INSTALLED)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Two workers (pytest-xdist), a test file each at a time, one thread each: most tests are
+# single-threaded or run their own processes. `PYTEST_ARGS="-n 0"` runs them in one process.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+
 test: install detectron2 data lint
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: install detectron2 data lint
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 demo: install detectron2 data
 	$(VENV)/bin/simsiam-hub demo

@@ -75,6 +75,11 @@ def _assemble(section: SimsiamSection, state: dict, head: str, where: str):
                 small_stem=section.small_stem,
                 proj_layers=projector_layers(state),
             )
+    # safetensors' tensors sit at their offsets in the file, and oneDNN chooses kernels by the
+    # weights' alignment: on unaligned weights a model rounds differently from the same weights
+    # in torch's own (64-byte aligned) memory. Copied, the loaded model's features are the
+    # trained model's bit for bit, with any number of threads.
+    state = {k: v if v.data_ptr() % 64 == 0 else v.clone() for k, v in state.items()}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError:
