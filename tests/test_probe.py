@@ -162,7 +162,7 @@ def test_fewer_samples_than_features_reach_the_same_minimum():
     for weight_decay in (1e-4, 1e-1):
         fit = fit_logistic(x, y, weight_decay)
         minimum = minimum_by_float64_lbfgs(x, y, weight_decay)
-        assert fit.converged and (fit.objective - minimum) / minimum <= 1e-5, (weight_decay, fit.objective, minimum)
+        assert fit.converged and (fit.objective - minimum) / minimum <= OBJECTIVE_RTOL, (weight_decay, fit, minimum)
 
 
 def test_standardisation_makes_a_columns_scale_irrelevant_and_drops_constant_columns():
@@ -180,15 +180,36 @@ def test_standardisation_makes_a_columns_scale_irrelevant_and_drops_constant_col
 @pytest.mark.parametrize("seed", [0, 2])
 def test_converged_means_the_objective_is_at_its_minimum_on_separable_ill_conditioned_features(seed):
     """A gradient test passed here up to twice the minimum above it (the cross-entropy is flat
-    along separating directions): converged must mean the objective is at its minimum."""
+    along separating directions): converged must mean the objective is at its minimum, to the
+    default setting and to a tighter one."""
     x, y = separable_ill_conditioned(seed)
     for weight_decay in (1e-6, 1e-4, 1e-2):
-        fit = fit_logistic(x, y, weight_decay)
         minimum = minimum_by_float64_lbfgs(x, y, weight_decay)
-        assert fit.converged, weight_decay
-        # the estimate is honest, and what it claims holds against the other solver
-        assert fit.objective_gap <= OBJECTIVE_RTOL
-        assert (fit.objective - minimum) / minimum <= 1e-5, (weight_decay, fit.objective, minimum)
+        for rtol in (OBJECTIVE_RTOL, 1e-6):
+            fit = fit_logistic(x, y, weight_decay, objective_rtol=rtol)
+            assert fit.converged and fit.objective_rtol == rtol, (weight_decay, rtol)
+            # the estimate is honest, and what it claims holds against the other solver
+            assert fit.objective_gap <= rtol
+            assert (fit.objective - minimum) / minimum <= rtol, (weight_decay, rtol, fit.objective, minimum)
+
+
+def test_a_refit_on_more_data_starts_from_the_better_reading_of_the_part_fit():
+    """The sweep fits 90% of the training set and the refit starts from that fit. A feature
+    nearly constant in the part (one small value) but large on one sample outside it makes the
+    part's classifier extreme there, as a ResNet-50's sparse features did (objective 11.8
+    against 0.39): the refit must start no worse than from zero, and reach the same minimum."""
+    x, y = clusters(50, dim=8, spread=2.0)
+    rare = torch.zeros(len(y))
+    rare[0], rare[1] = 1e-3, 10.0  # sample 0 in the part; sample 1, of another class, outside it
+    y[0], y[1] = 0, 1
+    x = torch.cat([x, rare[:, None]], 1)
+    part = torch.arange(len(y)) != 1
+    part_fit = fit_logistic(x[part], y[part], 1e-3)
+    from_zero = fit_logistic(x, y, 1e-3)
+    refit = fit_logistic(x, y, 1e-3, init=part_fit)
+    assert refit.converged and from_zero.converged
+    assert refit.objective == pytest.approx(from_zero.objective, rel=OBJECTIVE_RTOL)
+    assert refit.iterations <= from_zero.iterations, (refit.iterations, from_zero.iterations)
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,13 @@ features (2048-d, not l2-normalised) of a ResNet-50 at its random initialisation
 standard stem, 32 px, the demo's eval view). Its printed output is output.txt beside this file.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python docs/run_logs/probe_demo_size/run.py | tee docs/run_logs/probe_demo_size/output.txt
+
+and with the tighter convergence setting the probe used before (1e-6), into output_rtol1e-6.txt:
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python docs/run_logs/probe_demo_size/run.py --objective-rtol 1e-6 | tee docs/run_logs/probe_demo_size/output_rtol1e-6.txt
 """
 
+import argparse
 import platform
 import time
 
@@ -13,10 +18,13 @@ import torch
 
 from simsiam_hub.config import DataConfig
 from simsiam_hub.eval.knn import eval_loader, extract_features, knn_accuracy, knn_datasets, pixel_features
-from simsiam_hub.eval.probe import linear_probe
+from simsiam_hub.eval.probe import OBJECTIVE_RTOL, linear_probe
 from simsiam_hub.models import initial_backbone
 
 BANK, QUERIES = 10_000, 2_000
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("--objective-rtol", type=float, default=OBJECTIVE_RTOL, help="the probe's convergence setting")
+args = parser.parse_args()
 
 
 def cpu_name() -> str:
@@ -27,7 +35,10 @@ def cpu_name() -> str:
         return platform.processor() or "unknown"
 
 
-print(f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
+print(
+    f"CPU: {cpu_name()}; torch {torch.__version__}, {torch.get_num_threads()} thread(s); objective_rtol {args.objective_rtol:g}",
+    flush=True,
+)
 data = DataConfig(dataset="fashion_mnist", image_size=32, train_subset=BANK, num_workers=0)
 
 
@@ -35,7 +46,7 @@ def report(name, train_x, train_y, test_x, test_y):
     knn = knn_accuracy(
         torch.nn.functional.normalize(train_x, dim=1), train_y, torch.nn.functional.normalize(test_x, dim=1), test_y
     )
-    result = linear_probe(train_x, train_y, test_x, test_y, seed=0)
+    result = linear_probe(train_x, train_y, test_x, test_y, seed=0, objective_rtol=args.objective_rtol)
     print(
         f"{name}: {tuple(train_x.shape)} / {tuple(test_x.shape)}; k-NN top-1 {knn['top1']:.2f}%; probe top-1 {result.top1:.2f}% "
         f"(weight decay {result.weight_decay:g}, tried {result.sweep.weight_decays}, training loss {result.train_loss:.4f}, "
