@@ -757,6 +757,40 @@ def test_train_net_refuses_a_bad_box_and_a_missing_coco_image_before_building(tr
 
 
 @needs_detectron2
+def test_an_unreadable_training_image_is_replaced_by_name_and_a_test_image_refused(
+    train_net, d2, tmp_path, capsys, caplog
+):
+    """As in pretraining: an unreadable training image is logged by name and another drawn in its
+    place (up to a bound); a test set is scored whole, so an unreadable test image is refused in
+    one line before any model is built."""
+    from detectron2.data import DatasetCatalog
+
+    voc = make_voc(tmp_path / "voc", {"train": 3}, size=(64, 48), seed=4)
+    broken = voc / "JPEGImages" / "train_0001.jpg"
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated JPEG: its header reads, its pixels do not
+    base = ["--config-file", str(CONFIGS / "voc07_R_50_C4_smoke.yaml"), "OUTPUT_DIR", str(tmp_path / "out")]
+    name = f"unreadable_{tmp_path.name}"
+    argv = ["--register-voc", name, str(voc), "train", "--classes", "bird,cat,dog", *base]
+    assert train_net.cli([*argv, "DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", f"('{name}',)"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"test set '{name}': unreadable image {broken}" in err, err
+
+    cfg = d2.setup(str(CONFIGS / "voc07_R_50_C4_smoke.yaml"), ["DATASETS.TRAIN", f"('{name}',)", "DATASETS.TEST", "()"])
+    records = {Path(r["file_name"]).name: r for r in DatasetCatalog.get(name)}
+    mapper = d2.ReadableMapper(cfg, is_train=True, max_bad=1)
+    readable = mapper(dict(records["train_0000.jpg"]))
+    assert readable["image"].shape[0] == 3 and len(readable["instances"]) > 0
+    with caplog.at_level(logging.WARNING, logger="detectron2.simsiam_hub"):
+        assert mapper(dict(records["train_0001.jpg"])) is None  # Detectron2 draws another index
+    assert f"skipping unreadable image {broken}" in caplog.text
+    with pytest.raises(TransferError, match="more than 1 unreadable training images"):
+        mapper(dict(records["train_0001.jpg"]))
+    with pytest.raises(OSError):  # the test loader's mapper never replaces
+        d2.ReadableMapper(cfg, is_train=False)(dict(records["train_0001.jpg"]))
+
+
+@needs_detectron2
 def test_train_net_refuses_an_output_dir_in_use(train_net, tmp_path, capsys):
     from simsiam_hub.fileio import folder_lock
 

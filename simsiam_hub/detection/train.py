@@ -22,8 +22,15 @@ from pathlib import Path
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import (
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.data.datasets import register_coco_instances
+from detectron2.data.detection_utils import SizeMismatchError
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.layers import get_norm
@@ -31,8 +38,10 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
+from PIL import Image
 
 from ..checkpoint import CheckpointError, safe_torch_load
+from ..data.datasets import EVAL_MAX_BAD_IMAGES, UNREADABLE
 from ..fileio import atomic_write_text
 from ..hub.results import EvalResult, write_results
 from ..resources import shipped_configs
@@ -45,6 +54,7 @@ __all__ = [
     "WEIGHTS_UNSET",
     "VOC_CLASSES",
     "Res5ROIHeadsExtraNorm",
+    "ReadableMapper",
     "Trainer",
     "register_voc",
     "register_coco",
@@ -112,8 +122,44 @@ class Res5ROIHeadsExtraNorm(Res5ROIHeads):
         return seq, out_channels
 
 
+class ReadableMapper(DatasetMapper):
+    """Detectron2's mapper, with pretraining's handling of an unreadable training image: logged
+    by name and replaced (Detectron2's MapDataset draws another index, seeded, when a mapper
+    returns None), up to ``max_bad`` per loader worker, then the run stops in one line. Test
+    images are all decoded before the model is built (:func:`check_datasets`): a replacement
+    there would change the score."""
+
+    def __init__(self, cfg, is_train: bool = True, max_bad: int = EVAL_MAX_BAD_IMAGES):
+        super().__init__(cfg, is_train)
+        self.max_bad, self.bad = max_bad, 0
+
+    def __call__(self, dataset_dict):
+        try:
+            return super().__call__(dataset_dict)
+        except SizeMismatchError:
+            raise  # an annotation that disagrees with its image: not an unreadable file
+        except UNREADABLE as err:
+            if not self.is_train:
+                raise
+            self.bad += 1
+            name = dataset_dict.get("file_name")
+            if self.bad > self.max_bad:
+                raise TransferError(f"more than {self.max_bad} unreadable training images (the last: {name})") from None
+            log.warning("skipping unreadable image %s (%s: %s); another in its place", name, type(err).__name__, err)
+            return None
+
+
 class Trainer(DefaultTrainer):
-    """Detectron2's trainer with the evaluator each dataset declares (VOC or COCO)."""
+    """Detectron2's trainer with the evaluator each dataset declares (VOC or COCO), and
+    :class:`ReadableMapper` in its loaders."""
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=ReadableMapper(cfg, is_train=True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=ReadableMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -185,8 +231,23 @@ def register_datasets(voc=(), coco=(), classes: str | None = None) -> None:
         register_coco(name, json_file, image_root)
 
 
+def check_test_images(name: str) -> None:
+    """Every image of test set ``name`` decodes: one that does not is refused in one line
+    (a test set is scored whole; skipping or replacing an image would change its AP)."""
+    for record in DatasetCatalog.get(name):
+        try:
+            with Image.open(record["file_name"]) as image:
+                image.load()
+        except UNREADABLE as err:
+            raise TransferError(
+                f"test set {name!r}: unreadable image {record['file_name']} ({type(err).__name__}: {err}); "
+                "a test set is scored whole: replace or remove the image"
+            ) from None
+
+
 def check_datasets(cfg) -> list[str] | None:
-    """Every dataset the config names is registered and on disk; returns the class names."""
+    """Every dataset the config names is registered and on disk, every test image decodes;
+    returns the class names."""
     registered = set(DatasetCatalog.list())
     root = os.getenv("DETECTRON2_DATASETS", "datasets")
     classes = {}
@@ -205,6 +266,8 @@ def check_datasets(cfg) -> list[str] | None:
                     f"$DETECTRON2_DATASETS, now {root!r})"
                 )
         classes[name] = meta.get("thing_classes")
+    for name in cfg.DATASETS.TEST:
+        check_test_images(name)
     known = {tuple(c) for c in classes.values() if c is not None}
     if len(known) > 1:
         raise TransferError(f"the train and test datasets have different classes: {classes}")
