@@ -26,7 +26,6 @@ from detectron2.data import (
     DatasetCatalog,
     DatasetMapper,
     MetadataCatalog,
-    build_detection_test_loader,
     build_detection_train_loader,
 )
 from detectron2.data.datasets import register_coco_instances
@@ -151,15 +150,11 @@ class ReadableMapper(DatasetMapper):
 
 class Trainer(DefaultTrainer):
     """Detectron2's trainer with the evaluator each dataset declares (VOC or COCO), and
-    :class:`ReadableMapper` in its loaders."""
+    :class:`ReadableMapper` in its training loader (test images are checked up front)."""
 
     @classmethod
     def build_train_loader(cls, cfg):
         return build_detection_train_loader(cfg, mapper=ReadableMapper(cfg, is_train=True))
-
-    @classmethod
-    def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(cfg, dataset_name, mapper=ReadableMapper(cfg, is_train=False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -233,8 +228,9 @@ def register_datasets(voc=(), coco=(), classes: str | None = None) -> None:
 
 def check_test_images(name: str) -> None:
     """Every image of test set ``name`` decodes: one that does not is refused in one line
-    (a test set is scored whole; skipping or replacing an image would change its AP)."""
-    for record in DatasetCatalog.get(name):
+    (a test set is scored whole; skipping or replacing an image would change its AP). Each
+    process of a multi-GPU run decodes its own share."""
+    for record in DatasetCatalog.get(name)[comm.get_rank() :: comm.get_world_size()]:
         try:
             with Image.open(record["file_name"]) as image:
                 image.load()
