@@ -35,7 +35,7 @@ from .detection.synthetic import make_voc
 from .engine import pretrain, pretrain_views, views_to_device
 from .errors import SimsiamHubError
 from .eval.knn import baseline_features, knn_of_baselines
-from .eval.probe import PROTOCOL_DESCRIPTION, linear_probe
+from .eval.probe import PROTOCOL_DESCRIPTION, linear_probe, pass_seconds_per_million
 from .fileio import atomic_write_text, folder_lock
 from .hub.export import export
 from .hub.loading import from_pretrained, load_backbone_state_dict
@@ -51,14 +51,17 @@ DEFAULT_CONFIG = "fashion_mnist_resnet50_cpu"
 DEMO_REPO_NAME = "simsiam-resnet50-fashion-mnist-demo"
 PLAN_FILE = "plan.json"
 # Seconds reserved for the stages whose cost is not measured before they run: export + push +
-# reload, the report; the Detectron2 fine-tune and the linear probes in this machine's training
-# steps. Measured in two demos on 2 cores of an AMD EPYC, where a step took 2.3 s: the fine-tune
-# 19 s (10 steps' time covers it); the evaluation stage (k-NN and the three probes on a 7,400-
-# and a 7,900-image bank, 784 + 2 x 2,048 feature values per image) 16% and 34% over its plan at
-# 1.7 steps per million feature values for the probes (2.3 covers both); the pretraining stage
-# 10% and 15% over its steps' measured time (checkpoint writes, the loader's start): STEP_OVERHEAD.
-EXPORT_SECONDS, REPORT_SECONDS, DETECTION_STEPS, PROBE_STEPS_PER_MILLION = 15.0, 10.0, 10, 2.3
-STEP_OVERHEAD = 1.15
+# reload, the report, and the Detectron2 fine-tune in this machine's training steps (19 s in a
+# demo on 2 cores of an AMD EPYC where a step took 2.3 s: 10 steps' time covers it). Measured in
+# demos on 2 cores of AMD EPYCs: the linear probes cost about 2,700 passes of their objective over
+# their features (152 s for the three probes on a 10,000-image bank, 784 + 2 x 2,048 values per
+# image, where a pass took 1.16 ms per million values; the training step, bf16 on that CPU and fp32
+# on one without native bf16, was 1.7 and 2.3 times apart from the probes' cost, so it cannot stand
+# in for it); extracting features through the data pipeline ran at 1/1.6 of the backbone's
+# measured rate; the pretraining stage ran up to 15% over its steps' measured time (checkpoint
+# writes, the loader's start).
+EXPORT_SECONDS, REPORT_SECONDS, DETECTION_STEPS = 15.0, 10.0, 10
+PROBE_PASSES, EXTRACTION_OVERHEAD, STEP_OVERHEAD = 3_000, 1.6, 1.15
 MONITOR_BANK, MONITOR_QUERIES, MONITOR_CHECKS = 2000, 500, 4
 EVAL_SHARE = 0.35  # of the time left for pretraining and evaluation, at most, for the final k-NN and probes
 MIN_STEPS = 5
@@ -90,6 +93,7 @@ class Plan:
     knn_bank: int
     knn_queries: int
     reserved_s: dict[str, float]  # estimated seconds per stage
+    probe_pass_s: float = 0.0  # the probe's objective and gradient, seconds per million values (0: not measured)
 
 
 def _data_overrides(data: str | None) -> list[str]:
@@ -103,6 +107,10 @@ def _data_overrides(data: str | None) -> list[str]:
     if any(root.glob("train-images-idx3-ubyte*")):
         return ["data.dataset=fashion_mnist", f"data.root={root}"]
     return ["data.dataset=imagefolder", f"data.root={root}"]
+
+
+def _probe_rate(plan: Plan) -> str:
+    return f", a probe pass at {plan.probe_pass_s * 1e3:.2f} ms per million values" if plan.probe_pass_s else ""
 
 
 def _stage(name: str, timings: dict):
@@ -124,10 +132,12 @@ def detection_available(cfg: PretrainConfig, opts: DemoOptions) -> str | None:
 # --- the plan ------------------------------------------------------------------------------------
 
 
-def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
-    """``(seconds per training step, backbone images per second)`` on this machine: a few real
-    steps of the config's model, data loading and precision (after one warm-up step), and one
-    batch of feature extraction. The model is a throwaway; the run starts from its own seed."""
+def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float, float]:
+    """``(seconds per training step, backbone images per second, seconds per million feature
+    values of a probe pass)`` on this machine: a few real steps of the config's model, data
+    loading and precision (after one warm-up step), one batch of feature extraction, and
+    :func:`~simsiam_hub.eval.probe.pass_seconds_per_million`. The model is a throwaway; the run
+    starts from its own seed."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = resolve_amp(cfg.run.amp, device)
     m = cfg.model
@@ -158,7 +168,8 @@ def measure_rates(cfg: PretrainConfig, steps: int = 2) -> tuple[float, float]:
         features(x1[:32])  # warm-up
         start = time.perf_counter()
         features(x1)
-    return sorted(times[1:])[len(times[1:]) // 2], x1.shape[0] / (time.perf_counter() - start)
+    features_per_s = x1.shape[0] / (time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2], features_per_s, pass_seconds_per_million()
 
 
 def plan_budget(
@@ -166,6 +177,7 @@ def plan_budget(
     spent_s: float,
     step_s: float,
     features_per_s: float,
+    probe_pass_s: float,
     *,
     detection: bool,
     train_size: int,
@@ -179,15 +191,15 @@ def plan_budget(
     knn_queries: int | None = None,
 ) -> Plan:
     """How many pretraining steps and evaluation images fit ``budget_s`` after ``spent_s``, given
-    the measured step time and feature-extraction rate: the fixed stages are reserved first
-    (export, the detection fine-tune at :data:`DETECTION_STEPS` steps' time, the report, 5%
-    margin); the final evaluation (features of two networks, k-NN, and linear probes on their
-    ``feature_width`` and the pixels' ``pixel_width`` features, at
-    :data:`PROBE_STEPS_PER_MILLION` steps' time per million values) takes at most
-    :data:`EVAL_SHARE` of the rest; pretraining the remainder, at :data:`STEP_OVERHEAD` times the
-    measured step (never more than ``config_steps``, never fewer than :data:`MIN_STEPS`). ``train_size``: the images pretraining draws from;
-    ``bank_limit`` and ``val_size``: the train and val splits' sizes, which bound the bank and
-    queries (4:1)."""
+    the measured step time, feature-extraction rate and probe pass: the fixed stages are
+    reserved first (export, the detection fine-tune at :data:`DETECTION_STEPS` steps' time, the
+    report, 5% margin); the final evaluation (features of two networks at the measured rate over
+    :data:`EXTRACTION_OVERHEAD`, k-NN, and linear probes of :data:`PROBE_PASSES` passes over their
+    ``feature_width`` and the pixels' ``pixel_width`` features) takes at most :data:`EVAL_SHARE`
+    of the rest; pretraining the remainder, at :data:`STEP_OVERHEAD` times the measured step
+    (never more than ``config_steps``, never fewer than :data:`MIN_STEPS`). ``train_size``: the
+    images pretraining draws from; ``bank_limit`` and ``val_size``: the train and val splits'
+    sizes, which bound the bank and queries (4:1)."""
     reserved = {
         "setup and measurement": spent_s,
         "export, push, reload": EXPORT_SECONDS,
@@ -196,15 +208,16 @@ def plan_budget(
         "margin": 0.05 * budget_s,
     }
     left = budget_s - sum(reserved.values())
+    image_s = EXTRACTION_OVERHEAD / features_per_s  # one image through one network, data pipeline included
     # Per bank image: two networks through it and a fifth of a query each, and the probes' share.
-    probe_s_per_image = PROBE_STEPS_PER_MILLION * step_s * (2 * feature_width + pixel_width) / 1e6
-    per_image = 2 * 1.2 / features_per_s + probe_s_per_image
+    probe_s_per_image = PROBE_PASSES * probe_pass_s * (2 * feature_width + pixel_width) / 1e6
+    per_image = 2 * 1.2 * image_s + probe_s_per_image
     fit = max(0.0, EVAL_SHARE * left) / per_image
     bank = min(bank_limit, knn_bank or int(min(10_000, max(1_000, fit)) // 100 * 100))
     queries = min(val_size, knn_queries or max(200, min(2_000, bank // 5)))
-    reserved["k-NN"] = 2 * (bank + queries) / features_per_s
+    reserved["k-NN"] = 2 * (bank + queries) * image_s
     reserved["linear probes"] = bank * probe_s_per_image
-    monitor_s = MONITOR_CHECKS * (min(MONITOR_BANK, bank_limit) + min(MONITOR_QUERIES, val_size)) / features_per_s
+    monitor_s = MONITOR_CHECKS * (min(MONITOR_BANK, bank_limit) + min(MONITOR_QUERIES, val_size)) * image_s
     train_s = budget_s - sum(reserved.values()) - monitor_s
     steps = max(MIN_STEPS, min(config_steps, int(train_s / (STEP_OVERHEAD * step_s))))
     steps_per_epoch = train_size // batch_size
@@ -218,13 +231,23 @@ def plan_budget(
     every = max(1, steps // MONITOR_CHECKS)
     overrides += [f"monitor.knn_every_steps={every}", f"run.checkpoint_every_steps={every}"]
     reserved["pretraining"] = steps * STEP_OVERHEAD * step_s + monitor_s
-    return Plan(budget_s, step_s, features_per_s, steps, overrides, bank, queries, reserved)
+    return Plan(
+        budget_s=budget_s,
+        step_s=step_s,
+        features_per_s=features_per_s,
+        steps=steps,
+        overrides=overrides,
+        knn_bank=bank,
+        knn_queries=queries,
+        reserved_s=reserved,
+        probe_pass_s=probe_pass_s,
+    )
 
 
 def make_plan(cfg: PretrainConfig, opts: DemoOptions, start: float, detection: bool) -> Plan:
     """Measure this machine and plan the demo begun at ``start`` (``time.perf_counter``) to fit
     ``opts.minutes``."""
-    step_s, features_per_s = measure_rates(cfg)
+    step_s, features_per_s, probe_pass_s = measure_rates(cfg)
     train_size = len(pretrain_views(cfg))
     pixel_width = 28 * 28 if cfg.data.dataset == "fashion_mnist" else cfg.data.image_size**2  # knn.pixel_features
     return plan_budget(
@@ -232,6 +255,7 @@ def make_plan(cfg: PretrainConfig, opts: DemoOptions, start: float, detection: b
         time.perf_counter() - start,
         step_s,
         features_per_s,
+        probe_pass_s,
         detection=detection,
         train_size=train_size,
         bank_limit=len(build_dataset(cfg.data, "train")),
@@ -368,8 +392,8 @@ def _run_demo(opts: DemoOptions) -> Path:
     cfg = load_config(PretrainConfig, opts.config, [*plan.overrides, *overrides])  # what the user set wins
     print(
         f"  {'reusing the plan of an earlier demo: ' if reused_plan else ''}{plan.step_s:.2f} s per training step, "
-        f"{plan.features_per_s:.0f} images/s through the backbone: {plan.steps} steps of batch {cfg.optim.batch_size} "
-        f"and a k-NN bank of {plan.knn_bank} / {plan.knn_queries} queries fit {opts.minutes:g} minutes"
+        f"{plan.features_per_s:.0f} images/s through the backbone{_probe_rate(plan)}: {plan.steps} steps of batch "
+        f"{cfg.optim.batch_size} and a k-NN bank of {plan.knn_bank} / {plan.knn_queries} queries fit {opts.minutes:g} minutes"
     )
 
     _stage("1/5 pretraining SimSiam", timings)
@@ -518,7 +542,7 @@ def _budget_section(o: Outcome) -> str:
     return f"""Machine: {machine_description()}.
 Budget {o.opts.minutes:g} min; total {o.total / 60:.1f} min{" (over budget: see the stages)" if o.total > plan.budget_s else ""}.
 The plan{" (reused from an earlier demo in this folder)" if o.reused_plan else ""}: a training step measured at
-{plan.step_s:.2f} s and feature extraction at {plan.features_per_s:.0f} images/s here gave {plan.steps} pretraining
+{plan.step_s:.2f} s, feature extraction at {plan.features_per_s:.0f} images/s{_probe_rate(plan)} here gave {plan.steps} pretraining
 steps and a bank of {plan.knn_bank} images with {plan.knn_queries} queries (estimates: {planned}).
 
 | stage | seconds |
