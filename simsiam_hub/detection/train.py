@@ -29,7 +29,7 @@ from detectron2.data import (
     build_detection_train_loader,
 )
 from detectron2.data.datasets import register_coco_instances
-from detectron2.data.detection_utils import SizeMismatchError
+from detectron2.data.detection_utils import SizeMismatchError, read_image
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.layers import get_norm
@@ -37,7 +37,6 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, Res5ROIHeads
 from detectron2.structures import BoxMode
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from PIL import Image
 
 from ..checkpoint import CheckpointError, safe_torch_load
 from ..data.datasets import EVAL_MAX_BAD_IMAGES, UNREADABLE
@@ -226,14 +225,14 @@ def register_datasets(voc=(), coco=(), classes: str | None = None) -> None:
         register_coco(name, json_file, image_root)
 
 
-def check_test_images(name: str) -> None:
-    """Every image of test set ``name`` decodes: one that does not is refused in one line
-    (a test set is scored whole; skipping or replacing an image would change its AP). Each
-    process of a multi-GPU run decodes its own share."""
+def check_test_images(name: str, image_format: str) -> None:
+    """Every image of test set ``name`` decodes as the test loader will read it (Detectron2's
+    ``read_image`` in ``INPUT.FORMAT``): one that does not is refused in one line (a test set is
+    scored whole; skipping or replacing an image would change its AP). Each process of a
+    multi-GPU run decodes its own share."""
     for record in DatasetCatalog.get(name)[comm.get_rank() :: comm.get_world_size()]:
         try:
-            with Image.open(record["file_name"]) as image:
-                image.load()
+            read_image(record["file_name"], format=image_format)
         except UNREADABLE as err:
             raise TransferError(
                 f"test set {name!r}: unreadable image {record['file_name']} ({type(err).__name__}: {err}); "
@@ -263,7 +262,7 @@ def check_datasets(cfg) -> list[str] | None:
                 )
         classes[name] = meta.get("thing_classes")
     for name in cfg.DATASETS.TEST:
-        check_test_images(name)
+        check_test_images(name, cfg.INPUT.FORMAT)
     known = {tuple(c) for c in classes.values() if c is not None}
     if len(known) > 1:
         raise TransferError(f"the train and test datasets have different classes: {classes}")
