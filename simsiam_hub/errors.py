@@ -1,7 +1,8 @@
 """The base of every user-facing error: the CLI prints these as one line, no traceback.
 
 Exit codes follow the shell's convention: 2 for usage errors (a bad option, config key or
-value: :class:`UsageError`), 1 for everything that went wrong while running.
+value: :class:`UsageError`), 1 for everything that went wrong while running, 130 after Ctrl-C,
+141 when the reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def import_extra(module: str, extra: str, what: str, package: str | None = None)
 
 
 INTERRUPTED_EXIT = 130  # the shell's 128 + SIGINT
+CLOSED_OUTPUT_EXIT = 141  # the shell's 128 + SIGPIPE: the reader of stdout went away (`| head`)
 
 
 def exit_process(code: int):
@@ -61,11 +63,18 @@ def run_command(prog: str, func, *args) -> int:
     """Run one command-line entry point (``simsiam-hub COMMAND``, the transfer scripts) the one way:
     a :class:`SimsiamHubError` is printed as ``PROG: error: ...`` (no traceback) and gives its exit
     code; Ctrl-C is one line and exit 130 (every write is atomic, so nothing partial is left under a
-    final name)."""
+    final name); a reader of stdout that went away (``| head``) ends it quietly, exit 141, as it
+    ends Unix tools."""
+    import os
     import sys
 
     try:
-        return func(*args)
+        code = func(*args)
+        sys.stdout.flush()  # a closed stdout shows here, not in the interpreter's exit
+        return code
+    except BrokenPipeError:  # stdout's reader (a network failure reaches here as its client's own error)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # what is still buffered goes nowhere
+        return CLOSED_OUTPUT_EXIT
     except SimsiamHubError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return err.exit_code  # 2 usage, 1 runtime, 128 + N for a run stopped by signal N

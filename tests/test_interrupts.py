@@ -54,6 +54,25 @@ def test_ctrl_c_is_one_line_exit_130_and_leaves_nothing_partial(tmp_path):
     assert list(tmp_path.iterdir()) == []  # neither the file, nor its temporary, nor the folder made for it
 
 
+def test_a_reader_of_stdout_that_went_away_is_a_quiet_exit_141():
+    """`simsiam-hub configs | head -3`: once head has gone, the command ends as Unix tools do
+    (exit 141, 128 + SIGPIPE), without a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "simsiam_hub.cli", "configs"],
+            cwd=ROOT,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == "", (proc.returncode, proc.stderr)
+
+
 def test_every_entry_point_shares_the_wrapper(monkeypatch, capsys):
     """simsiam-hub, transfer/train_net.py and transfer/summarize.py: KeyboardInterrupt -> 130, one line."""
     from simsiam_hub import cli
